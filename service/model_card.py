@@ -1,0 +1,123 @@
+"""The contract between export/ and service/: what an exported ONNX file says about itself.
+
+export/ writes a :class:`ModelCard` into the ONNX file's ``metadata_props``; the service reads it
+back from ``InferenceSession.get_modelmeta().custom_metadata_map``. The file alone is enough to serve
+it: labels, preprocessing and provenance travel inside. Each top-level field is its own metadata key
+(JSON-encoded where it is not a plain string) so tools like Netron show them readably.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+#: Bumped when the layout of the card changes incompatibly.
+CARD_FORMAT = "resnet-serve/1"
+
+#: Tensor names every exported graph uses.
+INPUT_NAME = "images"
+OUTPUT_NAME = "probabilities"
+
+Interpolation = Literal["nearest", "bilinear", "bicubic"]
+
+
+class Preprocessing(BaseModel):
+    """How raw pixels become the model's uint8 input: resize the shorter side, then centre-crop.
+
+    ``mean`` and ``std`` are applied inside the graph (on 0..1 scaled values); they are recorded
+    here so a reader knows what the graph does, the service never applies them itself.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    resize_size: int = Field(gt=0, description="Shorter side after resizing, in pixels.")
+    crop_size: int = Field(gt=0, description="Side of the square centre crop fed to the model.")
+    interpolation: Interpolation = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> Preprocessing:
+        if self.crop_size > self.resize_size:
+            raise ValueError(f"crop_size {self.crop_size} exceeds resize_size {self.resize_size}")
+        return self
+
+
+class WeightsSource(BaseModel):
+    """Where the weights came from, so a served answer can be traced to a checkpoint file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    spec: str = Field(description="What was passed to the checkpoint loader (path, URL, named checkpoint).")
+    sha256: str | None = Field(default=None, description="SHA-256 of the checkpoint file; None for random init.")
+
+
+class ExportInfo(BaseModel):
+    """Versions and settings of the export, for reproducing it."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    torch_version: str
+    onnx_version: str
+    opset: int
+    precision: Literal["fp32", "fp16"] = "fp32"
+    exported_at: str = Field(description="UTC timestamp, ISO 8601.")
+
+
+class ModelCard(BaseModel):
+    """Everything the service needs to know about an exported model, stored inside the ONNX file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: str = CARD_FORMAT
+    architecture: str
+    num_classes: int = Field(gt=0)
+    labels: tuple[str, ...]
+    preprocessing: Preprocessing
+    source: WeightsSource
+    export: ExportInfo
+    verification: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _labels_match_classes(self) -> ModelCard:
+        if len(self.labels) != self.num_classes:
+            raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
+        return self
+
+    def to_metadata(self) -> dict[str, str]:
+        """One string per top-level field, as ONNX ``metadata_props`` want them."""
+        props: dict[str, str] = {}
+        for key, value in self.model_dump(mode="json").items():
+            props[key] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        return props
+
+    @classmethod
+    def from_metadata(cls, props: dict[str, str]) -> ModelCard:
+        """Parse what :meth:`to_metadata` wrote; raises :class:`InvalidModelCard` on anything else."""
+        if props.get("format") != CARD_FORMAT:
+            raise InvalidModelCard(
+                f"metadata format is {props.get('format')!r}, expected {CARD_FORMAT!r}"
+                " (was this file written by `python -m export`?)"
+            )
+        fields: dict[str, Any] = {}
+        for key in cls.model_fields:
+            if key not in props:
+                continue
+            raw = props[key]
+            if key in ("format", "architecture"):
+                fields[key] = raw
+                continue
+            try:
+                fields[key] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise InvalidModelCard(f"metadata field {key!r} is not valid JSON: {exc}") from None
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            raise InvalidModelCard(f"metadata does not describe a model: {exc}") from None
+
+
+class InvalidModelCard(ValueError):
+    """The ONNX file lacks a usable model card."""

@@ -1,0 +1,59 @@
+"""Shared fixtures: the ../shared data folder and a model repository exported once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("RESNET_SERVE_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+
+#: CIFAR-10 checkpoints shipped in ../shared/weights/cifar10 and the accuracy that README states for them.
+CIFAR_SAMPLE_ACCURACY = {"resnet20": 80.4, "resnet32": 84.0, "resnet44": 82.1, "resnet56": 82.5}
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the calling test with a reason when it is not there."""
+    path = SHARED_DIR.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: tests on real weights and images need the ../shared folder")
+    return path
+
+
+def cifar_checkpoint(arch: str) -> Path:
+    """The shipped CIFAR-10 checkpoint file for ``arch`` (e.g. resnet20-12fca82f.th)."""
+    folder = shared_path("weights", "cifar10")
+    matches = sorted(folder.glob(f"{arch}-*.th"))
+    if not matches:
+        pytest.skip(f"no {arch} checkpoint in {folder}")
+    return matches[0]
+
+
+def cifar_sample() -> list[tuple[Path, int]]:
+    """Every image of ../shared/data/cifar10-sample with its class index, in a stable order."""
+    root = shared_path("data", "cifar10-sample")
+    classes = shared_path("labels", "cifar10.txt").read_text().split()
+    return [(image, index) for index, name in enumerate(classes) for image in sorted((root / name).glob("*.jpg"))]
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return shared_path()
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository exported once per test session, as `python -m export` writes it.
+
+    Holds the four real CIFAR-10 ResNets (resnet20/32/44/56, names as the architectures) and
+    ``resnet18`` with random weights (an ImageNet-shaped model: 1000 classes, 224x224 input).
+    """
+    from export import export_model
+
+    repo = tmp_path_factory.mktemp("model_repository")
+    for arch in CIFAR_SAMPLE_ACCURACY:
+        export_model(arch, str(cifar_checkpoint(arch)), model_dir=repo)
+    export_model("resnet18", None, model_dir=repo)
+    return repo
