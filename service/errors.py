@@ -1,0 +1,91 @@
+"""The service's one error type and the handlers that turn every failure into the same JSON shape.
+
+Clients (and the hardening tests) rely on a single body layout, ``{"error": {"code", "message"}}``,
+for every status, so routing 404/405s, validation 422s and even the should-never-happen 500 use it.
+This module imports no web framework at import time: ``service.preprocess`` (shared with export/)
+raises :class:`ServiceError` without pulling FastAPI in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("service.errors")
+
+
+class ServiceError(Exception):
+    """A failure the client should see: HTTP status, a stable machine code and a human message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers) if headers else None
+
+    def about(self, subject: str) -> ServiceError:
+        """The same error with ``subject`` (e.g. the uploaded file's name) prefixed to the message."""
+        return ServiceError(self.status, self.code, f"{subject}: {self.message}", self.headers)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+    def __repr__(self) -> str:
+        return f"ServiceError({self.status}, {self.code!r}, {self.message!r})"
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+#: Machine codes for the statuses routing and Starlette produce themselves.
+_CODE_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "unavailable",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register handlers so no response leaves the app in any other error shape."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import Request
+
+    async def on_service_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    async def on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = []
+        for problem in exc.errors():
+            where = ".".join(str(part) for part in problem.get("loc", ()))
+            problems.append(f"{where}: {problem.get('msg', 'invalid')}")
+        return JSONResponse(error_body("invalid_request", "; ".join(problems) or "invalid request"), 422)
+
+    async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _CODE_BY_STATUS.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return JSONResponse(error_body(code, message), exc.status_code, headers=exc.headers)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(error_body("internal_error", "internal server error"), 500)
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
