@@ -1,0 +1,83 @@
+"""``python -m service`` / ``resnet-serve``: flags mirror every RESNET_SERVE_* setting (flags win)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from collections.abc import Sequence
+from types import FrameType
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.logs import configure_logging
+from service.settings import ENV_PREFIX, Settings
+from service.state import ServiceState
+
+log = logging.getLogger("service")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One ``--flag`` per settings field, documented with its environment variable and default."""
+    parser = argparse.ArgumentParser(
+        prog="resnet-serve",
+        description="Serve exported ResNet ONNX models over HTTP. Every flag can also be set as an "
+        f"environment variable {ENV_PREFIX}<NAME>; flags take precedence.",
+    )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = ENV_PREFIX + name.upper()
+        help_text = f"{field.description or ''} [env {env}, default {field.default!r}]"
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+    return parser
+
+
+def settings_from(argv: Sequence[str] | None = None) -> Settings:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    overrides = {name: value for name, value in vars(arguments).items() if value is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        parser.error(str(exc))
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, but SIGTERM/SIGINT turn readiness off before uvicorn starts its graceful shutdown."""
+
+    def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
+        super().__init__(config)
+        self.service_state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.service_state.begin_shutdown()
+        if sig == signal.SIGTERM and not self.should_exit:
+            log.info("SIGTERM: not ready any more; finishing in-flight requests (grace %.0f s)",
+                     self.config.timeout_graceful_shutdown or 0)
+        super().handle_exit(sig, frame)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = settings_from(argv)
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s + 0.999),
+        lifespan="on",
+    )
+    GracefulServer(config, app.state.service).run()
+
+
+if __name__ == "__main__":
+    main()
