@@ -1,0 +1,274 @@
+"""``export_model``: checkpoint -> verified ONNX with its model card, written into the model repository."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+import models
+from export.errors import ExportError
+from export.graph import DEFAULT_OPSET, PixelsToProbabilities, op_counts, set_metadata, trace_to_onnx
+from export.labels import ResolvedLabels, resolve_labels
+from export.repository import check_name, existing_versions, read_card, version_path, write_version
+from export.verify import default_image_count, gather_inputs
+from export.verify import verify as verify_graph
+from service.model_card import ExportInfo, ModelCard, Preprocessing, WeightsSource
+
+#: Seed for random-init exports, so re-running one is reproducible (and idempotent).
+RANDOM_INIT_SEED = 0
+RANDOM_INIT_SPEC = f"random-init (seed {RANDOM_INIT_SEED})"
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export produced (or found already there, when ``skipped``)."""
+
+    path: Path
+    name: str
+    version: int
+    skipped: bool
+    card: ModelCard
+    seconds: float
+    size_bytes: int
+
+    @property
+    def verification(self) -> dict[str, Any]:
+        return self.card.verification
+
+    @property
+    def fingerprint(self) -> str:
+        return str(getattr(self.card.export, "settings_fingerprint", ""))
+
+
+def export_model(
+    arch: str,
+    weights: str | None,
+    *,
+    model_dir: Path,
+    name: str | None = None,
+    version: int | None = None,
+    labels_file: Path | None = None,
+    fp16: bool = False,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+    num_classes: int | None = None,
+    log: Log = print,
+) -> ExportResult:
+    """Export ``arch`` with ``weights`` (a checkpoint spec, or None for seeded random init).
+
+    Writes ``<model_dir>/<name>/<version>/model.onnx`` only after verification passed. When the
+    latest version (or the requested one) already holds the same source hash and settings, nothing
+    is done and the result says ``skipped``. Raises :class:`ExportError` for anything to fix.
+    """
+    started = time.perf_counter()
+    model_dir = Path(model_dir)
+    name = check_name(name or arch)
+    precision = "fp16" if fp16 else "fp32"
+    _check_request(arch, version, opset, num_classes)
+    prefix = f"[{name}]"
+
+    checkpoint = _load_checkpoint(arch, weights)
+    classes = _num_classes(arch, checkpoint, num_classes)
+    sha256 = checkpoint.sha256 if checkpoint is not None else None
+    if checkpoint is not None:
+        log(f"{prefix} loaded {weights} -> {checkpoint.path or checkpoint.source} (sha256 {sha256})")
+    else:
+        log(f"{prefix} no weights given: {RANDOM_INIT_SPEC}, for tests and benchmarks only")
+    labels = resolve_labels(arch, classes, labels_file)
+    if labels.labels[0] == "class_0":
+        log(f"{prefix} labels: {labels.origin}")
+    preprocessing = _card_preprocessing(models.preprocessing_for(arch, checkpoint))
+    settings = _settings(arch, weights, sha256, precision, opset, classes, labels, preprocessing)
+    fingerprint = _fingerprint(settings)
+
+    target, previous = _target_version(model_dir, name, version, fingerprint)
+    if previous is not None:
+        path = version_path(model_dir, name, target)
+        log(f"{prefix} up to date: version {target} already holds these weights and settings ({path}); nothing to do")
+        return ExportResult(path, name, target, True, previous, time.perf_counter() - started, path.stat().st_size)
+
+    network = _build_network(arch, classes, checkpoint)
+    log(
+        f"{prefix} {arch}: {_count_params(network) / 1e6:.2f} M parameters, {classes} classes, labels {labels.origin},"
+        f" input {preprocessing.crop_size}x{preprocessing.crop_size}"
+        f" (resize {preprocessing.resize_size} {preprocessing.interpolation})"
+    )
+
+    export_started = time.perf_counter()
+    exported = copy.deepcopy(network).half() if fp16 else network
+    wrapper = PixelsToProbabilities(
+        exported, preprocessing.mean, preprocessing.std, torch.float16 if fp16 else torch.float32
+    )
+    graph = trace_to_onnx(wrapper, preprocessing.crop_size, opset)
+    ops = op_counts(graph)
+    log(
+        f"{prefix} exported ONNX opset {opset} {precision} in {time.perf_counter() - export_started:.1f} s:"
+        f" {sum(ops.values())} nodes ({ops.get('Conv', 0)} Conv, {ops.get('BatchNormalization', 0)} BatchNorm left)"
+    )
+
+    figures: dict[str, Any] = {"skipped": True, "reason": "--no-verify"}
+    if verify:
+        verify_started = time.perf_counter()
+        count = default_image_count(preprocessing)
+        inputs = gather_inputs(preprocessing, count)
+        figures = verify_graph(graph.SerializeToString(), network, preprocessing, precision, inputs)
+        figures["seconds"] = round(time.perf_counter() - verify_started, 2)
+        log(f"{prefix} verified: {_describe_figures(figures)}")
+    else:
+        log(f"{prefix} verification skipped (--no-verify)")
+
+    card = ModelCard(
+        architecture=arch,
+        num_classes=classes,
+        labels=labels.labels,
+        preprocessing=preprocessing,
+        source=WeightsSource(spec=weights if weights is not None else RANDOM_INIT_SPEC, sha256=sha256),
+        export=ExportInfo(
+            torch_version=torch.__version__,
+            onnx_version=onnx.__version__,
+            opset=opset,
+            precision=precision,
+            exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            settings=settings,
+            settings_fingerprint=fingerprint,
+        ),
+        verification=figures,
+    )
+    set_metadata(graph, card.to_metadata())
+    payload = graph.SerializeToString()
+    path = write_version(model_dir, name, target, payload)
+    seconds = time.perf_counter() - started
+    log(f"{prefix} wrote {path} ({len(payload) / 1e6:.1f} MB) version {target}, total {seconds:.1f} s")
+    return ExportResult(path, name, target, False, card, seconds, len(payload))
+
+
+def _check_request(arch: str, version: int | None, opset: int, num_classes: int | None) -> None:
+    known = models.list_models()
+    if arch not in known:
+        raise ExportError(f"unknown architecture {arch!r}; known: {', '.join(known)}")
+    if version is not None and version < 1:
+        raise ExportError(f"version must be a positive integer, got {version}")
+    if not 11 <= opset <= 20:
+        raise ExportError(f"opset {opset} is outside what the exporter writes (11..20)")
+    if num_classes is not None and num_classes < 1:
+        raise ExportError(f"num_classes must be positive, got {num_classes}")
+
+
+def _load_checkpoint(arch: str, weights: str | None) -> Any:
+    if weights is None:
+        return None
+    try:
+        return models.load_checkpoint(weights, arch=arch)
+    except models.CheckpointError as exc:
+        raise ExportError(f"cannot load weights {weights!r} for {arch}: {exc}") from exc
+
+
+def _num_classes(arch: str, checkpoint: Any, requested: int | None) -> int:
+    found = checkpoint.num_classes if checkpoint is not None else None
+    if requested is not None and found is not None and requested != found:
+        raise ExportError(f"--num-classes {requested} but the checkpoint has {found} classes")
+    return int(requested or found or models.get_model_config(arch).num_classes)
+
+
+def _build_network(arch: str, classes: int, checkpoint: Any) -> nn.Module:
+    """The eval-mode network; random init is seeded so the same request gives the same weights."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            network = models.create_model(arch, num_classes=classes, weights=checkpoint)
+    except models.CheckpointError as exc:
+        raise ExportError(f"the weights do not fit {arch}: {exc}") from exc
+    return network.eval().to(torch.float32)
+
+
+def _card_preprocessing(source: Any) -> Preprocessing:
+    """models.Preprocessing (a dataclass) -> the card's pydantic Preprocessing."""
+    return Preprocessing(
+        resize_size=int(source.resize_size),
+        crop_size=int(source.crop_size),
+        interpolation=str(source.interpolation),
+        mean=tuple(float(v) for v in source.mean),
+        std=tuple(float(v) for v in source.std),
+    )
+
+
+def _settings(
+    arch: str,
+    weights: str | None,
+    sha256: str | None,
+    precision: str,
+    opset: int,
+    classes: int,
+    labels: ResolvedLabels,
+    preprocessing: Preprocessing,
+) -> dict[str, Any]:
+    """Everything that decides the exported file's content (not its name, version or timestamp)."""
+    labels_digest = hashlib.sha256("\n".join(labels.labels).encode()).hexdigest()
+    return {
+        "arch": arch,
+        "source_sha256": sha256 if weights is not None else RANDOM_INIT_SPEC,
+        "precision": precision,
+        "opset": opset,
+        "num_classes": classes,
+        "labels_sha256": labels_digest,
+        "preprocessing": preprocessing.model_dump(mode="json"),
+    }
+
+
+def _fingerprint(settings: dict[str, Any]) -> str:
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _target_version(
+    model_dir: Path, name: str, version: int | None, fingerprint: str
+) -> tuple[int, ModelCard | None]:
+    """(version to write, or the existing version's card when it already matches and nothing is to do)."""
+    versions = existing_versions(model_dir, name)
+    if version is None:
+        if not versions:
+            return 1, None
+        latest = versions[-1]
+        card = read_card(version_path(model_dir, name, latest))
+        if card is not None and _card_fingerprint(card) == fingerprint:
+            return latest, card
+        return latest + 1, None
+    if version in versions:
+        card = read_card(version_path(model_dir, name, version))
+        if card is not None and _card_fingerprint(card) == fingerprint:
+            return version, card
+        raise ExportError(
+            f"{model_dir / name / str(version)} already exists with other weights or settings;"
+            " pick another --version or leave it out for the next free one"
+        )
+    return version, None
+
+
+def _card_fingerprint(card: ModelCard) -> str | None:
+    return getattr(card.export, "settings_fingerprint", None)
+
+
+def _count_params(network: nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters())
+
+
+def _describe_figures(figures: dict[str, Any]) -> str:
+    return (
+        f"{figures['inputs']}: max |Δprob| {figures['max_abs_diff']:.1e},"
+        f" top-1 agreement {figures['top1_agreement']:.1%}"
+        f" ({figures['top1_mismatches']} differ), batch 1 vs 8 max |Δprob| "
+        f"{figures['batch1_vs_batch8_max_abs_diff']:.1e} ({figures['seconds']:.1f} s)"
+    )

@@ -1,0 +1,208 @@
+"""Proof that the ONNX file computes what the PyTorch model computes, on the pixels the service feeds.
+
+The reference is the plain PyTorch network in fp32 with the textbook normalisation
+``(x / 255 - mean) / std`` written independently of the exported wrapper, so a mistake in the wrapper
+(channel order, scaling) shows up as a difference too. Inputs are real images from ``../shared/data``
+when that folder is there (through the service's own preprocessing), topped up with synthetic ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from export.errors import ExportError
+from service.model_card import INPUT_NAME, Preprocessing
+from service.preprocess import preprocess_image
+
+#: fp32: largest allowed |probability difference| between onnxruntime and PyTorch.
+FP32_MAX_ABS_DIFF = 1e-4
+#: fp16: share of images whose top-1 class must match the fp32 PyTorch reference.
+FP16_MIN_TOP1_AGREEMENT = 0.99
+#: batch 1 vs batch 8 in onnxruntime: largest allowed difference per precision.
+BATCH_MAX_ABS_DIFF = {"fp32": 1e-5, "fp16": 1e-3}
+#: Two reference probabilities closer than this are a tie: either class is a correct top-1.
+TIE_MARGIN = 1e-6
+BATCH_SIZE = 8
+SHARED_DIR_ENV = "RESNET_SERVE_SHARED_DIR"
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+@dataclass(frozen=True)
+class VerificationInputs:
+    """uint8 [N, crop, crop, 3] pixels and where they came from, for the record."""
+
+    pixels: np.ndarray
+    real_count: int
+    description: str
+
+
+def shared_data_dir() -> Path | None:
+    """``../shared/data`` beside the checkout (or under $RESNET_SERVE_SHARED_DIR), if present."""
+    configured = os.environ.get(SHARED_DIR_ENV)
+    root = Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared"
+    data = root / "data"
+    return data if data.is_dir() else None
+
+
+def default_image_count(preprocessing: Preprocessing) -> int:
+    """Small inputs are cheap: 100 CIFAR-sized images, 24 ImageNet-sized ones."""
+    return 100 if preprocessing.crop_size <= 64 else 24
+
+
+def gather_inputs(preprocessing: Preprocessing, count: int, *, seed: int = 0) -> VerificationInputs:
+    """Up to ``count`` real images (those nearest the model's input size first), then synthetic ones."""
+    data = shared_data_dir()
+    real: list[np.ndarray] = []
+    used_folders: list[str] = []
+    if data is not None:
+        for folder, files in _candidate_files(data, preprocessing.crop_size):
+            taken = 0
+            for path in files:
+                if len(real) >= count:
+                    break
+                real.append(preprocess_image(path.read_bytes(), preprocessing))
+                taken += 1
+            if taken:
+                used_folders.append(f"{taken} {folder}")
+    synthetic = _synthetic_pixels(count - len(real), preprocessing.crop_size, seed)
+    pixels = np.stack(real + list(synthetic)) if real else synthetic
+    parts = [f"{len(real)} real images ({' + '.join(used_folders)})"] if real else []
+    if len(synthetic):
+        parts.append(f"{len(synthetic)} synthetic")
+    return VerificationInputs(np.ascontiguousarray(pixels), len(real), " + ".join(parts))
+
+
+def _candidate_files(data: Path, crop_size: int) -> list[tuple[str, list[Path]]]:
+    """Photos and the CIFAR sample, the set matching the input size first; CIFAR classes interleaved."""
+    photos = sorted(p for p in (data / "photos").glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    class_dirs = sorted(d for d in (data / "cifar10-sample").glob("*") if d.is_dir())
+    per_class = [sorted(d.glob("*.jpg")) for d in class_dirs]
+    cifar = [files[i] for i in range(max(map(len, per_class), default=0)) for files in per_class if i < len(files)]
+    sets = [("data/photos", photos), ("data/cifar10-sample", cifar)]
+    return sets[::-1] if crop_size <= 64 else sets
+
+
+def _synthetic_pixels(count: int, crop_size: int, seed: int) -> np.ndarray:
+    """Smooth random colour fields plus noise: less degenerate for a CNN than pure noise."""
+    rng = np.random.default_rng(seed)
+    if count <= 0:
+        return np.zeros((0, crop_size, crop_size, 3), dtype=np.uint8)
+    coarse = rng.uniform(0, 255, size=(count, 4, 4, 3))
+    smooth = np.repeat(np.repeat(coarse, -(-crop_size // 4), axis=1), -(-crop_size // 4), axis=2)
+    smooth = smooth[:, :crop_size, :crop_size]
+    noisy = smooth + rng.normal(0, 20, size=smooth.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def _batches(pixels: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(pixels), size):
+        yield pixels[start : start + size]
+
+
+def reference_probabilities(
+    network: nn.Module, pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
+    """Softmax of the fp32 PyTorch network on textbook-normalised NCHW input."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    outputs = []
+    with torch.no_grad():
+        for chunk in _batches(pixels, BATCH_SIZE):
+            x = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+            outputs.append(torch.softmax(network((x - mean_t) / std_t), dim=1).numpy())
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def onnx_session(model_bytes: bytes) -> ort.InferenceSession:
+    """A CPU onnxruntime session straight from the serialized model (nothing on disk yet)."""
+    try:
+        return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ExportError(f"onnxruntime cannot load the exported graph: {exc}") from exc
+
+
+def onnx_probabilities(session: ort.InferenceSession, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    outputs = [session.run(None, {INPUT_NAME: chunk})[0] for chunk in _batches(pixels, batch_size)]
+    return np.concatenate(outputs)
+
+
+def verify(
+    model_bytes: bytes,
+    network_fp32: nn.Module,
+    preprocessing: Preprocessing,
+    precision: str,
+    inputs: VerificationInputs,
+) -> dict[str, Any]:
+    """Compare onnxruntime with PyTorch; return the figures, or raise :class:`ExportError` if off."""
+    session = onnx_session(model_bytes)
+    pixels = inputs.pixels
+    expected = reference_probabilities(network_fp32, pixels, preprocessing.mean, preprocessing.std)
+    actual = onnx_probabilities(session, pixels, BATCH_SIZE)
+    if actual.dtype != np.float32 or actual.shape != expected.shape:
+        raise ExportError(f"ONNX output is {actual.dtype} {actual.shape}, expected float32 {expected.shape}")
+
+    abs_diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    agree, ties = _top1_agreement(expected, actual)
+    few = pixels[: min(BATCH_SIZE, len(pixels))]
+    one_by_one = onnx_probabilities(session, few, 1)
+    batched = onnx_probabilities(session, few, len(few))
+    batch_diff = float(np.max(np.abs(one_by_one - batched)))
+    batch_top1_same = bool(np.array_equal(one_by_one.argmax(1), batched.argmax(1)))
+
+    figures: dict[str, Any] = {
+        "inputs": inputs.description,
+        "images": int(len(pixels)),
+        "real_images": inputs.real_count,
+        "reference": f"PyTorch {torch.__version__} fp32",
+        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+        "max_abs_diff": float(abs_diff.max()),
+        "mean_abs_diff": float(abs_diff.mean()),
+        "top1_agreement": agree / len(pixels),
+        "top1_mismatches": int(len(pixels) - agree),
+        "top1_ties": ties,
+        "batch1_vs_batch8_max_abs_diff": batch_diff,
+        "batch1_vs_batch8_top1_same": batch_top1_same,
+    }
+    failures = _failures(figures, precision)
+    if failures:
+        raise ExportError("verification failed: " + "; ".join(failures))
+    figures["passed"] = True
+    return figures
+
+
+def _top1_agreement(expected: np.ndarray, actual: np.ndarray) -> tuple[int, int]:
+    """(images whose top-1 matches, of which decided among tied reference classes)."""
+    expected_top = expected.argmax(1)
+    actual_top = actual.argmax(1)
+    rows = np.arange(len(expected))
+    same = expected_top == actual_top
+    tied = ~same & (expected[rows, expected_top] - expected[rows, actual_top] <= TIE_MARGIN)
+    return int(same.sum() + tied.sum()), int(tied.sum())
+
+
+def _failures(figures: dict[str, Any], precision: str) -> list[str]:
+    problems = []
+    if precision == "fp32":
+        if figures["max_abs_diff"] > FP32_MAX_ABS_DIFF:
+            problems.append(f"max |Δprob| {figures['max_abs_diff']:.2e} > {FP32_MAX_ABS_DIFF:.0e}")
+        if figures["top1_mismatches"]:
+            problems.append(f"top-1 differs on {figures['top1_mismatches']} of {figures['images']} images")
+    elif figures["top1_agreement"] < FP16_MIN_TOP1_AGREEMENT:
+        problems.append(f"fp16 top-1 agreement {figures['top1_agreement']:.1%} < {FP16_MIN_TOP1_AGREEMENT:.0%}")
+    if figures["batch1_vs_batch8_max_abs_diff"] > BATCH_MAX_ABS_DIFF[precision]:
+        problems.append(
+            f"batch 1 vs batch 8 differ by {figures['batch1_vs_batch8_max_abs_diff']:.2e}"
+            f" > {BATCH_MAX_ABS_DIFF[precision]:.0e}"
+        )
+    if not figures["batch1_vs_batch8_top1_same"]:
+        problems.append("batch 1 vs batch 8 give a different top-1")
+    return problems
