@@ -1,0 +1,118 @@
+"""``python -m benchmarks [raw|service|naive|preprocess|all] [--quick]``: one run, one table, one JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.workload import DEFAULT_CACHE_DIR, REPO_ROOT, MissingSharedData, bench_models, model_repository
+
+SUITES = ("preprocess", "raw", "service", "naive")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmark the service against in-process onnxruntime (raw) and FastAPI + PyTorch eager (naive).",
+    )
+    parser.add_argument("suites", nargs="*", choices=(*SUITES, "all"), default=["all"], help="what to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="a one-minute smoke run: fewer sizes, shorter phases")
+    parser.add_argument(
+        "--models", default="resnet50,resnet20",
+        help="comma-separated: resnet50 (224x224 fp32, random weights) and/or resnet20 (real CIFAR-10 weights)",
+    )
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="exported models are kept here")
+    parser.add_argument("--output", type=Path, default=None, help="JSON file (default bench-results/bench-<time>.json)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per load phase (overrides the mode)")
+    parser.add_argument("--no-wrk", action="store_true", help="skip the native wrk client")
+    return parser
+
+
+def environment() -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = "?"
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    suites = SUITES if "all" in args.suites else tuple(s for s in SUITES if s in args.suites)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    started = time.perf_counter()
+    results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "environment": environment()}
+    try:
+        models = bench_models([name.strip() for name in args.models.split(",") if name.strip()])
+        repos = {}
+        if set(suites) & {"raw", "service"}:
+            for model in models:
+                log(f"exporting {model.name} into {args.cache_dir} (skipped when already there) ...")
+                repos[model.name] = model_repository(model, args.cache_dir)
+        if "preprocess" in suites:
+            from benchmarks import preprocess_bench
+
+            log("preprocess ...")
+            results["preprocess"] = preprocess_bench.run(quick=args.quick, log=log)
+        if "raw" in suites:
+            from benchmarks import raw
+
+            results["raw"] = {}
+            for model in models:
+                log(f"raw {model.name} ...")
+                results["raw"][model.name] = raw.run(model, repos[model.name], quick=args.quick, log=log)
+        if "service" in suites:
+            from benchmarks import service_bench
+
+            results["service"] = {}
+            for model in models:
+                log(f"service {model.name} ...")
+                results["service"][model.name] = service_bench.run(
+                    model, repos[model.name], quick=args.quick, duration=args.duration, use_wrk=not args.no_wrk, log=log
+                )
+        if "naive" in suites:
+            from benchmarks import naive
+
+            results["naive"] = {}
+            for model in models:
+                log(f"naive {model.name} ...")
+                results["naive"][model.name] = naive.run(model, quick=args.quick, duration=args.duration, log=log)
+    except MissingSharedData as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from benchmarks.headline import headline
+
+    results["headline"] = headline(results)
+    results["environment"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    output = args.output or REPO_ROOT / "bench-results" / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
+    report.write_json(results, output)
+    print()
+    print(report.render(results))
+    print(f"\nwrote {output} in {results['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""The ratios and goals the issue asks for, computed from one run's results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.raw import batch1_latency_ms, ceiling
+
+#: The service's default MAX_BATCH_SIZE: raw is compared at batch sizes the service can run.
+SERVICE_MAX_BATCH = 32
+
+
+def _runs(results: dict[str, Any], section: str, model: str) -> list[dict[str, Any]]:
+    return results.get(section, {}).get(model, {}).get("runs", [])
+
+
+def _best(runs: list[dict[str, Any]], *, single_image: bool | None = None, closed_only: bool = True) -> dict[str, Any] | None:
+    chosen = [
+        r for r in runs
+        if (not closed_only or r["scenario"].startswith(("closed", "wrk")))
+        and (single_image is None or (r.get("images_per_request", 1) == 1) == single_image)
+        and not r.get("errors")
+    ]
+    return max(chosen, key=lambda r: r["images_per_s"], default=None)
+
+
+def _scenario(runs: list[dict[str, Any]], scenario: str) -> dict[str, Any] | None:
+    return next((r for r in runs if r["scenario"] == scenario and r.get("images_per_request", 1) == 1), None)
+
+
+def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
+
+    def add(figure: str, value: float | None, goal: str, met: bool | None) -> None:
+        lines.append({"figure": figure, "value": value, "goal": goal, "met": met})
+
+    raw = results.get("raw", {})
+    if "resnet50" in raw:
+        best = max(row["images_per_s"] for row in raw["resnet50"]["batches"])
+        add("raw resnet50 fp32 img/s (best batch)", best, ">= 22", best >= 22)
+    for model, ratio_goal, naive_goal in (("resnet50", 0.9, 2.0), ("resnet20", None, 5.0)):
+        service_runs = _runs(results, "service", model)
+        naive_runs = _runs(results, "naive", model)
+        service_single = _best(service_runs, single_image=True, closed_only=True)
+        service_any = _best(service_runs)
+        if model in raw and service_single:
+            ratio = service_single["images_per_s"] / ceiling(raw[model], SERVICE_MAX_BATCH)
+            add(f"service/raw {model} ({service_single['scenario']}, JPEG, 1 img/req)", ratio,
+                f">= {ratio_goal}" if ratio_goal else "-", ratio >= ratio_goal if ratio_goal else None)
+        if model in raw and service_any and service_any is not service_single:
+            ratio = service_any["images_per_s"] / ceiling(raw[model], SERVICE_MAX_BATCH)
+            add(f"service/raw {model} ({service_any['scenario']}, {service_any.get('images_per_request', 1)} img/req)",
+                ratio, "-", None)
+        naive_best = _best(naive_runs)
+        if service_single and naive_runs:
+            same = _scenario(naive_runs, service_single["scenario"])
+            if same:
+                ratio = service_single["images_per_s"] / max(same["images_per_s"], 1e-9)
+                add(f"service/naive {model} (same load: {service_single['scenario']}, 1 img/req)", ratio,
+                    f">= {naive_goal}", ratio >= naive_goal)
+        if service_any and naive_best and service_any is not service_single:
+            ratio = service_any["images_per_s"] / max(naive_best["images_per_s"], 1e-9)
+            add(f"service/naive {model} (service best {service_any.get('images_per_request', 1)} img/req vs naive best)",
+                ratio, f">= {naive_goal}", ratio >= naive_goal)
+        if model == "resnet20" and service_any:
+            add("resnet20 img/s through /predict (best)", service_any["images_per_s"], ">= 1500",
+                service_any["images_per_s"] >= 1500)
+        single = _scenario(service_runs, "closed c=1")
+        if model in raw and single:
+            gap = single["p50_ms"] - batch1_latency_ms(raw[model])
+            add(f"{model} p50 at c=1 minus raw batch-1 (ms)", gap, "<= 3", gap <= 3)
+    return lines

@@ -1,0 +1,86 @@
+"""The ceiling: an in-process onnxruntime session, opened exactly as the service opens it.
+
+The session comes from ``service.runtime.load_model`` (same providers, same session options), so
+the only difference from the service is everything around ``session.run``: HTTP, decoding, queueing.
+Inputs are real preprocessed crops (the model's uint8 NHWC input), tiled to each batch size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.workload import BenchModel, payloads_for
+from service.preprocess import preprocess_image
+from service.repository import scan_repository
+from service.runtime import LoadedModel, load_model
+from service.settings import Settings
+
+FULL_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+QUICK_BATCHES = (1, 8, 32)
+
+
+def open_model(repo: Path, *, max_batch_size: int = 64) -> LoadedModel:
+    """The one model in ``repo``, with the service's session builder (no warm-up: we time it ourselves)."""
+    (entry,) = scan_repository(repo)
+    return load_model(entry, Settings(model_dir=repo, max_batch_size=max_batch_size, warmup=False, providers="auto"))
+
+
+def crops(model: BenchModel, loaded: LoadedModel) -> np.ndarray:
+    p = loaded.card.preprocessing
+    return np.stack([preprocess_image(data, p) for _, data in payloads_for(model)])
+
+
+def time_batch(loaded: LoadedModel, batch: np.ndarray, *, seconds: float, min_runs: int = 3) -> dict[str, float]:
+    """images/s and per-call latency (mean, p50) for one batch size, after two untimed warm-up runs."""
+    for _ in range(2):
+        loaded.run(batch)
+    latencies: list[float] = []
+    started = time.perf_counter()
+    while len(latencies) < min_runs or time.perf_counter() - started < seconds:
+        begun = time.perf_counter()
+        loaded.run(batch)
+        latencies.append(time.perf_counter() - begun)
+    total = sum(latencies)
+    return {
+        "batch": len(batch),
+        "images_per_s": len(batch) * len(latencies) / total,
+        "latency_ms_mean": 1000 * total / len(latencies),
+        "latency_ms_p50": 1000 * float(np.percentile(latencies, 50)),
+        "runs": len(latencies),
+    }
+
+
+def run(model: BenchModel, repo: Path, *, quick: bool, log: Callable[[str], None] = print) -> dict[str, object]:
+    loaded = open_model(repo)
+    pixels = crops(model, loaded)
+    rows = []
+    seconds = (1.0 if quick else 3.0) if model.kind == "imagenet" else (0.5 if quick else 1.5)
+    for size in QUICK_BATCHES if quick else FULL_BATCHES:
+        batch = np.ascontiguousarray(np.resize(pixels, (size, *pixels.shape[1:])))
+        row = time_batch(loaded, batch, seconds=seconds, min_runs=2 if quick else 3)
+        rows.append(row)
+        log(
+            f"  raw {model.name} batch {size:>2}: {row['images_per_s']:8.1f} img/s, "
+            f"{row['latency_ms_mean']:8.2f} ms/call"
+        )
+    return {
+        "model": model.name,
+        "weights": model.weights_note,
+        "providers": loaded.active_providers,
+        "intra_op_threads": Settings(model_dir=repo).inference_threads,
+        "batches": rows,
+    }
+
+
+def ceiling(raw: dict[str, object], max_batch_size: int) -> float:
+    """Best raw images/s at any batch size the service may run (<= its max batch size)."""
+    rows = [row for row in raw["batches"] if row["batch"] <= max_batch_size]  # type: ignore[union-attr]
+    return max(row["images_per_s"] for row in rows)
+
+
+def batch1_latency_ms(raw: dict[str, object]) -> float:
+    return next(row["latency_ms_p50"] for row in raw["batches"] if row["batch"] == 1)  # type: ignore[union-attr]

@@ -1,0 +1,105 @@
+"""Terminal tables and the JSON file; the headline ratios come from figures of the same run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned text table (numbers right-aligned)."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(str(h)), *(len(row[i]) for row in cells)) if cells else len(str(h)) for i, h in enumerate(headers)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    for row, raw in zip(cells, rows):
+        lines.append(
+            "  ".join(c.rjust(w) if isinstance(v, (int, float)) else c.ljust(w) for c, v, w in zip(row, raw, widths))
+        )
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        if value >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def write_json(results: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+    return path
+
+
+def render(results: dict[str, Any]) -> str:
+    """Every section present in ``results`` as text, headline ratios last."""
+    parts: list[str] = []
+    env = results.get("environment", {})
+    parts.append(
+        f"machine: {env.get('cpu', '?')}, {env.get('cores', '?')} cores, load average at start "
+        f"{env.get('load_average_start', '?')}, onnxruntime {env.get('onnxruntime', '?')}, mode {results.get('mode')}"
+    )
+    if "preprocess" in results:
+        pre = results["preprocess"]
+        parts.append("\nPREPROCESS: decode + resize(232) + crop(224), one thread (= per core)")
+        parts.append(
+            table(
+                ["decoder", "img/s 500x375", "img/s 2048x1536", "parity mean|d|", "parity max|d|", "2048 vs exact mean|d|"],
+                [
+                    [d["name"], d["images_per_s_500x375"], d["images_per_s_2048x1536"], d["parity_mean_abs"],
+                     d["parity_max_abs"], d["large_vs_exact_mean_abs"]]
+                    for d in pre["decoders"]
+                ],
+            )
+        )
+        for name, why in pre.get("skipped", {}).items():
+            parts.append(f"  skipped {name}: {why}")
+    for name, raw in results.get("raw", {}).items():
+        parts.append(f"\nRAW onnxruntime in process: {name} ({raw['weights']} weights), providers {raw['providers']}")
+        parts.append(
+            table(
+                ["batch", "img/s", "ms/call mean", "ms/call p50", "runs"],
+                [[r["batch"], r["images_per_s"], r["latency_ms_mean"], r["latency_ms_p50"], r["runs"]] for r in raw["batches"]],
+            )
+        )
+    load_rows = []
+    for section in ("service", "naive"):
+        for name, runs in results.get(section, {}).items():
+            for run in runs.get("runs", []):
+                load_rows.append(
+                    [section, name, run["scenario"], run.get("images_per_request", 1), run["images_per_s"],
+                     run["requests_per_s"], run["p50_ms"], run["p90_ms"], run["p99_ms"], _errors(run),
+                     run.get("mean_batch_size")]
+                )
+    if load_rows:
+        parts.append("\nLOAD over HTTP (real uvicorn on 127.0.0.1, real JPEG uploads)")
+        parts.append(
+            table(
+                ["server", "model", "scenario", "img/req", "img/s", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors",
+                 "mean batch"],
+                load_rows,
+            )
+        )
+    for name, runs in results.get("service", {}).items():
+        if runs.get("batch_histogram"):
+            parts.append(f"  {name} batch sizes achieved (whole run, from /metrics): {runs['batch_histogram']}")
+        if runs.get("wrk_note"):
+            parts.append(f"  {name} wrk: {runs['wrk_note']}")
+    if results.get("headline"):
+        parts.append("\nHEADLINE (one run, same machine)")
+        parts.append(table(["figure", "value", "goal", "met"], [[h["figure"], h["value"], h["goal"], h["met"]] for h in results["headline"]]))
+    return "\n".join(parts)
+
+
+def _errors(run: dict[str, Any]) -> str:
+    errors = run.get("errors") or {}
+    return ",".join(f"{status}:{count}" for status, count in sorted(errors.items())) or "0"

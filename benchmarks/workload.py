@@ -1,0 +1,103 @@
+"""What every benchmark runs on: the exported models (cached between runs) and real JPEG payloads."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("RESNET_SERVE_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "bench"
+
+#: ImageNet's typical photo size (the median ImageNet image is about 500x375).
+IMAGENET_PHOTO_SIZE = (500, 375)
+PHOTO_FILES = ("astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg", "motorcycle_left.jpg")
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """One model under test: how to export it and which uploads it gets."""
+
+    name: str
+    arch: str
+    weights: str | None  # checkpoint path, or None for the exporter's seeded random init
+    kind: str  # "imagenet" (500x375 photos) or "cifar" (32x32 CIFAR sample JPEGs)
+
+    @property
+    def weights_note(self) -> str:
+        return "random init (seed 0): no internet for torchvision weights" if self.weights is None else "real"
+
+
+class MissingSharedData(RuntimeError):
+    """../shared (weights, photos) is absent; the benchmark cannot run on real data."""
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED_DIR.joinpath(*parts)
+    if not path.exists():
+        raise MissingSharedData(f"{path} is absent: benchmarks need the ../shared folder (or RESNET_SERVE_SHARED_DIR)")
+    return path
+
+
+def cifar_checkpoint(arch: str) -> str:
+    folder = shared_path("weights", "cifar10")
+    matches = sorted(folder.glob(f"{arch}-*.th"))
+    if not matches:
+        raise MissingSharedData(f"no {arch} checkpoint in {folder}")
+    return str(matches[0])
+
+
+def bench_models(names: list[str]) -> list[BenchModel]:
+    """The models a run covers: resnet50 (224x224, fp32, random weights) and the real CIFAR resnet20."""
+    known = {
+        "resnet50": lambda: BenchModel("resnet50", "resnet50", None, "imagenet"),
+        "resnet20": lambda: BenchModel("resnet20", "resnet20", cifar_checkpoint("resnet20"), "cifar"),
+    }
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown benchmark models {unknown}; choose from {sorted(known)}")
+    return [known[name]() for name in names]
+
+
+def model_repository(model: BenchModel, cache_dir: Path) -> Path:
+    """A one-model repository ``<cache>/repos/<name>`` exported once; later runs reuse it (export skips)."""
+    from export import export_model  # torch is only needed here, not for the load generator
+
+    repo = cache_dir / "repos" / model.name
+    repo.mkdir(parents=True, exist_ok=True)
+    export_model(model.arch, model.weights, model_dir=repo, name=model.name, log=lambda line: None)
+    return repo
+
+
+def onnx_path(repo: Path, name: str) -> Path:
+    versions = sorted((int(p.name), p) for p in (repo / name).iterdir() if p.name.isdigit())
+    return versions[-1][1] / "model.onnx"
+
+
+def photo_jpegs(size: tuple[int, int] = IMAGENET_PHOTO_SIZE, quality: int = 90) -> list[tuple[str, bytes]]:
+    """The shared photos resized to an ImageNet-typical 500x375 and re-encoded as JPEG."""
+    folder = shared_path("data", "photos")
+    payloads = []
+    for name in PHOTO_FILES:
+        with Image.open(folder / name) as image:
+            resized = image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        resized.save(buffer, format="JPEG", quality=quality)
+        payloads.append((name, buffer.getvalue()))
+    return payloads
+
+
+def cifar_jpegs(limit: int = 200) -> list[tuple[str, bytes]]:
+    """Real CIFAR-10 test JPEGs (32x32) from the shared sample, spread over the ten classes."""
+    root = shared_path("data", "cifar10-sample")
+    files = sorted(root.glob("*/*.jpg"))
+    step = max(1, len(files) // limit)
+    return [(f"{path.parent.name}_{path.name}", path.read_bytes()) for path in files[::step][:limit]]
+
+
+def payloads_for(model: BenchModel) -> list[tuple[str, bytes]]:
+    return photo_jpegs() if model.kind == "imagenet" else cifar_jpegs()
