@@ -1,0 +1,87 @@
+"""The real service (``python -m service`` in a subprocess on 127.0.0.1) under closed- and open-loop load."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks import loadgen, wrk
+from benchmarks.phases import phase_seconds, plan_for
+from benchmarks.prometheus import batch_sizes
+from benchmarks.server import free_port, python, running_server
+from benchmarks.workload import BenchModel, payloads_for
+
+
+def service_env(repo: Path, port: int) -> dict[str, str]:
+    """The service with its defaults, except quiet logs (the benchmark is not about log I/O)."""
+    return {
+        "RESNET_SERVE_MODEL_DIR": str(repo),
+        "RESNET_SERVE_HOST": "127.0.0.1",
+        "RESNET_SERVE_PORT": str(port),
+        "RESNET_SERVE_LOG_LEVEL": "WARNING",
+        "RESNET_SERVE_ACCESS_LOG": "false",
+    }
+
+
+def run(
+    model: BenchModel, repo: Path, *, quick: bool, duration: float | None, use_wrk: bool,
+    log: Callable[[str], None] = print,
+) -> dict[str, object]:
+    plan = plan_for(model, quick=quick, duration=duration)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    url = f"{base}/predict?model={model.name}&top_k=5"
+    payloads = payloads_for(model)
+    runs: list[dict[str, object]] = []
+    log_path = Path(tempfile.gettempdir()) / f"bench-service-{model.name}-{port}.log"
+    wrk_note = None
+    with running_server([python(), "-m", "service"], service_env(repo, port), f"{base}/health/ready", log_path=log_path):
+        single = loadgen.bodies(payloads, 1)
+
+        def measure(row_of: Callable[[], dict[str, object]]) -> dict[str, object]:
+            before = batch_sizes(base, model.name)
+            row = row_of()
+            delta = batch_sizes(base, model.name).since(before)
+            row["mean_batch_size"] = delta.mean
+            row["batch_sizes"] = delta.per_bucket()
+            runs.append(row)
+            log(_line("service", model.name, row))
+            return row
+
+        saturated = None
+        for concurrency in plan.single_concurrency:
+            row = measure(lambda c=concurrency: loadgen.run_closed(
+                url, single, concurrency=c, seconds=phase_seconds(plan, c), warmup_s=plan.warmup_s))
+            if concurrency == plan.saturating:
+                saturated = row
+        for concurrency, per_request in plan.multi:
+            measure(lambda c=concurrency, n=per_request: loadgen.run_closed(
+                url, loadgen.bodies(payloads, n), concurrency=c, seconds=plan.seconds, warmup_s=plan.warmup_s))
+        if saturated and saturated["requests_per_s"]:
+            rate = max(1.0, plan.open_fraction * float(saturated["requests_per_s"]))  # type: ignore[arg-type]
+            measure(lambda: loadgen.run_open(url, single, rate_per_s=rate, seconds=plan.seconds, warmup_s=plan.warmup_s))
+        if use_wrk and model.kind == "cifar":
+            for concurrency, per_request in ((plan.saturating, 1), *plan.multi):
+                if not wrk.available():
+                    wrk_note = "wrk not installed (apt-get install wrk): native-client figures skipped"
+                    break
+                body = loadgen.bodies(payloads, per_request)[0]
+                measure(lambda c=concurrency, b=body: wrk.run(url, b, concurrency=c, seconds=plan.seconds))
+        whole = batch_sizes(base, model.name)
+    return {
+        "plan": plan.__dict__,
+        "runs": runs,
+        "batch_histogram": whole.per_bucket(),
+        "mean_batch_size": whole.mean,
+        "wrk_note": wrk_note,
+    }
+
+
+def _line(server: str, model: str, row: dict[str, object]) -> str:
+    mean_batch = row.get("mean_batch_size")
+    return (
+        f"  {server} {model} {row['scenario']:<16} x{row['images_per_request']:<3} "
+        f"{row['images_per_s']:8.1f} img/s  p50 {row['p50_ms']:8.2f} ms  p99 {row['p99_ms']:8.2f} ms  "
+        f"errors {row['errors'] or 0}" + (f"  mean batch {mean_batch:.1f}" if mean_batch else "")
+    )
