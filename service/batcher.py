@@ -105,6 +105,8 @@ class Batcher:
     def release(self, count: int) -> None:
         """Give back reserved slots whose images will never be submitted (decode failed)."""
         self._reserved = max(0, self._reserved - count)
+        if self._reserved == 0 and self._pending:
+            self._batch_full.set()
 
     def submit(self, images: Sequence[np.ndarray]) -> list[asyncio.Future[np.ndarray]]:
         """Turn reserved slots into queued images; each future resolves to that image's output row."""
@@ -118,8 +120,8 @@ class Batcher:
         self._reserved = max(0, self._reserved - len(images))
         self._queue_depth.set(len(self._pending))
         self._wakeup.set()
-        if len(self._pending) >= self.max_batch_size:
-            self._batch_full.set()
+        if len(self._pending) >= self.max_batch_size or self._reserved == 0:
+            self._batch_full.set()  # full, or nothing more is coming: the collector need not wait
         return futures
 
     # --- the collector -------------------------------------------------------------------------
@@ -135,7 +137,9 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             remaining = self._pending[0].enqueued + self.max_delay_s - loop.time()
-            if len(self._pending) < self.max_batch_size and remaining > 0:
+            # Wait for company only while more images are on their way (admitted, still decoding):
+            # a lone request (concurrency 1) runs at once instead of always paying the full delay.
+            if len(self._pending) < self.max_batch_size and remaining > 0 and self._reserved > 0:
                 self._batch_full.clear()
                 try:
                     await asyncio.wait_for(self._batch_full.wait(), remaining)
