@@ -313,17 +313,26 @@ def _read_file(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+        detail = _unpickling_detail(str(exc))
+        if "global" in detail.lower():
             raise CheckpointError(
                 f"refusing {path}: it is a pickle that would run code or build objects other than tensors"
                 f" and plain containers (loaded with weights_only=True). Re-save just the state_dict"
-                f" (torch.save(model.state_dict(), ...)) or use safetensors. Detail: {first_line}"
+                f" (torch.save(model.state_dict(), ...)) or use safetensors. Detail: {detail}"
             ) from None
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {first_line}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as exc:
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint (corrupt or another format): {detail}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, KeyError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {detail}") from None
+
+
+def _unpickling_detail(message: str) -> str:
+    """The line of torch's long weights_only message that says what was wrong."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "global" in line or line.startswith("Unsupported"):
+            return line
+    return lines[-1] if lines else "unpickling failed"
 
 
 def unwrap_state_dict(obj: object, *, origin: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -247,7 +247,11 @@ class ResNet(nn.Module):
         return out_channels
 
     def _init_weights(self) -> None:
-        """He init for convs, unit BN: a sane random model (checkpoints overwrite all of it)."""
+        """He init for convs, unit BN: a usable random model (checkpoints overwrite all of it).
+
+        The last BN of each residual branch starts at 1/sqrt(blocks) so that activations stay finite
+        in eval mode at any depth (with unit gains, resnet1202's 600 additions overflow float32).
+        """
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -256,6 +260,10 @@ class ResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        blocks = [module for module in self.modules() if isinstance(module, (BasicBlock, Bottleneck))]
+        for block in blocks:
+            last_bn = block.bn3 if isinstance(block, Bottleneck) else block.bn2
+            nn.init.constant_(last_bn.weight, 1.0 / len(blocks) ** 0.5)
 
     @property
     def head(self) -> nn.Linear:
