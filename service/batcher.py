@@ -150,7 +150,7 @@ class Batcher:
             if not items:
                 continue
             self._idle.clear()
-            run = loop.run_in_executor(self._executor, self._infer, [item.pixels for item in items])
+            run = loop.run_in_executor(self._executor, self._infer, items)
             run.add_done_callback(lambda done, taken=items: self._deliver(done, taken))
 
     def _take_batch(self, now: float) -> list[_Item]:
@@ -166,15 +166,18 @@ class Batcher:
             self._batch_full.clear()
         return items
 
-    def _infer(self, images: list[np.ndarray]) -> np.ndarray:
-        """Worker thread: stack and run one batch."""
+    def _infer(self, items: list[_Item]) -> tuple[list[_Item], np.ndarray | None]:
+        """Worker thread: drop images whose request gave up meanwhile, stack and run the rest."""
+        live = [item for item in items if not item.future.done()]
+        if not live:
+            return live, None
         started = time.perf_counter()
-        outputs = self._run_batch(np.stack(images))
+        outputs = self._run_batch(np.stack([item.pixels for item in live]))
         self._inference_latency.observe(time.perf_counter() - started)
-        self._batch_size.observe(len(images))
-        return outputs
+        self._batch_size.observe(len(live))
+        return live, outputs
 
-    def _deliver(self, done: asyncio.Future[np.ndarray], items: list[_Item]) -> None:
+    def _deliver(self, done: asyncio.Future[tuple[list[_Item], np.ndarray | None]], items: list[_Item]) -> None:
         self._idle.set()
         if done.cancelled():
             error: BaseException = ServiceError(503, "shutting_down", "inference was cancelled by shutdown")
@@ -182,9 +185,11 @@ class Batcher:
             log.error("inference failed for a batch of %d on %s", len(items), self.model_name, exc_info=done.exception())
             error = ServiceError(500, "inference_failed", f"inference failed for model {self.model_name!r}")
         else:
-            outputs = done.result()
-            self._images.inc(len(items))
-            for item, row in zip(items, outputs):
+            live, outputs = done.result()
+            if outputs is None:
+                return
+            self._images.inc(len(live))
+            for item, row in zip(live, outputs):
                 if not item.future.done():
                     item.future.set_result(row)
             return

@@ -1,0 +1,122 @@
+"""Run the real service (``python -m service``) as a uvicorn process on 127.0.0.1 for tests.
+
+Usage::
+
+    with run_server(model_repo, "--max-queue-size", "8", wait="ready") as server:
+        httpx.get(server.url("/health/ready"))
+        server.terminate()          # SIGTERM, as an orchestrator would
+        server.wait(timeout=30)
+
+The process gets a free port, logs to a file (shown when startup fails) and is always stopped
+(SIGTERM, then SIGKILL) when the block exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self) -> None:
+        """Send SIGTERM (graceful shutdown)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+def _wait_for(server: RunningServer, path: str, deadline: float) -> None:
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"service exited with {server.process.returncode} before {path} answered:\n{server.log()}")
+        try:
+            response = httpx.get(server.url(path), timeout=2.0)
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text[:300]}"
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        time.sleep(0.05)
+    raise TimeoutError(f"{path} not 200 in time (last: {last}):\n{server.log()}")
+
+
+@contextmanager
+def run_server(
+    model_dir: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    wait: Literal["ready", "live", "none"] = "ready",
+    timeout_s: float = 180.0,
+) -> Iterator[RunningServer]:
+    """Start ``python -m service`` on a free port and wait until ``/health/<wait>`` answers 200.
+
+    ``args`` are extra CLI flags; ``env`` adds variables (RESNET_SERVE_* from the caller's own
+    environment are dropped so the test controls every setting).
+    """
+    port = free_port()
+    child_env = {key: value for key, value in os.environ.items() if not key.startswith("RESNET_SERVE_")}
+    child_env["PYTHONUNBUFFERED"] = "1"
+    child_env.update(env or {})
+    log_file = tempfile.NamedTemporaryFile(prefix="resnet-serve-", suffix=".log", delete=False)
+    command = [
+        sys.executable, "-m", "service",
+        "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--no-access-log", *args,
+    ]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=child_env, stdout=log_file, stderr=subprocess.STDOUT)
+    server = RunningServer(process, port, Path(log_file.name))
+    try:
+        if wait != "none":
+            _wait_for(server, f"/health/{wait}", time.monotonic() + timeout_s)
+        yield server
+    finally:
+        if server.alive():
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        log_file.close()
+        Path(log_file.name).unlink(missing_ok=True)
