@@ -35,9 +35,8 @@ def crops(model: BenchModel, loaded: LoadedModel) -> np.ndarray:
 
 
 def time_batch(loaded: LoadedModel, batch: np.ndarray, *, seconds: float, min_runs: int = 3) -> dict[str, float]:
-    """images/s and per-call latency (mean, p50) for one batch size, after two untimed warm-up runs."""
-    for _ in range(2):
-        loaded.run(batch)
+    """images/s and per-call latency (mean, p50) for one batch size, after an untimed warm-up run."""
+    loaded.run(batch)
     latencies: list[float] = []
     started = time.perf_counter()
     while len(latencies) < min_runs or time.perf_counter() - started < seconds:
@@ -61,7 +60,7 @@ def run(model: BenchModel, repo: Path, *, quick: bool, log: Callable[[str], None
     seconds = (1.0 if quick else 3.0) if model.kind == "imagenet" else (0.5 if quick else 1.5)
     for size in QUICK_BATCHES if quick else FULL_BATCHES:
         batch = np.ascontiguousarray(np.resize(pixels, (size, *pixels.shape[1:])))
-        row = time_batch(loaded, batch, seconds=seconds, min_runs=2 if quick else 3)
+        row = time_batch(loaded, batch, seconds=seconds, min_runs=2 if quick or size >= 16 else 3)
         rows.append(row)
         log(
             f"  raw {model.name} batch {size:>2}: {row['images_per_s']:8.1f} img/s, "
