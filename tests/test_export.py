@@ -134,7 +134,7 @@ def test_rerun_with_same_weights_and_settings_does_nothing(tmp_path: Path) -> No
     assert (first.skipped, again.skipped) == (False, True)
     assert again.version == first.version == 1 and again.path == first.path
     assert any("nothing to do" in line for line in lines)
-    changed = export_model("resnet20", weights, model_dir=tmp_path, name="cifar", opset=18, log=quiet)
+    changed = export_model("resnet20", weights, model_dir=tmp_path, name="cifar", opset=18, verify=False, log=quiet)
     assert (changed.skipped, changed.version) == (False, 2)
 
 
@@ -172,12 +172,15 @@ def test_failed_verification_writes_nothing(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_labels_file_overrides_and_placeholders_fill_in(tmp_path: Path) -> None:
-    placeholder = export_model("resnet20", None, model_dir=tmp_path, name="three", num_classes=3, log=quiet)
+    # Labels do not depend on verification: skip it to keep the test fast.
+    placeholder = export_model(
+        "resnet20", None, model_dir=tmp_path, name="three", num_classes=3, verify=False, log=quiet
+    )
     assert placeholder.card.labels == ("class_0", "class_1", "class_2")
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nbird\n")
     named = export_model(
-        "resnet20", None, model_dir=tmp_path, name="three", num_classes=3, labels_file=labels, log=quiet
+        "resnet20", None, model_dir=tmp_path, name="three", num_classes=3, labels_file=labels, verify=False, log=quiet
     )
     assert named.card.labels == ("cat", "dog", "bird") and named.version == 2
     labels.write_text("cat\ndog\n")
