@@ -31,6 +31,14 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def link_repository(source: Path, target: Path, *names: str) -> Path:
+    """A model repository with only ``names`` from ``source`` (symlinks; version 1): faster startups."""
+    for name in names:
+        (target / name / "1").mkdir(parents=True)
+        (target / name / "1" / "model.onnx").symlink_to(source / name / "1" / "model.onnx")
+    return target
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

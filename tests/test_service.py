@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import CIFAR_SAMPLE_ACCURACY, cifar_sample, shared_path
+from server import link_repository
 from service.app import create_app
 from service.settings import Settings
 
@@ -56,22 +57,14 @@ def client(model_repo: Path) -> Iterator[TestClient]:
         yield client
 
 
-def repo_with(model_repo: Path, target: Path, *names: str) -> Path:
-    """A model repository holding only ``names`` (links to the session's exported files): faster startups."""
-    for name in names:
-        (target / name / "1").mkdir(parents=True)
-        (target / name / "1" / "model.onnx").symlink_to(model_repo / name / "1" / "model.onnx")
-    return target
-
-
 @pytest.fixture(scope="module")
 def cifar_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return repo_with(model_repo, tmp_path_factory.mktemp("cifar_repo"), "resnet20")
+    return link_repository(model_repo, tmp_path_factory.mktemp("cifar_repo"), "resnet20")
 
 
 @pytest.fixture(scope="module")
 def small_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return repo_with(model_repo, tmp_path_factory.mktemp("small_repo"), "resnet20", "resnet18")
+    return link_repository(model_repo, tmp_path_factory.mktemp("small_repo"), "resnet20", "resnet18")
 
 
 def photo(name: str) -> bytes:
@@ -380,7 +373,7 @@ def test_not_ready_until_models_are_warm(small_repo: Path) -> None:
 
 
 def test_a_broken_model_keeps_the_service_not_ready_but_others_serve(model_repo: Path, tmp_path: Path) -> None:
-    repo = repo_with(model_repo, tmp_path / "repo", "resnet20")
+    repo = link_repository(model_repo, tmp_path / "repo", "resnet20")
     (repo / "broken" / "3").mkdir(parents=True)
     (repo / "broken" / "3" / "model.onnx").write_bytes(b"this is not an onnx file")
     with service(repo, ready=False) as client:
@@ -407,7 +400,7 @@ def test_the_only_model_is_the_default_and_highest_version_wins(model_repo: Path
 
 
 def test_api_key_protects_predict_and_models_but_not_probes(model_repo: Path, tmp_path: Path) -> None:
-    repo = repo_with(model_repo, tmp_path / "repo", "resnet20")
+    repo = link_repository(model_repo, tmp_path / "repo", "resnet20")
     with service(repo, api_key="s3cret") as client:
         assert client.get("/health/ready").status_code == 200
         assert_error(client.get("/models"), 401, "unauthorized")
