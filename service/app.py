@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_bytes=settings.max_upload_bytes,
                 max_files=settings.max_files,
                 timeout_s=max(0.0, deadline - time.perf_counter()),
+                idle_timeout_s=settings.body_timeout_s,
             )
             rows = await _classify(state, loaded, batcher, uploads.files, deadline)
             body: dict[str, Any] = {"model": label, "version": loaded.entry.version}

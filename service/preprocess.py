@@ -72,7 +72,7 @@ def preprocess_image(
     except Image.DecompressionBombError:
         raise ServiceError(413, "image_too_large", "image decompresses beyond the pixel limit") from None
     except ValueError as exc:
-        if "decompressed data too large" in str(exc).lower():
+        if _is_metadata_bomb(exc):
             raise ServiceError(413, "image_too_large", "image metadata decompresses beyond the limit") from None
         raise _corrupt(exc) from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, EOFError, struct.error, ... on bad data.
@@ -94,6 +94,10 @@ def open_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
             "unsupported_image",
             f"not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})",
         ) from None
+    except ValueError as exc:
+        if _is_metadata_bomb(exc):  # e.g. a PNG zTXt/iTXt chunk inflating past MAX_TEXT_CHUNK, before any pixel
+            raise ServiceError(413, "image_too_large", "image metadata decompresses beyond the limit") from None
+        raise _corrupt(exc) from None
     except Exception as exc:
         raise _corrupt(exc) from None
     width, height = image.size
@@ -197,6 +201,11 @@ def _request_draft(image: Image.Image, resize_size: int) -> None:
     factor = 2.0 * resize_size / min(width, height)
     if factor < 1.0:
         image.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
+
+
+def _is_metadata_bomb(exc: ValueError) -> bool:
+    """Pillow's words for a compressed metadata chunk that inflates past its safety limit."""
+    return "decompressed data too large" in str(exc).lower()
 
 
 def _corrupt(exc: BaseException) -> ServiceError:

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Threads decoding and resizing uploads (0 = number of cores)."
     )
     warmup: bool = Field(default=True, description="Run every batch-size bucket once before turning ready.")
+    allow_partial: bool = Field(
+        default=False,
+        description="Turn ready when at least one model loaded even if others failed (their reasons stay in "
+        "/health/ready 'models'); by default one failed model keeps the whole service not ready.",
+    )
 
     # Input limits.
     max_upload_bytes: int = Field(
@@ -81,6 +86,11 @@ class Settings(BaseSettings):
         description="Largest width x height, checked from the header before decoding (413).",
     )
     max_files: int = Field(default=64, ge=1, description="Most images in one multipart request (413).")
+    body_timeout_s: float = Field(
+        default=10.0, gt=0.0,
+        description="A request body that sends nothing for this long is cut off with 408 (a stalled upload); "
+        "the whole body must also arrive within REQUEST_TIMEOUT_S.",
+    )
     jpeg_draft: bool = Field(
         default=False,
         description="Let libjpeg downscale big JPEGs while decoding: several times faster on large photos, "

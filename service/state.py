@@ -80,7 +80,7 @@ class ServiceState:
             self._serve(model)
         failed = {name: status for name, status in self.model_status.items() if status != READY}
         default = self.settings.default_model
-        if failed:
+        if failed and not (self.settings.allow_partial and self.models):
             self.problem = "; ".join(f"{name}: {status}" for name, status in failed.items())
         elif default is not None and default not in self.models:
             self.problem = f"DEFAULT_MODEL {default!r} is not in {self.settings.model_dir}"
@@ -88,6 +88,8 @@ class ServiceState:
             self.problem = None
         if self.problem is None and not self.shutting_down:
             self.metrics.ready.set(1)
+            for name, status in failed.items():
+                log.error("model %s not served (ALLOW_PARTIAL: ready with the others): %s", name, status)
             log.info("ready: serving %s", ", ".join(f"{m.name} v{m.entry.version}" for m in self.models.values()))
         else:
             log.error("not ready: %s", self.problem)

@@ -10,6 +10,7 @@ as soon as the running count passes it, and the multipart parser refuses the fil
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from python_multipart.exceptions import FormParserError
@@ -45,8 +46,14 @@ def too_large(max_bytes: int) -> ServiceError:
     return ServiceError(413, "upload_too_large", f"request body exceeds the limit of {max_bytes} bytes")
 
 
-async def read_uploads(request: Request, *, max_bytes: int, max_files: int, timeout_s: float) -> Uploads:
-    """Parse the request body into images, enforcing every limit while reading."""
+async def read_uploads(
+    request: Request, *, max_bytes: int, max_files: int, timeout_s: float, idle_timeout_s: float | None = None
+) -> Uploads:
+    """Parse the request body into images, enforcing every limit while reading.
+
+    ``timeout_s`` bounds the whole body; ``idle_timeout_s`` bounds each wait for the next chunk, so a
+    client that stalls mid-upload is cut off (408) long before the request deadline.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise too_large(max_bytes)
@@ -54,10 +61,16 @@ async def read_uploads(request: Request, *, max_bytes: int, max_files: int, time
     try:
         async with asyncio.timeout(timeout_s) if hasattr(asyncio, "timeout") else _no_timeout():
             if media_type == b"multipart/form-data":
-                return await _read_multipart(request, options.get(b"boundary"), max_bytes, max_files)
+                return await _read_multipart(
+                    _chunks(request, idle_timeout_s), options.get(b"boundary"), max_bytes, max_files
+                )
             if media_type.startswith(b"image/") or media_type == b"application/octet-stream":
-                data = await _read_all(request, max_bytes)
+                data = await _read_all(_chunks(request, idle_timeout_s), max_bytes)
                 return Uploads([Upload(RAW_BODY_NAME, data)], multiple=False)
+    except _Stalled:
+        raise ServiceError(
+            408, "upload_timeout", f"the upload stalled: no data for {idle_timeout_s:g} s"
+        ) from None
     except TimeoutError:
         raise ServiceError(408, "upload_timeout", f"the request body did not arrive within {timeout_s:.0f} s") from None
     except ClientDisconnect:
@@ -71,10 +84,31 @@ async def read_uploads(request: Request, *, max_bytes: int, max_files: int, time
     )
 
 
-async def _read_all(request: Request, max_bytes: int) -> bytes:
+class _Stalled(Exception):
+    """No body bytes arrived within the idle timeout."""
+
+
+async def _chunks(request: Request, idle_timeout_s: float | None) -> AsyncIterator[bytes]:
+    """The body's chunks; each wait for the next one is bounded by ``idle_timeout_s``.
+
+    uvicorn (h11/httptools) has no body read timeout of its own: without this a client that sends
+    headers and then nothing holds its connection until the request deadline.
+    """
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), idle_timeout_s)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise _Stalled() from None
+        yield chunk
+
+
+async def _read_all(chunk_stream: AsyncIterator[bytes], max_bytes: int) -> bytes:
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
+    async for chunk in chunk_stream:
         received += len(chunk)
         if received > max_bytes:
             raise too_large(max_bytes)
@@ -140,7 +174,9 @@ class _PartCollector:
         self.finished = True
 
 
-async def _read_multipart(request: Request, boundary: bytes | None, max_bytes: int, max_files: int) -> Uploads:
+async def _read_multipart(
+    chunk_stream: AsyncIterator[bytes], boundary: bytes | None, max_bytes: int, max_files: int
+) -> Uploads:
     if not boundary:
         raise ServiceError(422, "bad_multipart", "multipart/form-data without a boundary parameter")
     collector = _PartCollector(max_files)
@@ -150,7 +186,7 @@ async def _read_multipart(request: Request, boundary: bytes | None, max_bytes: i
         raise ServiceError(422, "bad_multipart", f"invalid multipart boundary: {exc}") from None
     received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in chunk_stream:
             received += len(chunk)
             if received > max_bytes:
                 raise too_large(max_bytes)
