@@ -134,7 +134,9 @@ def _named_checkpoint(spec: str) -> PublishedCheckpoint | None:
     if scheme == "torchvision":
         arch, sep, tag = rest.partition(":")
         if not sep or not tag:
-            raise CheckpointError(f"{spec!r}: expected torchvision:<arch>:<TAG>, e.g. torchvision:resnet50:IMAGENET1K_V2")
+            raise CheckpointError(
+                f"{spec!r}: expected torchvision:<arch>:<TAG>, e.g. torchvision:resnet50:IMAGENET1K_V2"
+            )
         family = "torchvision"
     elif scheme == "cifar10":
         arch, tag, family = rest, "cifar10", "cifar"
@@ -234,7 +236,9 @@ def _fetch(remote: _Remote) -> tuple[Path, str]:
                 f" ({OFFLINE_ENV}=1): replace it with the right file from {remote.url}"
             )
     elif not downloads_allowed():
-        raise CheckpointError(f"{remote.url} is not cached and downloads are off ({OFFLINE_ENV}=1): {_drop_hint(remote)}")
+        raise CheckpointError(
+            f"{remote.url} is not cached and downloads are off ({OFFLINE_ENV}=1): {_drop_hint(remote)}"
+        )
     return path, _download(remote)
 
 
@@ -260,10 +264,14 @@ def _download(remote: _Remote) -> str:
                         out.write(chunk)
                         received += len(chunk)
             except urllib.error.HTTPError as exc:
-                raise CheckpointError(f"downloading {remote.url} failed: HTTP {exc.code} {exc.reason}; {_drop_hint(remote)}") from None
+                raise CheckpointError(
+                    f"downloading {remote.url} failed: HTTP {exc.code} {exc.reason}; {_drop_hint(remote)}"
+                ) from None
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
-                raise CheckpointError(f"downloading {remote.url} failed: {reason!s}; {_drop_hint(remote)}") from None
+                raise CheckpointError(
+                    f"downloading {remote.url} failed: {reason!s}; {_drop_hint(remote)}"
+                ) from None
             if announced is not None and announced.isdigit() and received != int(announced):
                 raise CheckpointError(
                     f"downloading {remote.url} failed: got {received} of {announced} bytes (connection cut);"
@@ -320,7 +328,9 @@ def _read_file(path: Path) -> object:
                 f" and plain containers (loaded with weights_only=True). Re-save just the state_dict"
                 f" (torch.save(model.state_dict(), ...)) or use safetensors. Detail: {detail}"
             ) from None
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint (corrupt or another format): {detail}") from None
+        raise CheckpointError(
+            f"cannot read {path} as a PyTorch checkpoint (corrupt or another format): {detail}"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, KeyError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {detail}") from None
@@ -385,14 +395,14 @@ def expected_shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
 
 
 def adapt_head(state_dict: dict[str, torch.Tensor], head_name: str) -> dict[str, torch.Tensor]:
-    """Rename the classifier (``fc`` <-> ``linear``) to what the model calls it, if only the other is there."""
+    """Rename the classifier (``fc`` <-> ``linear``) to the model's name when only the other is present."""
     if any(key.startswith(f"{head_name}.") for key in state_dict):
         return state_dict
     for other in HEAD_NAMES:
         if other != head_name and any(key.startswith(f"{other}.") for key in state_dict):
             prefix = f"{other}."
             return {
-                (f"{head_name}.{key[len(prefix):]}" if key.startswith(prefix) else key): value
+                (f"{head_name}.{key[len(prefix) :]}" if key.startswith(prefix) else key): value
                 for key, value in state_dict.items()
             }
     return state_dict
@@ -408,7 +418,9 @@ def _is_optional(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
-def mismatch(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]) -> tuple[list[str], list[str], list[str]]:
+def mismatch(
+    state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]
+) -> tuple[list[str], list[str], list[str]]:
     """(missing, unexpected, mis-shaped as 'key: checkpoint (..) vs model (..)') keys."""
     missing = [key for key in expected if key not in state_dict and not _is_optional(key)]
     unexpected = [key for key in state_dict if key not in expected]
@@ -437,7 +449,9 @@ def fitting_architectures(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     return fits
 
 
-def check_fits(state_dict: dict[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], arch: str, source: str) -> None:
+def check_fits(
+    state_dict: dict[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], arch: str, source: str
+) -> None:
     """Raise a CheckpointError naming missing/unexpected/mis-shaped keys and any architecture that fits."""
     missing, unexpected, misshaped = mismatch(state_dict, expected)
     if not (missing or unexpected or misshaped):
@@ -457,7 +471,9 @@ def load_into(model: ResNet, checkpoint: LoadedCheckpoint, *, arch: str) -> None
     """Copy ``checkpoint`` into ``model`` strictly (every key present, nothing extra, shapes equal)."""
     state_dict = adapt_head(checkpoint.state_dict, model.head_name)
     model_state = model.state_dict()
-    check_fits(state_dict, {key: tuple(value.shape) for key, value in model_state.items()}, arch, checkpoint.source)
+    check_fits(
+        state_dict, {key: tuple(value.shape) for key, value in model_state.items()}, arch, checkpoint.source
+    )
     complete = dict(state_dict)
     for key, value in model_state.items():
         if key not in complete and _is_optional(key):
@@ -490,9 +506,16 @@ def load_checkpoint(spec: str | os.PathLike[str], *, arch: str | None = None) ->
     num_classes = infer_num_classes(state_dict, origin=str(path))
     if arch is not None:
         if published is not None and published.arch != arch and remote is not None:
-            raise CheckpointError(f"{source} is the published {published.arch} checkpoint, not one for {arch}")
+            raise CheckpointError(
+                f"{source} is the published {published.arch} checkpoint, not one for {arch}"
+            )
         head_name = get_model_config(arch).head_name
         check_fits(adapt_head(state_dict, head_name), expected_shapes(arch, num_classes), arch, source)
     return LoadedCheckpoint(
-        state_dict=state_dict, source=source, sha256=sha, num_classes=num_classes, published=published, path=path
+        state_dict=state_dict,
+        source=source,
+        sha256=sha,
+        num_classes=num_classes,
+        published=published,
+        path=path,
     )

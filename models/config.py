@@ -41,7 +41,9 @@ class Preprocessing:
     @classmethod
     def from_crop_pct(cls, crop_size: int, crop_pct: float, interpolation: str = "bicubic") -> Preprocessing:
         """timm's convention: resize to floor(crop / crop_pct) (0.875 -> 256, 0.95 -> 235 for 224)."""
-        return cls(resize_size=math.floor(crop_size / crop_pct), crop_size=crop_size, interpolation=interpolation)
+        return cls(
+            resize_size=math.floor(crop_size / crop_pct), crop_size=crop_size, interpolation=interpolation
+        )
 
 
 TORCHVISION_V1 = Preprocessing(resize_size=256, crop_size=224, interpolation="bilinear")

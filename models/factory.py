@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 import torch
@@ -22,7 +22,9 @@ def build_model(name: str, *, num_classes: int | None = None) -> ResNet:
     return ResNet(num_classes=num_classes or config.num_classes, **config.builder_kwargs())  # type: ignore[arg-type]
 
 
-def create_model(name: str, *, num_classes: int | None = None, weights: WeightsSpec | None = None) -> torch.nn.Module:
+def create_model(
+    name: str, *, num_classes: int | None = None, weights: WeightsSpec | None = None
+) -> torch.nn.Module:
     """``name`` in eval mode, with ``weights`` (any spec :func:`load_checkpoint` takes) loaded strictly.
 
     With weights and no ``num_classes``, the class count comes from the checkpoint's head, so
@@ -52,7 +54,7 @@ def preprocessing_for(name: str, weights: WeightsSpec | None = None) -> Preproce
     return published.preprocessing if published is not None else config.preprocessing
 
 
-@lru_cache(maxsize=None)
+@cache
 def _label_file(label_set: str) -> tuple[str, ...]:
     text = resources.files("models").joinpath("labels", f"{label_set}.txt").read_text(encoding="utf-8")
     return tuple(line.strip() for line in text.splitlines() if line.strip())

@@ -23,7 +23,9 @@ _REGISTRY: dict[str, ModelConfig] = {}
 
 TORCHVISION_URL = "https://download.pytorch.org/models/{arch}-{sha}.pth"
 HF_URL = "https://huggingface.co/{hub_id}/resolve/main/model.safetensors"
-CIFAR_URL = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/{arch}-{sha8}.th"
+CIFAR_URL = (
+    "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/{arch}-{sha8}.th"
+)
 
 
 def _register(config: ModelConfig) -> ModelConfig:
@@ -167,63 +169,196 @@ def _cifar(name: str, blocks_per_stage: int, *, num_params: int, sha256: str, ac
 
 
 # --- torchvision layout (ResNet v1.5) -------------------------------------------------------------
-_torchvision("resnet18", "basic", (2, 2, 2, 2), num_params=11_689_512,
-             weights=[("IMAGENET1K_V1", "f37072fd", 69.758, TORCHVISION_V1)])  # fmt: skip
-_torchvision("resnet34", "basic", (3, 4, 6, 3), num_params=21_797_672,
-             weights=[("IMAGENET1K_V1", "b627a593", 73.314, TORCHVISION_V1)])  # fmt: skip
-_torchvision("resnet50", "bottleneck", (3, 4, 6, 3), num_params=25_557_032,
-             weights=[("IMAGENET1K_V1", "0676ba61", 76.130, TORCHVISION_V1),
-                      ("IMAGENET1K_V2", "11ad3fa6", 80.858, TORCHVISION_V2)])  # fmt: skip
-_torchvision("resnet101", "bottleneck", (3, 4, 23, 3), num_params=44_549_160,
-             weights=[("IMAGENET1K_V1", "63fe2227", 77.374, TORCHVISION_V1),
-                      ("IMAGENET1K_V2", "cd907fc2", 81.886, TORCHVISION_V2)])  # fmt: skip
-_torchvision("resnet152", "bottleneck", (3, 8, 36, 3), num_params=60_192_808,
-             weights=[("IMAGENET1K_V1", "394f9c45", 78.312, TORCHVISION_V1),
-                      ("IMAGENET1K_V2", "f82ba261", 82.284, TORCHVISION_V2)])  # fmt: skip
-_torchvision("resnext50_32x4d", "bottleneck", (3, 4, 6, 3), groups=32, width_per_group=4, num_params=25_028_904,
-             weights=[("IMAGENET1K_V1", "7cdf4587", 77.618, TORCHVISION_V1),
-                      ("IMAGENET1K_V2", "1a0047aa", 81.198, TORCHVISION_V2)])  # fmt: skip
-_torchvision("resnext101_32x8d", "bottleneck", (3, 4, 23, 3), groups=32, width_per_group=8, num_params=88_791_336,
-             weights=[("IMAGENET1K_V1", "8ba56ff5", 79.312, TORCHVISION_V1),
-                      ("IMAGENET1K_V2", "110c445d", 82.834, TORCHVISION_V2)])  # fmt: skip
+_torchvision(
+    "resnet18",
+    "basic",
+    (2, 2, 2, 2),
+    num_params=11_689_512,
+    weights=[("IMAGENET1K_V1", "f37072fd", 69.758, TORCHVISION_V1)],
+)
+_torchvision(
+    "resnet34",
+    "basic",
+    (3, 4, 6, 3),
+    num_params=21_797_672,
+    weights=[("IMAGENET1K_V1", "b627a593", 73.314, TORCHVISION_V1)],
+)
+_torchvision(
+    "resnet50",
+    "bottleneck",
+    (3, 4, 6, 3),
+    num_params=25_557_032,
+    weights=[
+        ("IMAGENET1K_V1", "0676ba61", 76.130, TORCHVISION_V1),
+        ("IMAGENET1K_V2", "11ad3fa6", 80.858, TORCHVISION_V2),
+    ],
+)
+_torchvision(
+    "resnet101",
+    "bottleneck",
+    (3, 4, 23, 3),
+    num_params=44_549_160,
+    weights=[
+        ("IMAGENET1K_V1", "63fe2227", 77.374, TORCHVISION_V1),
+        ("IMAGENET1K_V2", "cd907fc2", 81.886, TORCHVISION_V2),
+    ],
+)
+_torchvision(
+    "resnet152",
+    "bottleneck",
+    (3, 8, 36, 3),
+    num_params=60_192_808,
+    weights=[
+        ("IMAGENET1K_V1", "394f9c45", 78.312, TORCHVISION_V1),
+        ("IMAGENET1K_V2", "f82ba261", 82.284, TORCHVISION_V2),
+    ],
+)
+_torchvision(
+    "resnext50_32x4d",
+    "bottleneck",
+    (3, 4, 6, 3),
+    groups=32,
+    width_per_group=4,
+    num_params=25_028_904,
+    weights=[
+        ("IMAGENET1K_V1", "7cdf4587", 77.618, TORCHVISION_V1),
+        ("IMAGENET1K_V2", "1a0047aa", 81.198, TORCHVISION_V2),
+    ],
+)
+_torchvision(
+    "resnext101_32x8d",
+    "bottleneck",
+    (3, 4, 23, 3),
+    groups=32,
+    width_per_group=8,
+    num_params=88_791_336,
+    weights=[
+        ("IMAGENET1K_V1", "8ba56ff5", 79.312, TORCHVISION_V1),
+        ("IMAGENET1K_V2", "110c445d", 82.834, TORCHVISION_V2),
+    ],
+)
 # The only resnext101_64x4d weights were trained with the V2 recipe (resize 232) but are named V1.
-_torchvision("resnext101_64x4d", "bottleneck", (3, 4, 23, 3), groups=64, width_per_group=4, num_params=83_455_272,
-             weights=[("IMAGENET1K_V1", "173b62eb", 83.246, TORCHVISION_V2)])  # fmt: skip
-_torchvision("wide_resnet50_2", "bottleneck", (3, 4, 6, 3), width_per_group=128, num_params=68_883_240,
-             weights=[("IMAGENET1K_V1", "95faca4d", 78.468, TORCHVISION_V1),
-                      ("IMAGENET1K_V2", "9ba9bcbe", 81.602, TORCHVISION_V2)])  # fmt: skip
-_torchvision("wide_resnet101_2", "bottleneck", (3, 4, 23, 3), width_per_group=128, num_params=126_886_696,
-             weights=[("IMAGENET1K_V1", "32ee1156", 78.848, TORCHVISION_V1),
-                      ("IMAGENET1K_V2", "d733dc28", 82.510, TORCHVISION_V2)])  # fmt: skip
+_torchvision(
+    "resnext101_64x4d",
+    "bottleneck",
+    (3, 4, 23, 3),
+    groups=64,
+    width_per_group=4,
+    num_params=83_455_272,
+    weights=[("IMAGENET1K_V1", "173b62eb", 83.246, TORCHVISION_V2)],
+)
+_torchvision(
+    "wide_resnet50_2",
+    "bottleneck",
+    (3, 4, 6, 3),
+    width_per_group=128,
+    num_params=68_883_240,
+    weights=[
+        ("IMAGENET1K_V1", "95faca4d", 78.468, TORCHVISION_V1),
+        ("IMAGENET1K_V2", "9ba9bcbe", 81.602, TORCHVISION_V2),
+    ],
+)
+_torchvision(
+    "wide_resnet101_2",
+    "bottleneck",
+    (3, 4, 23, 3),
+    width_per_group=128,
+    num_params=126_886_696,
+    weights=[
+        ("IMAGENET1K_V1", "32ee1156", 78.848, TORCHVISION_V1),
+        ("IMAGENET1K_V2", "d733dc28", 82.510, TORCHVISION_V2),
+    ],
+)
 
 # --- timm layout, squeeze-and-excitation --------------------------------------------------------
 # timm publishes no weights for seresnet18/34/101/152 (its seresnet152d tag is another architecture).
 _timm_se("seresnet18", "basic", (2, 2, 2, 2), num_params=11_779_624)
 _timm_se("seresnet34", "basic", (3, 4, 6, 3), num_params=21_960_416)
-_timm_se("seresnet50", "bottleneck", (3, 4, 6, 3), num_params=28_088_024, default_tag="a1_in1k",
-         tags=[("a1_in1k", 224, 0.95), ("a2_in1k", 224, 0.95), ("a3_in1k", 160, 0.95), ("ra2_in1k", 224, 0.875)])  # fmt: skip
+_timm_se(
+    "seresnet50",
+    "bottleneck",
+    (3, 4, 6, 3),
+    num_params=28_088_024,
+    default_tag="a1_in1k",
+    tags=[("a1_in1k", 224, 0.95), ("a2_in1k", 224, 0.95), ("a3_in1k", 160, 0.95), ("ra2_in1k", 224, 0.875)],
+)
 _timm_se("seresnet101", "bottleneck", (3, 4, 23, 3), num_params=49_326_872)
 _timm_se("seresnet152", "bottleneck", (3, 8, 36, 3), num_params=66_821_848)
 # Deep 3x3 stem (32 wide) and average-pool downsampling: timm's "d" variant.
-_timm_se("seresnext26d_32x4d", "bottleneck", (2, 2, 2, 2), groups=32, width_per_group=4, num_params=16_809_512,
-         stem="deep", stem_width=32, avg_down=True, default_tag="bt_in1k", tags=[("bt_in1k", 224, 0.875)])  # fmt: skip
-_timm_se("seresnext50_32x4d", "bottleneck", (3, 4, 6, 3), groups=32, width_per_group=4, num_params=27_559_896,
-         default_tag="racm_in1k", tags=[("racm_in1k", 224, 0.875), ("gluon_in1k", 224, 0.875)])  # fmt: skip
-_timm_se("seresnext101_32x4d", "bottleneck", (3, 4, 23, 3), groups=32, width_per_group=4, num_params=48_955_416,
-         default_tag="gluon_in1k", tags=[("gluon_in1k", 224, 0.875)])  # fmt: skip
-_timm_se("seresnext101_32x8d", "bottleneck", (3, 4, 23, 3), groups=32, width_per_group=8, num_params=93_569_048,
-         default_tag="ah_in1k", tags=[("ah_in1k", 224, 0.95)])  # fmt: skip
+_timm_se(
+    "seresnext26d_32x4d",
+    "bottleneck",
+    (2, 2, 2, 2),
+    groups=32,
+    width_per_group=4,
+    num_params=16_809_512,
+    stem="deep",
+    stem_width=32,
+    avg_down=True,
+    default_tag="bt_in1k",
+    tags=[("bt_in1k", 224, 0.875)],
+)
+_timm_se(
+    "seresnext50_32x4d",
+    "bottleneck",
+    (3, 4, 6, 3),
+    groups=32,
+    width_per_group=4,
+    num_params=27_559_896,
+    default_tag="racm_in1k",
+    tags=[("racm_in1k", 224, 0.875), ("gluon_in1k", 224, 0.875)],
+)
+_timm_se(
+    "seresnext101_32x4d",
+    "bottleneck",
+    (3, 4, 23, 3),
+    groups=32,
+    width_per_group=4,
+    num_params=48_955_416,
+    default_tag="gluon_in1k",
+    tags=[("gluon_in1k", 224, 0.875)],
+)
+_timm_se(
+    "seresnext101_32x8d",
+    "bottleneck",
+    (3, 4, 23, 3),
+    groups=32,
+    width_per_group=8,
+    num_params=93_569_048,
+    default_tag="ah_in1k",
+    tags=[("ah_in1k", 224, 0.95)],
+)
 
 # --- CIFAR-10 ResNets of the paper (section 4.2), akamaster's trained checkpoints -------------------
 # acc1 = 100 - the published test error on the full CIFAR-10 test set.
-_cifar("resnet20", 3, num_params=269_722, acc1=91.73,
-       sha256="12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8")  # fmt: skip
-_cifar("resnet32", 5, num_params=464_154, acc1=92.63,
-       sha256="d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850")  # fmt: skip
-_cifar("resnet44", 7, num_params=658_586, acc1=93.10,
-       sha256="014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4")  # fmt: skip
-_cifar("resnet56", 9, num_params=853_018, acc1=93.39,
-       sha256="4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367")  # fmt: skip
+_cifar(
+    "resnet20",
+    3,
+    num_params=269_722,
+    acc1=91.73,
+    sha256="12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
+)
+_cifar(
+    "resnet32",
+    5,
+    num_params=464_154,
+    acc1=92.63,
+    sha256="d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850",
+)
+_cifar(
+    "resnet44",
+    7,
+    num_params=658_586,
+    acc1=93.10,
+    sha256="014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4",
+)
+_cifar(
+    "resnet56",
+    9,
+    num_params=853_018,
+    acc1=93.39,
+    sha256="4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
+)
 _cifar("resnet110", 18, num_params=1_727_962, acc1=93.68, sha256="1d1ed7c2")
 _cifar("resnet1202", 200, num_params=19_421_274, acc1=93.82, sha256="f3b1deed")
 

@@ -187,7 +187,7 @@ class ResNet(nn.Module):
         in_channels = self._build_stem(stem, stem_width, stage_widths[0])
 
         self.stage_names: tuple[str, ...] = tuple(f"layer{index + 1}" for index in range(len(layers)))
-        for index, (depth, planes) in enumerate(zip(layers, stage_widths)):
+        for index, (depth, planes) in enumerate(zip(layers, stage_widths, strict=True)):
             stride = 1 if index == 0 else 2
             blocks: list[nn.Module] = []
             for block_index in range(depth):
@@ -199,7 +199,9 @@ class ResNet(nn.Module):
                     if shortcut == "A":
                         shortcut_module = ZeroPadShortcut(block_stride, out_channels - in_channels)
                     else:
-                        shortcut_module = _projection_shortcut(in_channels, out_channels, block_stride, avg_down)
+                        shortcut_module = _projection_shortcut(
+                            in_channels, out_channels, block_stride, avg_down
+                        )
                 blocks.append(
                     block_cls(
                         in_channels,
@@ -221,6 +223,8 @@ class ResNet(nn.Module):
 
     def _build_stem(self, stem: StemType, stem_width: int, first_stage_width: int) -> int:
         """Create conv1/bn1/relu(/maxpool); return the channel count the first stage receives."""
+        self.conv1: nn.Module
+        self.maxpool: nn.Module | None
         if stem == "cifar":
             self.conv1 = nn.Conv2d(3, first_stage_width, 3, stride=1, padding=1, bias=False)
             self.bn1 = nn.BatchNorm2d(first_stage_width)

@@ -258,7 +258,9 @@ def test_hf_spec_from_seeded_cache(cache: Path, monkeypatch: pytest.MonkeyPatch,
         pytest.param(lambda sd: {"model": sd, "optimizer": {"lr": 0.1}}, id="model"),
         pytest.param(lambda sd: {"model_state_dict": sd}, id="model_state_dict"),
         pytest.param(lambda sd: {f"module.{k}": v for k, v in sd.items()}, id="module-prefix"),
-        pytest.param(lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}}, id="model+module-prefix"),
+        pytest.param(
+            lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}}, id="model+module-prefix"
+        ),
     ],
 )
 def test_unwraps_what_people_save(
@@ -272,7 +274,9 @@ def test_unwraps_what_people_save(
     assert torch.equal(logits(models.create_model("resnet20", weights=path)), reference_logits)
 
 
-def test_safetensors(tmp_path: Path, resnet20_reference: tuple[dict[str, torch.Tensor], torch.Tensor]) -> None:
+def test_safetensors(
+    tmp_path: Path, resnet20_reference: tuple[dict[str, torch.Tensor], torch.Tensor]
+) -> None:
     state_dict, reference_logits = resnet20_reference
     path = tmp_path / "resnet20.safetensors"
     save_file(state_dict, str(path))
@@ -285,7 +289,9 @@ def test_head_named_fc_loads_into_linear(
     tmp_path: Path, resnet20_reference: tuple[dict[str, torch.Tensor], torch.Tensor]
 ) -> None:
     state_dict, reference_logits = resnet20_reference
-    renamed = {k.replace("linear.", "fc.") if k.startswith("linear.") else k: v for k, v in state_dict.items()}
+    renamed = {
+        k.replace("linear.", "fc.") if k.startswith("linear.") else k: v for k, v in state_dict.items()
+    }
     torch.save(renamed, tmp_path / "fc.pth")
     assert torch.equal(logits(models.create_model("resnet20", weights=tmp_path / "fc.pth")), reference_logits)
 
@@ -349,7 +355,10 @@ def test_wrong_depth_names_missing_keys_and_fitting_architecture() -> None:
 def test_misshaped_head_is_named(tmp_path: Path) -> None:
     path = tmp_path / "ten.pth"
     torch.save(models.create_model("resnet18", num_classes=10).state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"2 mis-shaped keys \(fc\.weight: checkpoint \(10, 512\) vs model \(1000, 512\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"2 mis-shaped keys \(fc\.weight: checkpoint \(10, 512\) vs model \(1000, 512\)",
+    ):
         models.create_model("resnet18", num_classes=1000, weights=path)
 
 

@@ -66,7 +66,7 @@ def test_forward_pass(name: str) -> None:
 
 @pytest.mark.parametrize("name", TORCHVISION + TIMM)
 def test_keys_and_shapes_equal_reference(name: str) -> None:
-    """Same keys, same order, same shapes as torchvision's / timm's own model: their checkpoints load as-is."""
+    """Same keys, same order, same shapes as torchvision's/timm's own model: their checkpoints load as-is."""
     reference = {key: tuple(shape) for key, shape in reference_state_dict(name).items()}
     ours = expected_shapes(name, 1000)
     assert list(ours) == list(reference)
@@ -84,14 +84,20 @@ def test_param_count_is_the_registered_figure(name: str) -> None:
 @pytest.mark.parametrize("name", TORCHVISION + TIMM)
 def test_param_count_equals_published(name: str) -> None:
     entry = zoo()[f"{models.get_model_config(name).family}/{name}"]
-    published = {e["num_params"] for e in entry.values()} if "pretrained_cfg" not in entry else {entry["num_params"]}
+    published = (
+        {e["num_params"] for e in entry.values()} if "pretrained_cfg" not in entry else {entry["num_params"]}
+    )
     assert published == {models.get_model_config(name).num_params}
 
 
 @pytest.mark.parametrize("name", CIFAR)
 def test_cifar_param_count_equals_shipped_checkpoint(name: str) -> None:
     checkpoint = models.load_checkpoint(cifar_checkpoint(name))
-    learned = sum(v.numel() for k, v in checkpoint.state_dict.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    learned = sum(
+        v.numel()
+        for k, v in checkpoint.state_dict.items()
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
     assert learned == models.get_model_config(name).num_params
 
 
@@ -119,7 +125,7 @@ def test_torchvision_checkpoint_facts_equal_zoo(name: str) -> None:
 
 @pytest.mark.parametrize("name", TIMM)
 def test_timm_checkpoint_facts_equal_zoo(name: str) -> None:
-    """Hub ids and bicubic crop_pct preprocessing of every tag timm publishes for exactly this architecture."""
+    """Hub ids and bicubic crop_pct preprocessing of each tag timm publishes for this very architecture."""
     tags = [t for t in zoo()["timm_pretrained_tags"][name] if t.split(".")[0] == name]
     config = models.get_model_config(name)
     assert sorted(f"{name}.{c.tag}" for c in config.checkpoints) == sorted(tags)
@@ -158,7 +164,12 @@ def test_cifar_config(name: str) -> None:
     assert 6 * config.layers[0] + 2 == depth and len(config.layers) == 3
     assert config.stage_widths == (16, 32, 64) and config.shortcut == "A" and config.head_name == "linear"
     pre = config.preprocessing
-    assert (pre.resize_size, pre.crop_size, pre.mean, pre.std) == (32, 32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert (pre.resize_size, pre.crop_size, pre.mean, pre.std) == (
+        32,
+        32,
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+    )
     (checkpoint,) = config.checkpoints
     assert checkpoint.spec == f"cifar10:{name}"
     assert checkpoint.url.endswith(f"/pretrained_models/{name}-{checkpoint.sha256[:8]}.th")
@@ -182,7 +193,9 @@ def test_option_a_shortcut_subsamples_and_zero_pads() -> None:
     assert not any("shortcut" in key or "downsample" in key for key in cifar.state_dict())
 
 
-@pytest.mark.parametrize(("channels", "hidden"), [(64, 8), (128, 8), (256, 16), (512, 32), (1024, 64), (2048, 128)])
+@pytest.mark.parametrize(
+    ("channels", "hidden"), [(64, 8), (128, 8), (256, 16), (512, 32), (1024, 64), (2048, 128)]
+)
 def test_se_width(channels: int, hidden: int) -> None:
     assert se_reduced_channels(channels) == hidden
 

@@ -1,4 +1,4 @@
-"""The paper's CIFAR-10 ResNets reproduce the stated accuracy of the shipped checkpoints on the real sample."""
+"""The paper's CIFAR-10 ResNets reproduce the stated accuracy of the shipped checkpoints on the sample."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from conftest import CIFAR_SAMPLE_ACCURACY, cifar_checkpoint, cifar_sample
 
 @lru_cache(maxsize=1)
 def sample_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    """All sample images as one normalised batch (PIL decode to RGB, ToTensor, Normalize) and their classes."""
+    """All sample images as one normalised batch (PIL RGB decode, ToTensor, Normalize) and their classes."""
     pairs = cifar_sample()
-    pixels = np.stack([np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0 for path, _ in pairs])
+    pixels = np.stack(
+        [np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0 for path, _ in pairs]
+    )
     preprocessing = models.get_model_config("resnet20").preprocessing
     mean = np.asarray(preprocessing.mean, dtype=np.float32)
     std = np.asarray(preprocessing.std, dtype=np.float32)
