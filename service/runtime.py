@@ -136,6 +136,9 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options.intra_op_num_threads = settings.inference_threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
+    if not settings.intra_op_spinning:
+        # Idle inference threads sleep instead of spinning: the decode pool needs those cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         default=0, ge=0, description="CPU threads per inference (0 = number of cores)."
     )
+    intra_op_spinning: bool = Field(
+        default=False,
+        description="Let idle onnxruntime threads spin-wait: lowers batch-1 latency on dedicated cores, but "
+        "steals CPU from decoding when cores are shared (measured 3x fewer requests/s on a busy 2-core box).",
+    )
     preprocess_threads: int = Field(
         default=0, ge=0, description="Threads decoding and resizing uploads (0 = number of cores)."
     )
