@@ -116,7 +116,8 @@ fi
 
 # --- up --------------------------------------------------------------------------------------------------
 SMOKE_PORT="${SMOKE_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
-export SMOKE_PORT SMOKE_WEIGHTS_DIR="$WEIGHTS_DIR" RESNET_SERVE_MODELS_CONFIG=./docker/models.smoke.toml
+export SMOKE_PORT SMOKE_WEIGHTS_DIR="$WEIGHTS_DIR" RESNET_SERVE_WEIGHTS_DIR="$WEIGHTS_DIR"
+export RESNET_SERVE_MODELS_CONFIG=./docker/models.smoke.toml
 export RESNET_SERVE_IMAGE_PREFIX="$PREFIX"
 STACK=("${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f docker/compose.test.yml)
 if [[ "${COMPOSE[0]}" == docker-compose ]]; then
@@ -180,6 +181,7 @@ echo "---- export again (a later 'docker compose up') ----"
 grep -E 'unchanged|exported|FAILED' "$LOGS/export-again.log" | sed -e 's/^/  /'
 grep -q ' unchanged ' "$LOGS/export-again.log" || die "the second export run did not find the model unchanged"
 
-log "images: $(docker image inspect --format '{{index .RepoTags 0}} {{.Size}}' "$PREFIX/export:latest" "$PREFIX/serve:cpu" \
-    | numfmt --field=2 --to=si --suffix=B | paste -sd, - | sed 's/,/, /g')"
+for image in "$PREFIX/export:latest" "$PREFIX/serve:cpu"; do
+    log "image $image: $(docker image inspect --format '{{.Size}}' "$image" | numfmt --to=si)B"
+done
 log "PASSED"

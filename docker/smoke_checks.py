@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 MODEL = "cifar10-resnet20"
+#: Exported from a local checkpoint file mounted at /weights ("your own weights").
+OWN_MODEL = "my-resnet32"
 #: resnet20 scores 80.4 % on the whole 1,000-image sample; a broken pipeline (channel order, scaling,
 #: resize) lands near chance (10 %), so this bound separates the two on 50 images.
 MIN_BATCH_ACCURACY = 0.6
@@ -60,20 +62,23 @@ def main(base: str, photo: Path, cifar_dir: Path) -> None:
 
     status, body = request(base, "/models")
     names = [model.get("name") for model in body.get("models", [])] if status == 200 else []
-    expect(names == [MODEL], f"GET /models lists exactly {MODEL}", body)
-    providers = body["models"][0]["active_providers"]
-    expect(providers[:1] == ["CPUExecutionProvider"], f"the model runs on {providers}", body)
+    expect(sorted(names) == sorted([MODEL, OWN_MODEL]), f"GET /models lists {MODEL} and {OWN_MODEL}", body)
+    providers = sorted({provider for model in body["models"] for provider in model["active_providers"]})
+    expect(providers == ["CPUExecutionProvider"], f"the models run on {providers}", body)
 
-    status, body = request(base, "/predict?top_k=3", photo.read_bytes(), "image/jpeg")
+    status, body = request(base, f"/predict?model={MODEL}&top_k=3", photo.read_bytes(), "image/jpeg")
     top = body.get("predictions", [{}])[0] if status == 200 else {}
     expect(top.get("label") == "cat", f"POST {photo.name} (451x300 photo of a tabby) -> top-1 'cat'", body)
     print(f"       {body['predictions']}")
 
     cat = cifar_dir / "cat" / "0000.jpg"
-    status, body = request(base, "/predict?top_k=3", cat.read_bytes(), "image/jpeg")
+    status, body = request(base, f"/predict?model={MODEL}&top_k=3", cat.read_bytes(), "image/jpeg")
     top = body.get("predictions", [{}])[0] if status == 200 else {}
     expect(top.get("label") == "cat", "POST cifar10-sample/cat/0000.jpg -> top-1 'cat'", body)
     print(f"       {body['predictions']}")
+    status, body = request(base, f"/predict?model={OWN_MODEL}&top_k=1", cat.read_bytes(), "image/jpeg")
+    top = body.get("predictions", [{}])[0] if status == 200 else {}
+    expect(top.get("label") == "cat", f"POST the same image to {OWN_MODEL} -> top-1 'cat'", body)
 
     classes = sorted(folder.name for folder in cifar_dir.iterdir() if folder.is_dir())
     files = [
@@ -82,7 +87,7 @@ def main(base: str, photo: Path, cifar_dir: Path) -> None:
         for image in sorted((cifar_dir / name).glob("*.jpg"))[:IMAGES_PER_CLASS]
     ]
     payload, content_type = multipart(files)
-    status, body = request(base, "/predict?top_k=1", payload, content_type)
+    status, body = request(base, f"/predict?model={MODEL}&top_k=1", payload, content_type)
     results = body.get("results", []) if status == 200 else []
     correct = sum(
         result["filename"].split("/")[0] == result["predictions"][0]["label"] for result in results
@@ -95,9 +100,9 @@ def main(base: str, photo: Path, cifar_dir: Path) -> None:
         body,
     )
 
-    status, body = request(base, "/predict", b"not an image", "text/plain")
+    status, body = request(base, f"/predict?model={MODEL}", b"not an image", "text/plain")
     expect(400 <= status < 500 and "error" in body, f"POST text/plain -> {status} JSON error", body)
-    status, body = request(base, "/predict", b"\xff\xd8 truncated jpeg", "image/jpeg")
+    status, body = request(base, f"/predict?model={MODEL}", b"\xff\xd8 truncated jpeg", "image/jpeg")
     expect(400 <= status < 500 and "error" in body, f"POST a broken JPEG -> {status} JSON error", body)
 
     status, body = request(base, "/metrics")
