@@ -1,0 +1,169 @@
+"""About 5x the saturating load on a real server with a small queue, for a bounded time.
+
+Measured, not assumed: the test first finds the server's capacity with a closed loop, then sends an
+open-loop flood at five times that rate for :data:`FLOOD_S` seconds. Requests beyond the queue must
+get 503 ``queue_full`` with ``Retry-After`` quickly (p99 asserted below :data:`P99_REJECT_LIMIT_S`,
+generous for a shared 2-core CI box; the figure measured is printed: the issue's target is 50 ms),
+admitted ones must finish within the request timeout, and afterwards readiness and throughput
+come back on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from conftest import shared_path
+from hostile_corpus import copy_model
+from server import RunningServer, run_server
+
+FLOOD_S = 12.0
+OVERLOAD_FACTOR = 5.0
+REQUEST_TIMEOUT_S = 15.0
+P99_REJECT_LIMIT_S = 0.25
+QUEUE_SIZE = 8
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    seconds: float
+    code: str | None
+    retry_after: str | None
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+def predict_request(port: int, image: bytes) -> bytes:
+    """The complete HTTP request, built once: the load generator only writes bytes.
+
+    httpx costs milliseconds of client CPU per request; on a shared 2-core box that backlog would be
+    measured as server latency. A raw ``Connection: close`` request keeps the client nearly free.
+    """
+    boundary = "overload-boundary"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
+        f"Content-Type: image/jpeg\r\n\r\n".encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _post(port: int, request: bytes) -> Outcome:
+    started = time.perf_counter()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            raw = await asyncio.wait_for(reader.read(), REQUEST_TIMEOUT_S + 5)
+        finally:
+            writer.close()
+    except (OSError, asyncio.TimeoutError) as exc:
+        return Outcome(0, time.perf_counter() - started, repr(exc), None)
+    seconds = time.perf_counter() - started
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if lines and lines[0] else 0
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    code = None
+    if status != 200:
+        try:
+            code = json.loads(body)["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            code = f"not JSON: {body[:100]!r}"
+    return Outcome(status, seconds, code, headers.get("retry-after"))
+
+
+async def closed_loop(port: int, request: bytes, concurrency: int, duration_s: float) -> tuple[float, list[Outcome]]:
+    """Successful requests per second with ``concurrency`` clients each sending back to back."""
+    outcomes: list[Outcome] = []
+    stop_at = time.perf_counter() + duration_s
+
+    async def worker() -> None:
+        while time.perf_counter() < stop_at:
+            outcomes.append(await _post(port, request))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return sum(o.status == 200 for o in outcomes) / elapsed, outcomes
+
+
+async def open_loop(port: int, request: bytes, rate: float, duration_s: float) -> list[Outcome]:
+    """Start one request every 1/rate seconds whatever the answers: the load does not back off."""
+    tasks = []
+    started = time.perf_counter()
+    for index in range(int(rate * duration_s)):
+        delay = started + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(_post(port, request)))
+    return list(await asyncio.gather(*tasks))
+
+
+@pytest.fixture(scope="module")
+def overload_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    repo = tmp_path_factory.mktemp("overload_repo")
+    copy_model(model_repo, "resnet18", repo)  # ImageNet-sized: inference, not HTTP, is the bottleneck
+    with run_server(
+        repo,
+        "--max-queue-size", str(QUEUE_SIZE),
+        "--max-batch-size", "8",
+        "--request-timeout-s", str(REQUEST_TIMEOUT_S),
+        "--intra-op-threads", "1",  # leave the second core to the event loop, decoding and this client
+        "--preprocess-threads", "1",
+    ) as server:
+        yield server
+
+
+def test_five_times_saturation_gets_fast_503s_and_recovers(overload_server: RunningServer) -> None:
+    photo = Image.open(shared_path("data", "photos", "chelsea.jpg")).convert("RGB").resize((256, 256))
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=90)
+    image = buffer.getvalue()
+    request = predict_request(overload_server.port, image)
+
+    capacity, warm = asyncio.run(closed_loop(overload_server.port, request, concurrency=QUEUE_SIZE, duration_s=4.0))
+    assert capacity > 0 and {o.status for o in warm} == {200}, {(o.status, o.code) for o in warm}
+    rate = OVERLOAD_FACTOR * capacity
+    outcomes = asyncio.run(open_loop(overload_server.port, request, rate, FLOOD_S))
+
+    accepted = [o for o in outcomes if o.status == 200]
+    rejected = [o for o in outcomes if o.status == 503]
+    others = [o for o in outcomes if o.status not in (200, 503)]
+    reject_p50, reject_p99 = percentile([o.seconds for o in rejected], 0.5), percentile([o.seconds for o in rejected], 0.99)
+    accept_p99 = percentile([o.seconds for o in accepted], 0.99)
+    print(
+        f"\ncapacity {capacity:.1f} req/s; flood {rate:.0f} req/s for {FLOOD_S:.0f} s = {len(outcomes)} requests: "
+        f"{len(accepted)} x 200 (p99 {accept_p99 * 1000:.0f} ms, max {max(o.seconds for o in accepted) * 1000:.0f} ms), "
+        f"{len(rejected)} x 503 (p50 {reject_p50 * 1000:.1f} ms, p99 {reject_p99 * 1000:.1f} ms), {len(others)} other"
+    )
+    assert not others, sorted({(o.status, o.code) for o in others})
+    assert accepted and rejected
+    assert all(o.code == "queue_full" and o.retry_after == "1" for o in rejected), {(o.code, o.retry_after) for o in rejected}
+    assert reject_p99 < P99_REJECT_LIMIT_S, f"p99 of rejections {reject_p99 * 1000:.0f} ms"
+    assert max(o.seconds for o in accepted) < REQUEST_TIMEOUT_S
+    assert overload_server.alive()
+
+    # Afterwards: ready at once, and the throughput is back (within noise of a shared box).
+    assert httpx.get(overload_server.url("/health/ready"), timeout=5).status_code == 200
+    recovered, after = asyncio.run(closed_loop(overload_server.port, request, concurrency=QUEUE_SIZE, duration_s=4.0))
+    print(f"throughput after the flood {recovered:.1f} req/s (before {capacity:.1f})")
+    assert {o.status for o in after} == {200}
+    assert recovered > 0.5 * capacity

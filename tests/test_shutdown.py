@@ -1,0 +1,104 @@
+"""SIGTERM under continuous load on a real uvicorn process: readiness drops at once, no accepted
+request fails, later arrivals are refused cleanly, the process exits within its grace period.
+
+test_service_server.py sends one wave of requests and signals while they are queued; this test
+keeps clients sending back to back through the signal, polls readiness for the first second after
+it and times the exit against the grace period.
+
+"Accepted" means the request was on a connection the server was already serving when the signal
+came: every request that started at least :data:`ACCEPTED_MARGIN_S` before SIGTERM must get 200.
+Requests started around or after the signal may be refused (connection refused/closed, or 503) but
+never answered with anything else.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from conftest import shared_path
+from hostile_corpus import copy_model
+from server import run_server
+
+GRACE_S = 20.0
+ACCEPTED_MARGIN_S = 0.2
+WORKERS = 6
+
+
+@dataclass(frozen=True)
+class Attempt:
+    started: float
+    finished: float
+    status: int  # 0: transport error (refused or closed before an answer)
+    detail: str
+
+
+def test_sigterm_under_load_loses_no_accepted_request(model_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    copy_model(model_repo, "resnet18", repo)
+    image = shared_path("data", "photos", "chelsea.jpg").read_bytes()
+    attempts: list[Attempt] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    with run_server(repo, "--shutdown-grace-s", str(GRACE_S), "--max-queue-size", "64") as server:
+        url = server.url("/predict")
+
+        def worker() -> None:
+            with httpx.Client(timeout=GRACE_S + 10) as client:
+                while not stop.is_set():
+                    started = time.monotonic()
+                    try:
+                        response = client.post(url, files={"file": ("a.jpg", image, "image/jpeg")})
+                        status, detail = response.status_code, response.text[:200]
+                    except httpx.HTTPError as exc:
+                        status, detail = 0, repr(exc)
+                    with lock:
+                        attempts.append(Attempt(started, time.monotonic(), status, detail))
+                    if status == 0:
+                        time.sleep(0.05)
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(WORKERS)]
+        for thread in threads:
+            thread.start()
+        time.sleep(3.0)  # steady load: every worker has requests in flight
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+
+        # Readiness: from now on never 200 (503 while it still answers, then connection refused).
+        readiness = []
+        while time.monotonic() - signalled < 1.0 and server.alive():
+            try:
+                readiness.append(httpx.get(server.url("/health/ready"), timeout=2).status_code)
+            except httpx.HTTPError:
+                readiness.append(0)
+        returncode = server.process.wait(timeout=GRACE_S + 10)
+        exited = time.monotonic()
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=GRACE_S + 15)
+        log = server.log()
+
+    assert readiness and 200 not in readiness, readiness
+    assert exited - signalled < GRACE_S + 2, f"exited {exited - signalled:.1f} s after SIGTERM"
+    assert returncode in (0, -signal.SIGTERM), (returncode, log[-2000:])
+    assert "SIGTERM" in log and "Traceback" not in log, log[-3000:]
+
+    before = [a for a in attempts if a.started < signalled - ACCEPTED_MARGIN_S]
+    in_flight = [a for a in before if a.finished > signalled]
+    assert len(before) > WORKERS and in_flight, (len(before), len(in_flight))
+    failed = [a for a in before if a.status != 200]
+    assert not failed, failed[:5]
+    late = [a for a in attempts if a.started >= signalled - ACCEPTED_MARGIN_S]
+    assert all(a.status in (0, 200, 503) for a in late), [a for a in late if a.status not in (0, 200, 503)][:5]
+    print(
+        f"\nSIGTERM with {len(in_flight)} requests in flight: all 200; exited after {exited - signalled:.2f} s "
+        f"(rc {returncode}); {len(late)} later attempts: "
+        f"{sum(a.status == 200 for a in late)} x 200, {sum(a.status == 503 for a in late)} x 503, "
+        f"{sum(a.status == 0 for a in late)} refused; readiness after the signal {sorted(set(readiness))}"
+    )
