@@ -1,6 +1,7 @@
-"""Deployment proof: docker/smoke-test.sh builds the images and runs the CPU compose stack on a real engine.
+"""Deployment: static checks of the compose stack and images (always), and the proof on a real engine.
 
-Skipped, with the reason, where no Docker engine answers (CI has none and never installs one) and in CI
+The engine test runs docker/smoke-test.sh: it builds the images and runs the CPU compose stack. It is
+skipped, with the reason, where no Docker engine answers (CI has none and never installs one) and in CI
 runs generally, where it would cost minutes of image builds: set RESNET_SERVE_DOCKER_TESTS=1 to force it.
 Run it here with ``.venv/bin/pytest -m docker``.
 """
@@ -14,10 +15,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
+import yaml
+from packaging.requirements import Requirement
 
 from conftest import REPO_ROOT, shared_path
 
-SMOKE_SCRIPT = REPO_ROOT / "docker" / "smoke-test.sh"
+DOCKER_DIR = REPO_ROOT / "docker"
+SMOKE_SCRIPT = DOCKER_DIR / "smoke-test.sh"
+#: PEP 508 marker values of the images (Debian bookworm / python:3.11-slim, x86-64).
+IMAGE_ENVIRONMENT = {
+    "python_version": "3.11", "python_full_version": "3.11.2", "platform_system": "Linux",
+    "platform_machine": "x86_64", "sys_platform": "linux",
+}
 #: Cold builds download ~1 GB of wheels; a warm run takes about a minute.
 SMOKE_TIMEOUT_S = 1800
 
@@ -25,7 +35,7 @@ SMOKE_TIMEOUT_S = 1800
 def docker_engine_problem() -> str | None:
     """Why the smoke test cannot run here, or None when a Docker engine answers."""
     if os.environ.get("CI") and os.environ.get("RESNET_SERVE_DOCKER_TESTS") != "1":
-        return "CI run: the Docker smoke test builds images for minutes (RESNET_SERVE_DOCKER_TESTS=1 forces it)"
+        return "CI run: the Docker smoke test takes minutes of builds (RESNET_SERVE_DOCKER_TESTS=1 runs it)"
     if shutil.which("docker") is None:
         return "no docker CLI on PATH: install Docker to run the deployment smoke test"
     try:
@@ -57,7 +67,7 @@ def test_compose_stack_exports_and_serves_real_images() -> None:
     )
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
-    assert result.returncode == 0, f"docker/smoke-test.sh failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, f"smoke test failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     assert "[smoke" in result.stdout and "PASSED" in result.stdout
     assert "top-1 'cat'" in result.stdout
     assert " unchanged " in result.stdout, "a second export run must leave the exported model alone"
@@ -68,3 +78,87 @@ def test_docker_skip_reason_is_explicit_without_an_engine(monkeypatch: pytest.Mo
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.setenv("PATH", str(Path("/nonexistent")))
     assert docker_engine_problem() == "no docker CLI on PATH: install Docker to run the deployment smoke test"
+
+
+# --- static checks: what the issue asks of the stack, without an engine ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+
+
+def test_api_waits_for_the_export_job_and_reserves_one_gpu(compose: dict) -> None:
+    api = compose["services"]["api"]
+    assert api["depends_on"] == {"export": {"condition": "service_completed_successfully"}}
+    assert api["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    ]
+    assert api["environment"]["RESNET_SERVE_REQUIRE_GPU"] == "true"
+
+
+@pytest.mark.parametrize("name", ["api", "api-cpu"])
+def test_api_services_are_hardened_and_health_checked(compose: dict, name: str) -> None:
+    api = compose["services"][name]
+    assert api["restart"] == "unless-stopped"
+    assert api["read_only"] is True and any(mount.startswith("/tmp") for mount in api["tmpfs"])
+    assert "models:/models:ro" in api["volumes"]
+    assert any(volume.startswith("trt-cache:") for volume in api["volumes"])
+    assert "/health/ready" in " ".join(api["healthcheck"]["test"])
+    assert api["healthcheck"]["start_period"]
+    assert api["logging"]["driver"] == "json-file" and api["logging"]["options"]["max-file"]
+    assert "deploy" not in api or name == "api", "the CPU variant must not reserve a GPU"
+
+
+def test_cpu_variant_is_opt_in_and_export_is_one_shot(compose: dict) -> None:
+    assert compose["services"]["api-cpu"]["profiles"] == ["cpu"]
+    assert "profiles" not in compose["services"]["api"]
+    export = compose["services"]["export"]
+    assert export["restart"] == "no"
+    assert export["command"][:2] == ["--config", "/config/models.toml"]
+    assert {"models:/models", "weights-cache:/cache"} <= set(export["volumes"])
+    assert set(compose["volumes"]) == {"models", "weights-cache", "trt-cache"}
+
+
+def test_serving_image_has_no_torch_runs_as_non_root_and_checks_readiness() -> None:
+    dockerfile = (DOCKER_DIR / "Dockerfile.serve").read_text()
+    instructions = "\n".join(line for line in dockerfile.splitlines() if not line.lstrip().startswith("#"))
+    pins = (DOCKER_DIR / "requirements-serve.txt").read_text()
+    assert "torch" not in pins.lower() and "torch" not in instructions.lower()
+    assert "\nUSER 10001:10001\n" in dockerfile
+    assert "HEALTHCHECK" in dockerfile and "/health/ready" in dockerfile
+    assert "RESNET_SERVE_HOST=0.0.0.0" in dockerfile
+    assert "ARG BASE_IMAGE=" in dockerfile and "id=pip_ca" in dockerfile
+
+
+@pytest.mark.parametrize(
+    ("extra", "pin_file"), [(None, "requirements-serve.txt"), ("export", "requirements-export.txt")]
+)
+def test_image_pins_satisfy_pyproject(extra: str | None, pin_file: str) -> None:
+    """Every dependency pyproject declares (for the images' Python 3.11) is pinned, at a version it allows.
+
+    onnxruntime and torch are chosen by build arguments (GPU/CPU builds), so they are not in the files.
+    """
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] if extra is None else project["optional-dependencies"][extra]
+    pinned = {}
+    for name in ("requirements-serve.txt", pin_file):
+        for line in (DOCKER_DIR / name).read_text().splitlines():
+            if line and not line.startswith("#"):
+                requirement = Requirement(line)
+                pinned[_normalise(requirement.name)] = next(iter(requirement.specifier)).version
+    for raw in declared:
+        requirement = Requirement(raw)
+        if requirement.name.startswith(("onnxruntime", "torch")):
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate(IMAGE_ENVIRONMENT):
+            continue
+        version = pinned.get(_normalise(requirement.name))
+        assert version is not None, f"{requirement.name} is not pinned: run docker/lock-requirements.sh"
+        assert requirement.specifier.contains(version), (
+            f"docker/{pin_file} pins {requirement.name}=={version}, pyproject wants {requirement.specifier}"
+        )
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
