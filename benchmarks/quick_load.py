@@ -27,8 +27,10 @@ async def closed_loop(
     failures = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        for _ in range(2):  # warm the connections and the service
-            await client.post(f"/predict?model={model}&top_k=1", files=files)
+        for _ in range(2):  # open every connection and warm the service before timing
+            await asyncio.gather(
+                *(client.post(f"/predict?model={model}&top_k=1", files=files) for _ in range(concurrency))
+            )
         stop = time.perf_counter() + seconds
 
         async def worker() -> None:
