@@ -24,7 +24,9 @@ MIN_BATCH_ACCURACY = 0.6
 IMAGES_PER_CLASS = 5
 
 
-def request(base: str, path: str, body: bytes | None = None, content_type: str | None = None) -> tuple[int, Any]:
+def request(
+    base: str, path: str, body: bytes | None = None, content_type: str | None = None
+) -> tuple[int, Any]:
     """One HTTP exchange; returns the status and the decoded JSON (or text) body, 4xx/5xx included."""
     headers = {"Content-Type": content_type} if content_type else {}
     req = urllib.request.Request(base + path, data=body, headers=headers, method="POST" if body else "GET")
