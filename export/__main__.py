@@ -20,7 +20,8 @@ RANDOM_WEIGHTS = "random"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export",
-        description="Export a ResNet checkpoint to a verified, self-describing ONNX file in a model repository.",
+        description="Export a ResNet checkpoint to a verified, self-describing ONNX file"
+        " in a model repository.",
     )
     parser.add_argument("arch", nargs="?", help="architecture name (e.g. resnet50, resnet20)")
     parser.add_argument(
@@ -29,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint: a path, https://...#sha256=HEX, torchvision:ARCH:TAG, cifar10:ARCH, hf:REPO;"
         f" '{RANDOM_WEIGHTS}' for seeded random weights (tests only)",
     )
-    parser.add_argument("--config", type=Path, metavar="TOML", help="export every [[model]] listed in this file")
+    parser.add_argument(
+        "--config", type=Path, metavar="TOML", help="export every [[model]] listed in this file"
+    )
     parser.add_argument("--name", help="model name in the repository (default: the architecture)")
     parser.add_argument("--version", type=int, help="version number (default: the next free one)")
     parser.add_argument(
@@ -39,9 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"model repository root (default: ${MODEL_DIR_ENV} or ./model_repository)",
     )
     parser.add_argument("--labels", type=Path, metavar="FILE", help="class names, one per line")
-    parser.add_argument("--num-classes", type=int, help="classes of the head (default: checkpoint's or registry's)")
+    parser.add_argument(
+        "--num-classes", type=int, help="classes of the head (default: checkpoint's or registry's)"
+    )
     parser.add_argument("--fp16", action="store_true", help="half-precision weights and compute (for GPUs)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
     return parser
 
@@ -97,7 +104,9 @@ def _export_config(config: Path, model_dir: Path) -> int:
             outcomes.append(f"  {request.name:<24} FAILED")
             continue
         state = "unchanged" if result.skipped else "exported"
-        outcomes.append(f"  {request.name:<24} version {result.version:<3} {state:<9} {result.size_bytes / 1e6:7.1f} MB")
+        outcomes.append(
+            f"  {request.name:<24} version {result.version:<3} {state:<9} {result.size_bytes / 1e6:7.1f} MB"
+        )
     print("summary:")
     print("\n".join(outcomes))
     return 1 if failed else 0

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 has no tomllib; the export extra installs tomli there.
+    import tomli as tomllib
 
 from export.errors import ExportError
 from export.graph import DEFAULT_OPSET

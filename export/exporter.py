@@ -97,12 +97,18 @@ def export_model(
     target, previous = _target_version(model_dir, name, version, fingerprint)
     if previous is not None:
         path = version_path(model_dir, name, target)
-        log(f"{prefix} up to date: version {target} already holds these weights and settings ({path}); nothing to do")
-        return ExportResult(path, name, target, True, previous, time.perf_counter() - started, path.stat().st_size)
+        log(
+            f"{prefix} up to date: version {target} already holds these weights and settings ({path});"
+            " nothing to do"
+        )
+        return ExportResult(
+            path, name, target, True, previous, time.perf_counter() - started, path.stat().st_size
+        )
 
     network = _build_network(arch, classes, checkpoint)
     log(
-        f"{prefix} {arch}: {_count_params(network) / 1e6:.2f} M parameters, {classes} classes, labels {labels.origin},"
+        f"{prefix} {arch}: {_count_params(network) / 1e6:.2f} M parameters, {classes} classes,"
+        f" labels {labels.origin},"
         f" input {preprocessing.crop_size}x{preprocessing.crop_size}"
         f" (resize {preprocessing.resize_size} {preprocessing.interpolation})"
     )
@@ -116,7 +122,8 @@ def export_model(
     ops = op_counts(graph)
     log(
         f"{prefix} exported ONNX opset {opset} {precision} in {time.perf_counter() - export_started:.1f} s:"
-        f" {sum(ops.values())} nodes ({ops.get('Conv', 0)} Conv, {ops.get('BatchNormalization', 0)} BatchNorm left)"
+        f" {sum(ops.values())} nodes ({ops.get('Conv', 0)} Conv,"
+        f" {ops.get('BatchNormalization', 0)} BatchNorm left)"
     )
 
     figures: dict[str, Any] = {"skipped": True, "reason": "--no-verify"}

@@ -22,7 +22,9 @@ def resolve_labels(arch: str, num_classes: int, labels_file: Path | None) -> Res
     if labels_file is not None:
         labels = read_labels_file(labels_file)
         if len(labels) != num_classes:
-            raise ExportError(f"{labels_file} has {len(labels)} labels but the model has {num_classes} classes")
+            raise ExportError(
+                f"{labels_file} has {len(labels)} labels but the model has {num_classes} classes"
+            )
         return ResolvedLabels(labels, f"from {labels_file}")
     known = models.labels_for(arch, num_classes)
     if known is not None and len(known) == num_classes:

@@ -26,7 +26,8 @@ def check_name(name: str) -> str:
     """Model names become directory names and URL parts: letters, digits, '.', '_', '-' only."""
     if not _NAME_PATTERN.match(name) or name in (".", ".."):
         raise ExportError(
-            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
         )
     return name
 

@@ -86,7 +86,9 @@ def _candidate_files(data: Path, crop_size: int) -> list[tuple[str, list[Path]]]
     photos = sorted(p for p in (data / "photos").glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
     class_dirs = sorted(d for d in (data / "cifar10-sample").glob("*") if d.is_dir())
     per_class = [sorted(d.glob("*.jpg")) for d in class_dirs]
-    cifar = [files[i] for i in range(max(map(len, per_class), default=0)) for files in per_class if i < len(files)]
+    cifar = [
+        files[i] for i in range(max(map(len, per_class), default=0)) for files in per_class if i < len(files)
+    ]
     sets = [("data/photos", photos), ("data/cifar10-sample", cifar)]
     return sets[::-1] if crop_size <= 64 else sets
 
@@ -197,7 +199,9 @@ def _failures(figures: dict[str, Any], precision: str) -> list[str]:
         if figures["top1_mismatches"]:
             problems.append(f"top-1 differs on {figures['top1_mismatches']} of {figures['images']} images")
     elif figures["top1_agreement"] < FP16_MIN_TOP1_AGREEMENT:
-        problems.append(f"fp16 top-1 agreement {figures['top1_agreement']:.1%} < {FP16_MIN_TOP1_AGREEMENT:.0%}")
+        problems.append(
+            f"fp16 top-1 agreement {figures['top1_agreement']:.1%} < {FP16_MIN_TOP1_AGREEMENT:.0%}"
+        )
     if figures["batch1_vs_batch8_max_abs_diff"] > BATCH_MAX_ABS_DIFF[precision]:
         problems.append(
             f"batch 1 vs batch 8 differ by {figures['batch1_vs_batch8_max_abs_diff']:.2e}"

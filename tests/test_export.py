@@ -8,9 +8,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from PIL import Image
 
 import export.verify
+import models
 from export import ExportError, export_model
 from service.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from conftest import CIFAR_SAMPLE_ACCURACY, cifar_checkpoint, cifar_sample, shared_path
@@ -99,10 +101,29 @@ def test_random_init_imagenet_model_in_the_session_repository(model_repo: Path) 
     assert card.verification["passed"] is True
 
 
+def peaked_random_checkpoint(arch: str, folder: Path) -> Path:
+    """Random weights whose head is scaled until the softmax is peaked, saved as a plain state_dict.
+
+    Freshly initialised ImageNet models answer nearly uniform probabilities (~1/1000 each), where a
+    1e-4 tolerance proves little; spread logits make every probability difference count.
+    """
+    torch.manual_seed(0)
+    network = models.create_model(arch)
+    with torch.no_grad():
+        logits = network(torch.randn(4, 3, 224, 224))
+        gain = 4.0 / float(logits.std())
+        network.head.weight.mul_(gain)
+        network.head.bias.mul_(gain)
+    path = folder / f"{arch}-peaked-random.pth"
+    torch.save(network.state_dict(), path)
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", IMAGENET_SHAPED)
 def test_imagenet_shaped_architectures_export_and_verify(arch: str, tmp_path: Path) -> None:
-    result = export_model(arch, None, model_dir=tmp_path, log=quiet)
+    weights = peaked_random_checkpoint(arch, tmp_path)
+    result = export_model(arch, str(weights), model_dir=tmp_path / "repo", log=quiet)
     figures = result.verification
     assert figures["passed"] is True and figures["max_abs_diff"] <= 1e-4
     assert figures["top1_mismatches"] == 0
@@ -111,10 +132,22 @@ def test_imagenet_shaped_architectures_export_and_verify(arch: str, tmp_path: Pa
     assert session.get_inputs()[0].shape[1:] == [224, 224, 3]
     assert session.get_outputs()[0].shape[1:] == [1000]
     assert card_of(session) == result.card
+    photo = np.stack(
+        [
+            np.asarray(
+                Image.open(shared_path("data", "photos", "chelsea.png")).convert("RGB").resize((224, 224))
+            )
+        ]
+    )
+    assert session.run(None, {INPUT_NAME: photo})[0].max() > 0.01, (
+        "the check above compared near-uniform outputs"
+    )
 
 
 def test_fp16_export_keeps_io_types_and_agrees_with_fp32(tmp_path: Path) -> None:
-    result = export_model("resnet20", str(cifar_checkpoint("resnet20")), model_dir=tmp_path, fp16=True, log=quiet)
+    result = export_model(
+        "resnet20", str(cifar_checkpoint("resnet20")), model_dir=tmp_path, fp16=True, log=quiet
+    )
     assert result.card.export.precision == "fp16"
     assert result.verification["top1_agreement"] >= 0.99
     graph = onnx.load(str(result.path))
@@ -134,7 +167,9 @@ def test_rerun_with_same_weights_and_settings_does_nothing(tmp_path: Path) -> No
     assert (first.skipped, again.skipped) == (False, True)
     assert again.version == first.version == 1 and again.path == first.path
     assert any("nothing to do" in line for line in lines)
-    changed = export_model("resnet20", weights, model_dir=tmp_path, name="cifar", opset=18, verify=False, log=quiet)
+    changed = export_model(
+        "resnet20", weights, model_dir=tmp_path, name="cifar", opset=18, verify=False, log=quiet
+    )
     assert (changed.skipped, changed.version) == (False, 2)
 
 
@@ -155,7 +190,9 @@ def test_mismatched_weights_give_a_clear_error_and_write_nothing(tmp_path: Path)
 def test_corrupt_weights_give_a_clear_error_and_write_nothing(damage: str, tmp_path: Path) -> None:
     original = cifar_checkpoint("resnet20").read_bytes()
     broken = tmp_path / "broken.th"
-    broken.write_bytes(b"not a checkpoint at all" * 10 if damage == "garbage" else original[: len(original) // 2])
+    broken.write_bytes(
+        b"not a checkpoint at all" * 10 if damage == "garbage" else original[: len(original) // 2]
+    )
     repo = tmp_path / "repo"
     with pytest.raises(ExportError, match="cannot load weights"):
         export_model("resnet20", str(broken), model_dir=repo, log=quiet)
@@ -180,12 +217,21 @@ def test_labels_file_overrides_and_placeholders_fill_in(tmp_path: Path) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nbird\n")
     named = export_model(
-        "resnet20", None, model_dir=tmp_path, name="three", num_classes=3, labels_file=labels, verify=False, log=quiet
+        "resnet20",
+        None,
+        model_dir=tmp_path,
+        name="three",
+        num_classes=3,
+        labels_file=labels,
+        verify=False,
+        log=quiet,
     )
     assert named.card.labels == ("cat", "dog", "bird") and named.version == 2
     labels.write_text("cat\ndog\n")
     with pytest.raises(ExportError, match="2 labels but the model has 3 classes"):
-        export_model("resnet20", None, model_dir=tmp_path, name="three", num_classes=3, labels_file=labels, log=quiet)
+        export_model(
+            "resnet20", None, model_dir=tmp_path, name="three", num_classes=3, labels_file=labels, log=quiet
+        )
 
 
 @pytest.mark.parametrize(

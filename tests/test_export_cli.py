@@ -26,12 +26,12 @@ def test_config_exports_every_model_then_reruns_as_a_no_op(tmp_path: Path) -> No
 [[model]]
 name = "cifar10-resnet20"
 arch = "resnet20"
-weights = "{cifar_checkpoint('resnet20')}"
+weights = "{cifar_checkpoint("resnet20")}"
 
 [[model]]
 name = "cifar10-resnet32-fp16"
 arch = "resnet32"
-weights = "{cifar_checkpoint('resnet32')}"
+weights = "{cifar_checkpoint("resnet32")}"
 fp16 = true
 """
     )
