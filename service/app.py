@@ -108,9 +108,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def require_api_key(request: Request) -> None:
         if settings.api_key is None:
             return
-        supplied = request.headers.get("authorization", "")
-        expected = f"Bearer {settings.api_key}"
-        if not hmac.compare_digest(supplied.encode(), expected.encode()):
+        scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
+        # The scheme is case-insensitive (RFC 7235); the key is compared in constant time, as the raw
+        # header bytes (Starlette decodes headers as latin-1) against the key's UTF-8 bytes.
+        matches = hmac.compare_digest(supplied.strip().encode("latin-1"), settings.api_key.encode())
+        if scheme.lower() != "bearer" or not matches:
             raise ServiceError(401, "unauthorized", "missing or wrong API key", {"WWW-Authenticate": "Bearer"})
 
     @app.post(
