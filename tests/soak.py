@@ -1,0 +1,162 @@
+"""Soak test, run by hand: hours-long behaviour in 30 minutes at 80 % of the measured capacity.
+
+    .venv/bin/python tests/soak.py --model-dir model_repository --model resnet20            # 30 min
+    .venv/bin/python tests/soak.py --model-dir model_repository --model resnet20 --minutes 3
+    .venv/bin/python tests/soak.py --url http://127.0.0.1:8000 --pid 12345 --model resnet18
+
+With ``--model-dir`` it starts ``python -m service`` itself (on a free port); with ``--url`` it
+drives a running server (``--pid`` lets it read that process's RSS from /proc). It measures the
+capacity with a closed loop, then sends an open-loop load at ``--fraction`` of it, mixing valid
+images with a slice of hostile ones (``--hostile-every``), and prints one line per minute plus a
+summary: requests, errors by status, latency percentiles and RSS growth (first minute to last).
+Exit status 1 when a valid request failed, a 5xx appeared or RSS grew by more than ``--max-growth-mb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import sys
+import time
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hostile_corpus import build_corpus, gradient, rss_bytes  # noqa: E402
+from server import run_server  # noqa: E402
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+def valid_image() -> bytes:
+    buffer = io.BytesIO()
+    gradient(320, 240).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+async def measure_capacity(url: str, image: bytes, concurrency: int, seconds: float) -> float:
+    done = 0
+    stop_at = time.perf_counter() + seconds
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < stop_at:
+                response = await client.post(url, files={"file": ("a.jpg", image)})
+                done += response.status_code == 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - started)
+
+
+async def soak(args: argparse.Namespace, base_url: str, pid: int | None) -> int:
+    url = f"{base_url}/predict?model={args.model}"
+    image = valid_image()
+    hostile = [case for case in build_corpus() if case.kind == "raw" and case.status != 200 and len(case.body) < 200_000]
+    capacity = await measure_capacity(url, image, args.concurrency, 15.0)
+    rate = args.fraction * capacity
+    print(f"capacity {capacity:.1f} req/s; soaking at {rate:.1f} req/s for {args.minutes:g} min", flush=True)
+
+    statuses: Counter[str] = Counter()
+    valid_failures: Counter[str] = Counter()
+    latencies: list[float] = []
+    minute_latencies: list[float] = []
+    rss_samples: list[int] = []
+    limits = httpx.Limits(max_connections=500, max_keepalive_connections=100)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
+        async def one(index: int) -> None:
+            is_hostile = args.hostile_every > 0 and index % args.hostile_every == 0
+            started = time.perf_counter()
+            try:
+                if is_hostile:
+                    case = hostile[(index // args.hostile_every) % len(hostile)]
+                    response = await client.post(f"{base_url}/predict{case.query}", content=case.body, headers=case.headers)
+                else:
+                    response = await client.post(url, files={"file": ("a.jpg", image)})
+                outcome = str(response.status_code)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            statuses[outcome] += 1
+            if not is_hostile:
+                if outcome == "200":
+                    seconds = time.perf_counter() - started
+                    latencies.append(seconds)
+                    minute_latencies.append(seconds)
+                else:
+                    valid_failures[outcome] += 1
+
+        tasks: set[asyncio.Task[None]] = set()
+        started = time.perf_counter()
+        end = started + args.minutes * 60
+        next_report = started + 60
+        index = 0
+        while time.perf_counter() < end:
+            delay = started + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(index))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            index += 1
+            if time.perf_counter() >= next_report:
+                rss = rss_bytes(pid) if pid else 0
+                rss_samples.append(rss)
+                print(
+                    f"{(time.perf_counter() - started) / 60:5.1f} min  sent {index}  statuses {dict(statuses)}  "
+                    f"p50 {percentile(minute_latencies, 0.5) * 1000:.0f} ms  p99 {percentile(minute_latencies, 0.99) * 1000:.0f} ms"
+                    f"  RSS {rss / 1e6:.0f} MB",
+                    flush=True,
+                )
+                minute_latencies.clear()
+                next_report += 60
+        await asyncio.gather(*tasks)
+    if pid:
+        rss_samples.append(rss_bytes(pid))
+    growth = (rss_samples[-1] - rss_samples[0]) / 1e6 if len(rss_samples) >= 2 else 0.0
+    server_errors = sum(count for status, count in statuses.items() if status.startswith("5") and status != "503")
+    print(
+        f"SUMMARY: {index} requests in {args.minutes:g} min at {rate:.1f} req/s (80% = {args.fraction:.0%} of "
+        f"{capacity:.1f}); statuses {dict(statuses)}; valid failures {dict(valid_failures)}; "
+        f"valid p50 {percentile(latencies, 0.5) * 1000:.0f} ms p99 {percentile(latencies, 0.99) * 1000:.0f} ms; "
+        f"RSS first minute {rss_samples[0] / 1e6 if rss_samples else 0:.0f} MB -> end "
+        f"{rss_samples[-1] / 1e6 if rss_samples else 0:.0f} MB (growth {growth:+.0f} MB)",
+        flush=True,
+    )
+    return int(bool(valid_failures) or server_errors > 0 or growth > args.max_growth_mb)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model-dir", type=Path, help="start python -m service on this repository")
+    target.add_argument("--url", help="drive a running server, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--pid", type=int, help="with --url: the server's process id (for RSS)")
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--fraction", type=float, default=0.8, help="share of the measured capacity to send")
+    parser.add_argument("--concurrency", type=int, default=16, help="clients of the capacity measurement")
+    parser.add_argument("--hostile-every", type=int, default=20, help="every Nth request is hostile (0: none)")
+    parser.add_argument("--max-growth-mb", type=float, default=100.0)
+    parser.add_argument("server_args", nargs="*", help="extra flags for python -m service (after --)")
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        if args.model_dir is not None:
+            server = stack.enter_context(run_server(args.model_dir.resolve(), *args.server_args))
+            base_url, pid = server.base_url, server.process.pid
+        else:
+            base_url, pid = args.url.rstrip("/"), args.pid
+        return asyncio.run(soak(args, base_url, pid))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
