@@ -97,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["naive"] = {}
             for model in models:
                 log(f"naive {model.name} ...")
-                results["naive"][model.name] = naive.run(model, quick=args.quick, duration=args.duration, log=log)
+                results["naive"][model.name] = naive.run(
+                    model, quick=args.quick, duration=args.duration, use_wrk=not args.no_wrk, log=log
+                )
     except MissingSharedData as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

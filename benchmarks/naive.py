@@ -6,13 +6,15 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import loadgen
+from benchmarks import loadgen, wrk
 from benchmarks.phases import phase_seconds, plan_for
 from benchmarks.server import free_port, python, running_server
 from benchmarks.workload import BenchModel, payloads_for
 
 
-def run(model: BenchModel, *, quick: bool, duration: float | None, log: Callable[[str], None] = print) -> dict[str, object]:
+def run(
+    model: BenchModel, *, quick: bool, duration: float | None, use_wrk: bool = True, log: Callable[[str], None] = print
+) -> dict[str, object]:
     plan = plan_for(model, quick=quick, duration=duration)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -30,9 +32,18 @@ def run(model: BenchModel, *, quick: bool, duration: float | None, log: Callable
             row = loadgen.run_closed(
                 url, single, concurrency=concurrency, seconds=phase_seconds(plan, concurrency), warmup_s=plan.warmup_s
             )
-            runs.append(row)
-            log(
-                f"  naive {model.name} {row['scenario']:<16} {row['images_per_s']:8.1f} img/s  "
-                f"p50 {row['p50_ms']:8.2f} ms  p99 {row['p99_ms']:8.2f} ms  errors {row['errors'] or 0}"
-            )
+            _record(runs, row, model, log)
+        if use_wrk and model.kind == "cifar" and wrk.available():
+            # The same native-client phases the service gets (the Python client would cap both).
+            for concurrency in (1, plan.saturating):
+                row = wrk.run(url, single[0], concurrency=concurrency, seconds=phase_seconds(plan, concurrency))
+                _record(runs, row, model, log)
     return {"plan": plan.__dict__, "runs": runs, "server": "FastAPI + PyTorch eager, inline in the handler"}
+
+
+def _record(runs: list[dict[str, object]], row: dict[str, object], model: BenchModel, log: Callable[[str], None]) -> None:
+    runs.append(row)
+    log(
+        f"  naive {model.name} {row['scenario']:<16} {row['images_per_s']:8.1f} img/s  "
+        f"p50 {row['p50_ms']:8.2f} ms  p99 {row['p99_ms']:8.2f} ms  errors {row['errors'] or 0}"
+    )

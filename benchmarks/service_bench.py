@@ -62,12 +62,12 @@ def run(
             rate = max(1.0, plan.open_fraction * float(saturated["requests_per_s"]))  # type: ignore[arg-type]
             measure(lambda: loadgen.run_open(url, single, rate_per_s=rate, seconds=plan.seconds, warmup_s=plan.warmup_s))
         if use_wrk and model.kind == "cifar":
-            for concurrency, per_request in ((plan.saturating, 1), *plan.multi):
+            for concurrency, per_request in ((1, 1), (plan.saturating, 1), *plan.multi):
                 if not wrk.available():
                     wrk_note = "wrk not installed (apt-get install wrk): native-client figures skipped"
                     break
                 body = loadgen.bodies(payloads, per_request)[0]
-                measure(lambda c=concurrency, b=body: wrk.run(url, b, concurrency=c, seconds=plan.seconds))
+                measure(lambda c=concurrency, b=body: wrk.run(url, b, concurrency=c, seconds=phase_seconds(plan, c)))
         whole = batch_sizes(base, model.name)
     return {
         "plan": plan.__dict__,
