@@ -54,11 +54,48 @@ class BatchSizes:
         return out
 
 
+#: Server-side stages of a request, in seconds, whose means explain where latency goes.
+STAGES = {
+    "server_total": "resnet_serve_request_seconds",
+    "preprocess": "resnet_serve_preprocess_seconds",
+    "queue_wait": "resnet_serve_queue_wait_seconds",
+    "inference_per_batch": "resnet_serve_inference_seconds",
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The batch-size histogram and the stage-latency histograms of one model at one moment."""
+
+    batch: BatchSizes
+    stages: dict[str, BatchSizes]
+
+    def since(self, earlier: Snapshot) -> Snapshot:
+        return Snapshot(
+            self.batch.since(earlier.batch),
+            {name: hist.since(earlier.stages[name]) for name, hist in self.stages.items()},
+        )
+
+    def stage_means_ms(self) -> dict[str, float | None]:
+        return {name: (None if hist.mean is None else round(1000 * hist.mean, 3)) for name, hist in self.stages.items()}
+
+
+def snapshot(base_url: str, model: str) -> Snapshot:
+    found = samples(httpx.get(f"{base_url}/metrics", timeout=10).text)
+    return Snapshot(
+        _histogram(found, model, "resnet_serve_batch_size"),
+        {name: _histogram(found, model, metric) for name, metric in STAGES.items()},
+    )
+
+
 def batch_sizes(base_url: str, model: str, metric: str = "resnet_serve_batch_size") -> BatchSizes:
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return _histogram(samples(httpx.get(f"{base_url}/metrics", timeout=10).text), model, metric)
+
+
+def _histogram(found: list[tuple[str, dict[str, str], float]], model: str, metric: str) -> BatchSizes:
     count = total = 0.0
     buckets = []
-    for name, labels, value in samples(text):
+    for name, labels, value in found:
         if labels.get("model") != model:
             continue
         if name == f"{metric}_count":

@@ -89,6 +89,14 @@ def render(results: dict[str, Any]) -> str:
                 load_rows,
             )
         )
+    stage_rows = [
+        [name, run["scenario"], run.get("images_per_request", 1), *run["server_stage_means_ms"].values()]
+        for name, runs in results.get("service", {}).items() for run in runs.get("runs", [])
+        if run.get("server_stage_means_ms")
+    ]
+    if stage_rows:
+        parts.append("\nSERVICE latency by stage (means from /metrics, ms): server total, decode per request, queue wait per image, inference per batch")
+        parts.append(table(["model", "scenario", "img/req", "server total", "decode", "queue wait", "inference/batch"], stage_rows))
     for name, runs in results.get("service", {}).items():
         if runs.get("batch_histogram"):
             parts.append(f"  {name} batch sizes achieved (whole run, from /metrics): {runs['batch_histogram']}")

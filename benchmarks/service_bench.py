@@ -8,7 +8,7 @@ from pathlib import Path
 
 from benchmarks import loadgen, wrk
 from benchmarks.phases import phase_seconds, plan_for
-from benchmarks.prometheus import batch_sizes
+from benchmarks.prometheus import batch_sizes, snapshot
 from benchmarks.server import free_port, python, running_server
 from benchmarks.workload import BenchModel, payloads_for
 
@@ -40,11 +40,12 @@ def run(
         single = loadgen.bodies(payloads, 1)
 
         def measure(row_of: Callable[[], dict[str, object]]) -> dict[str, object]:
-            before = batch_sizes(base, model.name)
+            before = snapshot(base, model.name)
             row = row_of()
-            delta = batch_sizes(base, model.name).since(before)
-            row["mean_batch_size"] = delta.mean
-            row["batch_sizes"] = delta.per_bucket()
+            delta = snapshot(base, model.name).since(before)
+            row["mean_batch_size"] = delta.batch.mean
+            row["batch_sizes"] = delta.batch.per_bucket()
+            row["server_stage_means_ms"] = delta.stage_means_ms()  # where the latency goes, from /metrics
             runs.append(row)
             log(_line("service", model.name, row))
             return row
