@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import pytest
 from PIL import Image
 
 from conftest import shared_path
-from hostile_corpus import copy_model
+from hostile_corpus import as_file, copy_model, raw_http_request, send_raw
 from server import RunningServer, run_server
 
 FLOOD_S = 12.0
@@ -47,47 +46,15 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def predict_request(port: int, image: bytes) -> bytes:
-    """The complete HTTP request, built once: the load generator only writes bytes.
-
-    httpx costs milliseconds of client CPU per request; on a shared 2-core box that backlog would be
-    measured as server latency. A raw ``Connection: close`` request keeps the client nearly free.
-    """
-    boundary = "overload-boundary"
-    body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
-        f"Content-Type: image/jpeg\r\n\r\n".encode() + image + f"\r\n--{boundary}--\r\n".encode()
-    )
-    head = (
-        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
-        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
+    """One multipart /predict request as raw bytes (see :func:`hostile_corpus.raw_http_request`)."""
+    body, headers = as_file(image, "a.jpg")
+    return raw_http_request(port, "/predict", body, headers)
 
 
 async def _post(port: int, request: bytes) -> Outcome:
-    started = time.perf_counter()
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(request)
-            await writer.drain()
-            raw = await asyncio.wait_for(reader.read(), REQUEST_TIMEOUT_S + 5)
-        finally:
-            writer.close()
-    except (OSError, asyncio.TimeoutError) as exc:
-        return Outcome(0, time.perf_counter() - started, repr(exc), None)
-    seconds = time.perf_counter() - started
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1]) if lines and lines[0] else 0
-    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
-    code = None
-    if status != 200:
-        try:
-            code = json.loads(body)["error"]["code"]
-        except (ValueError, KeyError, TypeError):
-            code = f"not JSON: {body[:100]!r}"
-    return Outcome(status, seconds, code, headers.get("retry-after"))
+    answer = await send_raw(port, request, REQUEST_TIMEOUT_S + 5)
+    code = answer.error if answer.status == 0 else (answer.error_code() if answer.status != 200 else None)
+    return Outcome(answer.status, answer.seconds, code, answer.headers.get("retry-after"))
 
 
 async def closed_loop(port: int, request: bytes, concurrency: int, duration_s: float) -> tuple[float, list[Outcome]]:
