@@ -56,7 +56,8 @@ async def measure_capacity(port: int, request: bytes, concurrency: int, seconds:
     async def worker() -> None:
         nonlocal done
         while time.perf_counter() < stop_at:
-            done += (await send_raw(port, request, 60)).status == 200
+            answer = await send_raw(port, request, 60)  # await first: `done += await ...` loses updates
+            done += answer.status == 200
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
