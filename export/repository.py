@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from export.errors import ExportError
+from models.checkpoints import fsync_dir
 from service.model_card import InvalidModelCard, ModelCard
 
 MODEL_FILENAME = "model.onnx"
@@ -71,27 +72,13 @@ def write_version(model_dir: Path, name: str, version: int, payload: bytes) -> P
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(staging, 0o755)
-        _fsync_dir(staging)
+        fsync_dir(staging)
         try:
             os.rename(staging, final_dir)  # Atomic; fails if another export took this version meanwhile.
         except OSError as exc:
             raise ExportError(f"could not create {final_dir}: {exc}") from exc
-        _fsync_dir(parent)
+        fsync_dir(parent)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return final_dir / MODEL_FILENAME
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry durable; some filesystems do not allow it, which is fine."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -286,13 +286,13 @@ def _download(remote: _Remote) -> str:
                 " (it is corrupt or not the published one)"
             )
         os.replace(temp_path, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return sha
     finally:
         temp_path.unlink(missing_ok=True)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename durable where the platform allows fsync on a directory."""
     try:
         fd = os.open(folder, os.O_RDONLY)
