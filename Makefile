@@ -18,12 +18,13 @@ venv: $(STAMP)
 ## Export the default models (once) into $(MODEL_DIR), then serve them on 127.0.0.1:8000.
 serve: $(STAMP)
 	$(PY) -m export --config models.toml --model-dir $(MODEL_DIR)
-	RESNET_SERVE_MODEL_DIR=$(MODEL_DIR) $(PY) -m service
+	RESNET_SERVE_MODEL_DIR=$(MODEL_DIR) $(PY) -m service $(SERVE_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[export,test,bench]"
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
