@@ -33,7 +33,7 @@ def run(
                 url, single, concurrency=concurrency, seconds=phase_seconds(plan, concurrency), warmup_s=plan.warmup_s
             )
             _record(runs, row, model, log)
-        if use_wrk and model.kind == "cifar" and wrk.available():
+        if use_wrk and wrk.available():  # native client: the Python one eats the same cores
             # The same native-client phases the service gets (the Python client would cap both).
             for concurrency in (1, plan.saturating):
                 row = wrk.run(url, single[0], concurrency=concurrency, seconds=phase_seconds(plan, concurrency))

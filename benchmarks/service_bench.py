@@ -62,7 +62,7 @@ def run(
         if saturated and saturated["requests_per_s"]:
             rate = max(1.0, plan.open_fraction * float(saturated["requests_per_s"]))  # type: ignore[arg-type]
             measure(lambda: loadgen.run_open(url, single, rate_per_s=rate, seconds=plan.seconds, warmup_s=plan.warmup_s))
-        if use_wrk and model.kind == "cifar":
+        if use_wrk:  # native client for every model: the Python client eats the cores the service needs
             for concurrency, per_request in ((1, 1), (plan.saturating, 1), *plan.multi):
                 if not wrk.available():
                     wrk_note = "wrk not installed (apt-get install wrk): native-client figures skipped"
