@@ -9,7 +9,10 @@
 set -euo pipefail
 
 TAG="${1:-resnet-serve/base:bookworm}"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# The mirror: DEBIAN_MIRROR, else the first Debian archive this host's apt already uses.
+MIRROR="${DEBIAN_MIRROR:-$(grep -hoE '^(URIs:|deb) +[^ ]+/debian/?( |$)' /etc/apt/sources.list.d/*.sources \
+    /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | head -n 1)}"
+[[ -n "$MIRROR" ]] || { echo "build-base-debian.sh: set DEBIAN_MIRROR to a Debian archive URL" >&2; exit 1; }
 # What the Dockerfiles need from a base: python3 with venv, CA certificates, and nothing else.
 PACKAGES="python3,python3-venv,ca-certificates"
 
