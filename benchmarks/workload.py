@@ -73,11 +73,6 @@ def model_repository(model: BenchModel, cache_dir: Path) -> Path:
     return repo
 
 
-def onnx_path(repo: Path, name: str) -> Path:
-    versions = sorted((int(p.name), p) for p in (repo / name).iterdir() if p.name.isdigit())
-    return versions[-1][1] / "model.onnx"
-
-
 def photo_jpegs(size: tuple[int, int] = IMAGENET_PHOTO_SIZE, quality: int = 90) -> list[tuple[str, bytes]]:
     """The shared photos resized to an ImageNet-typical 500x375 and re-encoded as JPEG."""
     folder = shared_path("data", "photos")

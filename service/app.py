@@ -310,4 +310,6 @@ def _model_info(model: LoadedModel, settings: Settings) -> dict[str, Any]:
             "pad_to_buckets": model.pad_to_buckets,
         },
         "source": card.source.model_dump(mode="json"),
+        "load_seconds": round(model.load_seconds, 3),
+        "warmup_seconds": round(model.warmup_seconds, 3),
     }

@@ -54,7 +54,6 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_size = max_queue_size
-        self._metrics = metrics
         self._pending: deque[_Item] = deque()
         self._reserved = 0
         self._closing = False

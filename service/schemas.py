@@ -105,6 +105,8 @@ class ModelInfo(BaseModel):
     gpu_fallback: bool = Field(description="A GPU provider was asked for but onnxruntime is not using it.")
     batching: BatchingInfo
     source: dict[str, object] = Field(default_factory=dict, description="Weights provenance from the model card.")
+    load_seconds: float = Field(examples=[0.4], description="Time to create the onnxruntime session.")
+    warmup_seconds: float = Field(examples=[1.2], description="Time to run every batch bucket once before readiness.")
 
 
 class ModelsResponse(BaseModel):
