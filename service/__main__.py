@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import threading
 from collections.abc import Sequence
 from types import FrameType
 
@@ -50,12 +51,25 @@ def settings_from(argv: Sequence[str] | None = None) -> Settings:
 class GracefulServer(uvicorn.Server):
     """uvicorn, but SIGTERM/SIGINT turn readiness off before uvicorn starts its graceful shutdown."""
 
-    def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
+    def __init__(self, config: uvicorn.Config, state: ServiceState, *, shutdown_delay_s: float = 0.0) -> None:
         super().__init__(config)
         self.service_state = state
+        self.shutdown_delay_s = shutdown_delay_s
+        self._delayed: threading.Timer | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        first = not self.service_state.shutting_down
         self.service_state.begin_shutdown()
+        if first and self.shutdown_delay_s > 0:
+            # Keep accepting (readiness already says 503) until load balancers have noticed; a second
+            # signal during the delay drains at once.
+            log.info("signal %d: not ready any more; serving %.1f s more before draining", sig, self.shutdown_delay_s)
+            self._delayed = threading.Timer(self.shutdown_delay_s, super().handle_exit, (sig, frame))
+            self._delayed.daemon = True
+            self._delayed.start()
+            return
+        if self._delayed is not None:
+            self._delayed.cancel()
         if sig == signal.SIGTERM and not self.should_exit:
             log.info("SIGTERM: not ready any more; finishing in-flight requests (grace %.0f s)",
                      self.config.timeout_graceful_shutdown or 0)
@@ -74,9 +88,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_level=settings.log_level.lower(),
         access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s + 0.999),
+        limit_concurrency=settings.limit_concurrency,
+        backlog=settings.backlog,
         lifespan="on",
     )
-    GracefulServer(config, app.state.service).run()
+    GracefulServer(config, app.state.service, shutdown_delay_s=settings.shutdown_delay_s).run()
 
 
 if __name__ == "__main__":

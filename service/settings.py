@@ -35,7 +35,26 @@ class Settings(BaseSettings):
 
     # Network.
     host: str = Field(default="127.0.0.1", description="Bind address (containers set 0.0.0.0).")
-    port: int = Field(default=8000, ge=0, le=65535, description="TCP port.")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port of HTTP (/predict and KServe V2 REST).")
+    grpc_port: int = Field(
+        default=8001, ge=0, le=65535,
+        description="TCP port of the KServe V2 / Triton gRPC endpoint (0 = no gRPC).",
+    )
+    limit_concurrency: int = Field(
+        default=1024, ge=1,
+        description="Most HTTP connections and requests at once; beyond it uvicorn answers 503 at once.",
+    )
+    backlog: int = Field(default=2048, ge=1, description="Connections the kernel queues before accept().")
+
+    # The live model repository.
+    model_control: Literal["none", "poll", "explicit"] = Field(
+        default="poll",
+        description="none: load MODEL_DIR once at start; poll: also follow new, changed and removed versions "
+        "every REPOSITORY_POLL_S; explicit: load once, then change only through the V2 repository API.",
+    )
+    repository_poll_s: float = Field(
+        default=5.0, ge=0.0, description="Seconds between repository scans in poll mode (0 = as none)."
+    )
 
     # Dynamic batching.
     max_batch_size: int = Field(default=32, ge=1, le=1024, description="Most images one inference call runs.")
@@ -86,6 +105,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1, description="Largest request body, enforced while reading (413)."
     )
+    max_inflight_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1,
+        description="Request-body bytes held across all connections at once; a body that does not fit is "
+        "refused with 503 server_busy before it is read.",
+    )
     max_image_pixels: int = Field(
         default=DEFAULT_MAX_IMAGE_PIXELS, ge=1,
         description="Largest width x height, checked from the header before decoding (413).",
@@ -111,6 +135,11 @@ class Settings(BaseSettings):
     access_log: bool = Field(default=True, description="Log one line per HTTP request (uvicorn's access log).")
     shutdown_grace_s: float = Field(
         default=30.0, gt=0.0, description="On SIGTERM, how long in-flight requests may take before exit."
+    )
+    shutdown_delay_s: float = Field(
+        default=0.0, ge=0.0,
+        description="On SIGTERM, keep serving (not ready) this long before draining, so a load balancer that "
+        "health-checks /health/ready takes the replica out first (Kubernetes: use a preStop sleep instead).",
     )
     api_key: str | None = Field(
         default=None, description="When set, /predict and /models need 'Authorization: Bearer <key>'."
