@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= model_repository
 STAMP := $(VENV)/.installed
 
-.PHONY: venv serve test export bench clean
+.PHONY: venv serve test export bench proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[export,test,bench]"
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+## Regenerate the gRPC message module from service/v2/proto/inference.proto.
+proto: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m grpc_tools.protoc -I service/v2/proto --python_out=service/v2/proto --pyi_out=service/v2/proto \
+		service/v2/proto/inference.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,7 +1,9 @@
-"""The service's one error type and the handlers that turn every failure into the same JSON shape.
+"""The service's one error type and the handlers that turn every failure into one JSON shape per protocol.
 
-Clients (and the hardening tests) rely on a single body layout, ``{"error": {"code", "message"}}``,
-for every status, so routing 404/405s, validation 422s and even the should-never-happen 500 use it.
+Clients (and the hardening tests) rely on a single body layout for every status, so routing
+404/405s, validation 422s and even the should-never-happen 500 use it: ``{"error": {"code",
+"message"}}`` everywhere, except under ``/v2`` where the Open Inference Protocol's own
+``{"error": "<message>"}`` is answered (the gRPC door maps the same errors to status codes).
 This module imports no web framework at import time: ``service.preprocess`` (shared with export/)
 raises :class:`ServiceError` without pulling FastAPI in.
 """
@@ -39,8 +41,19 @@ class ServiceError(Exception):
         return f"ServiceError({self.status}, {self.code!r}, {self.message!r})"
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
+def error_body(code: str, message: str, *, v2: bool = False) -> dict[str, Any]:
+    if v2:
+        return {"error": message}
     return {"error": {"code": code, "message": message}}
+
+
+#: Path prefix of the KServe V2 REST routes, whose errors take the protocol's shape.
+V2_PREFIX = "/v2"
+
+
+def _is_v2(request: Any) -> bool:
+    path: str = request.url.path
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
 
 
 #: Machine codes for the statuses routing and Starlette produce themselves.
@@ -63,27 +76,29 @@ def install_error_handlers(app: FastAPI) -> None:
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import Request
 
-    async def on_service_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        body = error_body(exc.code, exc.message, v2=_is_v2(request))
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
-    async def on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         problems = []
         for problem in exc.errors():
             where = ".".join(str(part) for part in problem.get("loc", ()))
-            problems.append(f"{where}: {problem.get('msg', 'invalid')}")
-        return JSONResponse(error_body("invalid_request", "; ".join(problems) or "invalid request"), 422)
+            problems.append(f"{where}: {problem.get('msg', 'invalid')}"[:300])
+        message = "; ".join(problems)[:1000] or "invalid request"
+        return JSONResponse(error_body("invalid_request", message, v2=_is_v2(request)), 422)
 
-    async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = _CODE_BY_STATUS.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return JSONResponse(error_body(code, message), exc.status_code, headers=exc.headers)
+        return JSONResponse(error_body(code, message, v2=_is_v2(request)), exc.status_code, headers=exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(error_body("internal_error", "internal server error"), 500)
+        return JSONResponse(error_body("internal_error", "internal server error", v2=_is_v2(request)), 500)
 
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -21,7 +21,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "resnet_serve_requests", "Prediction requests by model and HTTP status.", ["model", "status"], registry=r
+            "resnet_serve_requests",
+            "Prediction requests by model, HTTP status and protocol (predict, v2-rest, v2-grpc).",
+            ["model", "status", "protocol"], registry=r,
         )
         self.images = Counter("resnet_serve_images", "Images classified, by model.", ["model"], registry=r)
         self.rejections = Counter(
@@ -29,7 +31,7 @@ class Metrics:
             registry=r,
         )
         self.request_latency = Histogram(
-            "resnet_serve_request_seconds", "End-to-end /predict latency (body read to response).", ["model"],
+            "resnet_serve_request_seconds", "End-to-end latency of a prediction request (any protocol), body read to response.", ["model"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.queue_wait = Histogram(
@@ -48,8 +50,13 @@ class Metrics:
             "resnet_serve_batch_size", "Images per inference batch.", ["model"], buckets=BATCH_SIZE_BUCKETS, registry=r
         )
         self.queue_depth = Gauge(
-            "resnet_serve_queue_depth", "Images waiting for a batch (decoded, not yet running).", ["model"],
+            "resnet_serve_queue_depth", "Images waiting for a batch (decoded, not yet running).", ["model", "version"],
             registry=r,
+        )
+        self.inflight_images = Gauge(
+            "resnet_serve_inflight_images",
+            "Images admitted and not yet answered (decoding, queued or running): the per-pod autoscaling signal.",
+            ["model", "version"], registry=r,
         )
         self.model_info = Gauge(
             "resnet_serve_model_info", "Served models (value 1).",
@@ -58,7 +65,23 @@ class Metrics:
         self.provider_info = Gauge(
             "resnet_serve_provider_info",
             "Execution providers per model (value 1); gpu_fallback=true when a GPU was asked for but is unused.",
-            ["model", "requested", "active", "gpu_fallback"], registry=r,
+            ["model", "version", "requested", "active", "gpu_fallback"], registry=r,
+        )
+        self.version_loads = Counter(
+            "resnet_serve_version_loads", "Model versions loaded, warmed and switched in.", ["model"], registry=r,
+        )
+        self.version_refusals = Counter(
+            "resnet_serve_version_refusals",
+            "New or changed versions refused (cause=load: the file failed to load or warm; config: config.toml).",
+            ["model", "cause"], registry=r,
+        )
+        self.refused_versions = Gauge(
+            "resnet_serve_refused_versions", "Versions on disk currently refused (not served), per model.",
+            ["model"], registry=r,
+        )
+        self.body_bytes = Gauge(
+            "resnet_serve_inflight_body_bytes", "Request-body bytes held across connections (MAX_INFLIGHT_BYTES).",
+            registry=r,
         )
         self.ready = Gauge("resnet_serve_ready", "1 when every model is loaded, warmed and batching.", registry=r)
 

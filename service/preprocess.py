@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -47,11 +49,12 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 
 def preprocess_image(
-    data: bytes,
+    data: bytes | bytearray | memoryview,
     p: Preprocessing,
     *,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     jpeg_draft: bool = False,
+    hold: Callable[[int], AbstractContextManager[object]] | None = None,
 ) -> np.ndarray:
     """Decode ``data`` and return the centre crop as a C-contiguous uint8 array (crop, crop, 3).
 
@@ -59,14 +62,17 @@ def preprocess_image(
     truncated or corrupt) and nothing else for bad input.
     ``jpeg_draft`` lets libjpeg decode JPEGs at 1/2..1/8 scale when that still leaves at least
     twice the resize target: much faster on big photos, but no longer bit-exact with torchvision.
+    ``hold(pixels)`` is entered with the header's pixel count around the decode (the service's
+    budget of decoded pixels in flight across threads).
     """
     image = open_image(data, max_pixels=max_pixels)
     try:
-        if jpeg_draft and image.format in ("JPEG", "MPO"):
-            _request_draft(image, p.resize_size)
-        image = apply_exif_orientation(image)
-        image = to_rgb(image)
-        return resize_and_crop(image, p)
+        with hold(image.width * image.height) if hold is not None else nullcontext():
+            if jpeg_draft and image.format in ("JPEG", "MPO"):
+                _request_draft(image, p.resize_size)
+            image = apply_exif_orientation(image)
+            image = to_rgb(image)
+            return resize_and_crop(image, p)
     except ServiceError:
         raise
     except Image.DecompressionBombError:
@@ -79,12 +85,12 @@ def preprocess_image(
         raise _corrupt(exc) from None
 
 
-def open_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def open_image(data: bytes | bytearray | memoryview, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Identify the format and read the header only; refuse images larger than ``max_pixels``."""
     if not data:
         raise ServiceError(422, "empty_image", "the image is empty (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        image = Image.open(_readable(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError:
         limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
         raise ServiceError(413, "image_too_large", f"image has more pixels than the limit of {limit}") from None
@@ -110,6 +116,43 @@ def open_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
             f"image is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}",
         )
     return image
+
+
+class _ViewReader(io.RawIOBase):
+    """A read-only seekable file over a buffer, without copying it (io.BytesIO copies a bytearray)."""
+
+    def __init__(self, data: bytearray | memoryview) -> None:
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        end = min(len(self._view), self._position + len(target))
+        count = end - self._position
+        memoryview(target).cast("B")[:count] = self._view[self._position : end]
+        self._position = end
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+
+def _readable(data: bytes | bytearray | memoryview) -> io.IOBase:
+    """A file object over ``data``; ``bytes`` are shared by BytesIO itself, other buffers by a view."""
+    if isinstance(data, bytes):
+        return io.BytesIO(data)
+    return io.BufferedReader(_ViewReader(data))
 
 
 def apply_exif_orientation(image: Image.Image) -> Image.Image:
@@ -154,8 +197,8 @@ def _grey_to_uint8(pixels: np.ndarray, mode: str) -> np.ndarray:
             return np.clip(pixels, 0, 255).astype(np.uint8)
         return (np.clip(pixels, 0, 65535) // 257).astype(np.uint8)  # I is how Pillow often holds 16-bit data.
     finite = np.nan_to_num(pixels.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    peak = float(finite.max()) if finite.size else 0.0
-    scale = 255.0 if peak <= 1.0 else 1.0
+    brightest = float(finite.max()) if finite.size else 0.0
+    scale = 255.0 if brightest <= 1.0 else 1.0
     return np.clip(np.rint(finite * scale), 0, 255).astype(np.uint8)
 
 

@@ -71,6 +71,15 @@ def resolve_providers(setting: str, available: list[str], *, gpu_present: bool) 
     return chosen
 
 
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Per-model session choices the service derives from global and per-model settings."""
+
+    max_batch_size: int
+    buckets: tuple[int, ...]
+    intra_op_threads: int
+
+
 def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
     """Powers of two up to the largest batch, plus the largest batch itself: 1, 2, 4, ..., 32."""
     sizes = {max_batch_size}
@@ -120,6 +129,10 @@ class LoadedModel:
         (probabilities,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: images})
         return probabilities[:count]
 
+    def close(self) -> None:
+        """Drop the session now (its arena and weights are freed) even if something still holds this object."""
+        self.session = None  # type: ignore[assignment]
+
     def warm_up(self) -> None:
         """Run every batch size the batcher can produce, so no request pays first-shape costs."""
         started = time.perf_counter()
@@ -129,11 +142,11 @@ class LoadedModel:
         self.warmup_seconds = time.perf_counter() - started
 
 
-def session_options(settings: Settings) -> ort.SessionOptions:
+def session_options(settings: Settings, intra_op_threads: int | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = settings.inference_threads
+    options.intra_op_num_threads = intra_op_threads or settings.inference_threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
     if not settings.intra_op_spinning:
@@ -142,8 +155,11 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     return options
 
 
-def provider_options(provider: str, card: ModelCard, settings: Settings) -> dict[str, object]:
+def provider_options(
+    provider: str, card: ModelCard, settings: Settings, max_batch_size: int | None = None
+) -> dict[str, object]:
     side = card.preprocessing.crop_size
+    largest = max_batch_size or settings.max_batch_size
     if provider == TENSORRT:
         cache = str(settings.trt_cache_dir.resolve())
         return {
@@ -154,8 +170,8 @@ def provider_options(provider: str, card: ModelCard, settings: Settings) -> dict
             "trt_timing_cache_path": cache,
             "trt_fp16_enable": card.export.precision == "fp16",
             "trt_profile_min_shapes": f"{INPUT_NAME}:1x{side}x{side}x3",
-            "trt_profile_opt_shapes": f"{INPUT_NAME}:{settings.max_batch_size}x{side}x{side}x3",
-            "trt_profile_max_shapes": f"{INPUT_NAME}:{settings.max_batch_size}x{side}x{side}x3",
+            "trt_profile_opt_shapes": f"{INPUT_NAME}:{largest}x{side}x{side}x3",
+            "trt_profile_max_shapes": f"{INPUT_NAME}:{largest}x{side}x{side}x3",
         }
     if provider == CUDA:
         return {"device_id": settings.device_id}
@@ -177,9 +193,15 @@ def preload_gpu_libraries() -> None:
         log.warning("onnxruntime.preload_dlls() failed: %s", exc)
 
 
-def load_model(entry: ModelEntry, settings: Settings) -> LoadedModel:
-    """Open, check and (optionally) warm one model; raises :class:`ModelLoadError` with the reason."""
+def load_model(entry: ModelEntry, settings: Settings, options: RuntimeOptions | None = None) -> LoadedModel:
+    """Open, check and (optionally) warm one model; raises :class:`ModelLoadError` with the reason.
+
+    ``options`` carries the per-model batch size, buckets and threads (default: the global settings).
+    """
     started = time.perf_counter()
+    options = options or RuntimeOptions(
+        settings.max_batch_size, batch_buckets(settings.max_batch_size), settings.inference_threads
+    )
     requested = resolve_providers(settings.providers, ort.get_available_providers(), gpu_present=gpu_device_present())
     wants_gpu = bool(GPU_PROVIDERS.intersection(requested))
     if wants_gpu:
@@ -189,7 +211,7 @@ def load_model(entry: ModelEntry, settings: Settings) -> LoadedModel:
     try:
         # GPU provider options depend on the card (input size, fp16), so read it from a plain CPU
         # session first; on the CPU that session is the one we serve with.
-        session = _session(entry, settings, [CPU], None, optimize=not wants_gpu)
+        session = _session(entry, settings, options, [CPU], None, optimize=not wants_gpu)
         card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
     except InvalidModelCard as exc:
         raise ModelLoadError(f"{entry.path}: {exc}") from None
@@ -197,10 +219,10 @@ def load_model(entry: ModelEntry, settings: Settings) -> LoadedModel:
         raise ModelLoadError(f"{entry.path}: onnxruntime cannot load it: {exc}") from None
     if wants_gpu:
         try:
-            session = _session(entry, settings, requested, card)
+            session = _session(entry, settings, options, requested, card)
         except Exception as exc:
             log.error("model %s: GPU session failed (%s); serving it on the CPU", entry.name, exc)
-            session = _session(entry, settings, [CPU], card)
+            session = _session(entry, settings, options, [CPU], card)
     _check_signature(entry, session, card)
     active = session.get_providers()
     model = LoadedModel(
@@ -209,7 +231,7 @@ def load_model(entry: ModelEntry, settings: Settings) -> LoadedModel:
         session=session,
         requested_providers=requested,
         active_providers=active,
-        buckets=batch_buckets(settings.max_batch_size),
+        buckets=options.buckets,
         pad_to_buckets=bool(GPU_PROVIDERS.intersection(active)),
         labels=card.labels,
     )
@@ -222,7 +244,10 @@ def load_model(entry: ModelEntry, settings: Settings) -> LoadedModel:
     if settings.require_gpu and not model.on_gpu:
         raise ModelLoadError(f"model {entry.name}: REQUIRE_GPU is set but active providers are {active}")
     if settings.warmup:
-        model.warm_up()
+        try:
+            model.warm_up()
+        except Exception as exc:  # a graph that loads but cannot run (wrong shapes inside, bad ops)
+            raise ModelLoadError(f"{entry.path}: warm-up failed: {type(exc).__name__}: {str(exc)[:300]}") from None
     model.load_seconds = time.perf_counter() - started
     log.info(
         "model %s v%d loaded: %s, %d classes, input %dx%d, providers %s, warm-up %.2fs",
@@ -233,15 +258,24 @@ def load_model(entry: ModelEntry, settings: Settings) -> LoadedModel:
 
 
 def _session(
-    entry: ModelEntry, settings: Settings, providers: list[str], card: ModelCard | None, *, optimize: bool = True
+    entry: ModelEntry,
+    settings: Settings,
+    options: RuntimeOptions,
+    providers: list[str],
+    card: ModelCard | None,
+    *,
+    optimize: bool = True,
 ) -> ort.InferenceSession:
-    options = session_options(settings)
+    session_opts = session_options(settings, options.intra_op_threads)
     if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session_opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(
         str(entry.path),
-        sess_options=options,
-        providers=[(name, provider_options(name, card, settings) if card else {}) for name in providers],
+        sess_options=session_opts,
+        providers=[
+            (name, provider_options(name, card, settings, options.max_batch_size) if card else {})
+            for name in providers
+        ],
     )
 
 

@@ -91,6 +91,23 @@ class BatchingInfo(BaseModel):
     max_queue_size: int
     batch_buckets: list[int]
     pad_to_buckets: bool
+    instances: int = Field(description="Inference threads (sharing one session) this version runs batches on.")
+    intra_op_threads: int = Field(description="onnxruntime threads per batch.")
+
+
+class VersionSummary(BaseModel):
+    version: int
+    precision: str = Field(examples=["fp32"], description="fp32, fp16 or int8 (from the model card).")
+    architecture: str
+    loaded_at: float = Field(description="Unix time the version was switched in.")
+    in_flight: int = Field(description="Images admitted and not yet handed to inference.")
+    source_sha256: str | None
+
+
+class Refusal(BaseModel):
+    version: int
+    reason: str = Field(examples=["model.onnx: onnxruntime cannot load it: ..."])
+    at: float
 
 
 class ModelInfo(BaseModel):
@@ -107,8 +124,27 @@ class ModelInfo(BaseModel):
     source: dict[str, object] = Field(default_factory=dict, description="Weights provenance from the model card.")
     load_seconds: float = Field(examples=[0.4], description="Time to create the onnxruntime session.")
     warmup_seconds: float = Field(examples=[1.2], description="Time to run every batch bucket once before readiness.")
+    precision: str = Field(examples=["int8"], description="Precision of the highest served version.")
+    verification: dict[str, object] = Field(
+        default_factory=dict, description="Recorded export verification: top-1 agreement, max |dprob|, images."
+    )
+    versions: list[VersionSummary] = Field(description="Every version served (unpinned requests get the highest).")
+    versions_on_disk: list[int]
+    refused: list[Refusal] = Field(description="New or changed versions that failed to load or warm.")
+    settings: dict[str, object] = Field(description="Effective per-model settings (config.toml over the globals).")
+    config_error: str | None = Field(default=None, description="Why the model's config.toml is not applied.")
+
+
+class UnavailableModel(BaseModel):
+    name: str
+    status: str = Field(examples=["failed: v1: model.onnx: ..."])
+    refused: list[Refusal]
 
 
 class ModelsResponse(BaseModel):
     default_model: str | None
     models: list[ModelInfo]
+    unavailable: list[UnavailableModel] = Field(default_factory=list)
+    runtime: dict[str, object] = Field(
+        default_factory=dict, description="Usable CPUs (affinity, cgroup quota), decode threads, model control."
+    )

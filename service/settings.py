@@ -7,16 +7,20 @@ upload/pixel caps that fit real photos but not bombs.
 
 from __future__ import annotations
 
-import os
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.cpus import CpuBudget, cpu_budget
 from service.preprocess import DEFAULT_MAX_IMAGE_PIXELS
 
 ENV_PREFIX = "RESNET_SERVE_"
+
+#: Read once per process: affinity and cgroup limits do not change under a running service.
+_cpu_budget = cache(cpu_budget)
 
 
 class Settings(BaseSettings):
@@ -84,7 +88,7 @@ class Settings(BaseSettings):
         default=Path(".trt_cache"), description="TensorRT engine and timing cache directory."
     )
     intra_op_threads: int = Field(
-        default=0, ge=0, description="CPU threads per inference (0 = number of cores)."
+        default=0, ge=0, description="CPU threads per inference (0 = usable CPUs / instances; usable = affinity and cgroup quota)."
     )
     intra_op_spinning: bool = Field(
         default=False,
@@ -92,7 +96,7 @@ class Settings(BaseSettings):
         "steals CPU from decoding when cores are shared (measured 3x fewer requests/s on a busy 2-core box).",
     )
     preprocess_threads: int = Field(
-        default=0, ge=0, description="Threads decoding and resizing uploads (0 = number of cores)."
+        default=0, ge=0, description="Threads decoding and resizing uploads (0 = usable CPUs: affinity and cgroup quota)."
     )
     warmup: bool = Field(default=True, description="Run every batch-size bucket once before turning ready.")
     allow_partial: bool = Field(
@@ -113,6 +117,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=DEFAULT_MAX_IMAGE_PIXELS, ge=1,
         description="Largest width x height, checked from the header before decoding (413).",
+    )
+    max_inflight_pixels: int = Field(
+        default=DEFAULT_MAX_IMAGE_PIXELS, ge=1,
+        description="Decoded pixels held across decode threads at once (from image headers); a thread waits "
+        "until its image fits, an image larger than this decodes alone.",
     )
     max_files: int = Field(default=64, ge=1, description="Most images in one multipart request (413).")
     body_timeout_s: float = Field(
@@ -156,8 +165,13 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     @property
+    def cpus(self) -> CpuBudget:
+        """The CPUs this process may use: affinity and cgroup quota, not the host's core count."""
+        return _cpu_budget()
+
+    @property
     def cpu_count(self) -> int:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return self.cpus.usable
 
     @property
     def decode_threads(self) -> int:

@@ -108,6 +108,8 @@ def run_server(
     child_env["PYTHONUNBUFFERED"] = "1"
     child_env.update(env or {})
     log_file = tempfile.NamedTemporaryFile(prefix="resnet-serve-", suffix=".log", delete=False)
+    if "--grpc-port" not in args:
+        args = ("--grpc-port", "0", *args)  # several servers coexist: no gRPC listener unless a test asks
     command = [
         sys.executable, "-m", "service",
         "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--no-access-log", *args,

@@ -21,6 +21,14 @@ KEY = "k3y-with-Ünicode-and-long-enough-0123456789"
 #: Every route the service has; anything new must be reviewed for "loads a model from a request".
 KNOWN_ROUTES = {
     ("POST", "/predict"), ("GET", "/models"), ("GET", "/metrics"), ("GET", "/health/live"), ("GET", "/health/ready"),
+    # KServe V2: the same model lookups by name; load/unload take a name from MODEL_DIR's own listing.
+    ("GET", "/v2"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"),
+    ("GET", "/v2/models/{model_name}"), ("GET", "/v2/models/{model_name}/versions/{version}"),
+    ("GET", "/v2/models/{model_name}/ready"), ("GET", "/v2/models/{model_name}/versions/{version}/ready"),
+    ("GET", "/v2/models/{model_name}/config"), ("GET", "/v2/models/{model_name}/versions/{version}/config"),
+    ("POST", "/v2/models/{model_name}/infer"), ("POST", "/v2/models/{model_name}/versions/{version}/infer"),
+    ("POST", "/v2/repository/index"), ("POST", "/v2/repository/models/{model_name}/load"),
+    ("POST", "/v2/repository/models/{model_name}/unload"),
 }
 
 
@@ -66,7 +74,8 @@ def test_the_right_key_is_accepted_in_any_scheme_case(keyed_server: RunningServe
 
 
 def test_probes_metrics_and_schema_stay_open(keyed_server: RunningServer) -> None:
-    for path in ("/health/live", "/health/ready", "/metrics", "/openapi.json"):
+    for path in ("/health/live", "/health/ready", "/metrics", "/openapi.json", "/v2", "/v2/health/live",
+                 "/v2/health/ready"):
         assert httpx.get(keyed_server.url(path)).status_code == 200, path
 
 
@@ -87,5 +96,9 @@ def test_no_route_loads_a_model_from_the_request(keyed_server: RunningServer, mo
     for model in (str(real_model), str(real_model.parent.parent), "resnet18", "/etc/passwd", "file:///etc/passwd", "http://127.0.0.1:9/model.onnx", "../resnet20"):
         response = post_image(keyed_server, headers, params={"model": model})
         assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_model", model
+    for model in ("resnet18", "..", "%2e%2e", str(real_model).replace("/", "%2F")):
+        for action in ("load", "unload"):
+            response = httpx.post(keyed_server.url(f"/v2/repository/models/{model}/{action}"), headers=headers)
+            assert 400 <= response.status_code < 500, (model, action, response.text)
     models = httpx.get(keyed_server.url("/models"), headers=headers).json()["models"]
     assert [model["name"] for model in models] == ["resnet20"]

@@ -6,6 +6,7 @@ with their trained weights, resnet18 with random weights) and real images from .
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import time
@@ -44,6 +45,7 @@ def wait_ready(client: TestClient, timeout_s: float = 180.0) -> dict[str, Any]:
 @contextmanager
 def service(model_dir: Path, *, ready: bool = True, **settings: Any) -> Iterator[TestClient]:
     """The real app with its lifespan running; ``settings`` override the defaults."""
+    settings.setdefault("grpc_port", 0)  # in-process apps coexist: no gRPC listener unless a test asks
     app = create_app(Settings(model_dir=model_dir, **settings))
     with TestClient(app, raise_server_exceptions=False) as client:
         if ready:
@@ -65,6 +67,26 @@ def cifar_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="module")
 def small_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return link_repository(model_repo, tmp_path_factory.mktemp("small_repo"), "resnet20", "resnet18")
+
+
+def serving(client: TestClient, name: str) -> Any:
+    """The version of ``name`` that unpinned requests get (its batcher and session)."""
+    return client.app.state.service.manager.resolve(name)  # type: ignore[attr-defined]
+
+
+def occupy_instance(client: TestClient, batcher: Any, seconds: float) -> None:
+    """Make the batcher's only instance busy for ``seconds``, as a long batch would (on the app's loop)."""
+
+    def take() -> None:
+        instance = batcher._idle_instances.popleft()
+
+        def give_back() -> None:
+            batcher._idle_instances.append(instance)
+            batcher._instance_free.set()
+
+        asyncio.get_running_loop().call_later(seconds, give_back)
+
+    client.portal.call(take)  # type: ignore[union-attr]
 
 
 def photo(name: str) -> bytes:
@@ -315,7 +337,7 @@ def test_size_limits(cifar_repo: Path) -> None:
 
 def test_queue_full_gets_503_with_retry_after(cifar_repo: Path) -> None:
     with service(cifar_repo, max_queue_size=4, max_files=4) as client:
-        batcher = client.app.state.service.batchers["resnet20"]  # type: ignore[attr-defined]
+        batcher = serving(client, "resnet20").batcher
         batcher.reserve(4)  # four images admitted and decoding: the queue is at its limit
         try:
             response = client.post("/predict?model=resnet20", files={"file": ("a.jpg", photo("chelsea.jpg"))})
@@ -344,9 +366,9 @@ def test_overload_gets_only_200_or_503(small_repo: Path) -> None:
 
 def test_request_timeout_gets_504_and_the_batcher_recovers(cifar_repo: Path) -> None:
     with service(cifar_repo, request_timeout_s=0.5) as client:
-        batcher = client.app.state.service.batchers["resnet20"]  # type: ignore[attr-defined]
+        batcher = serving(client, "resnet20").batcher
         images_before = metric(client, "resnet_serve_images_total", model="resnet20")
-        batcher._executor.submit(time.sleep, 1.5)  # the inference thread is busy past the timeout
+        occupy_instance(client, batcher, 1.5)  # the only inference instance is busy past the timeout
         started = time.monotonic()
         response = client.post("/predict?model=resnet20", files={"file": ("a.jpg", photo("chelsea.jpg"))})
         assert_error(response, 504, "timeout")
@@ -368,9 +390,9 @@ def test_not_ready_until_models_are_warm(small_repo: Path) -> None:
         assert "loading" in first.json()["reason"]
         body = wait_ready(client)
         assert all(status == "ready" for status in body["models"].values())
-        state = client.app.state.service  # type: ignore[attr-defined]
-        assert all(model.warmup_seconds > 0 for model in state.models.values())
-        assert state.models["resnet18"].buckets == (1, 2, 4, 8, 16, 32)
+        manager = client.app.state.service.manager  # type: ignore[attr-defined]
+        assert all(version.model.warmup_seconds > 0 for version in manager.served_versions())
+        assert serving(client, "resnet18").model.buckets == (1, 2, 4, 8, 16, 32)
 
 
 def test_a_broken_model_keeps_the_service_not_ready_but_others_serve(model_repo: Path, tmp_path: Path) -> None:

@@ -1,0 +1,64 @@
+"""glibc malloc tuning so request bursts do not ratchet RSS up for good.
+
+glibc serves large allocations (request bodies, decoded photos) with mmap and returns them at free,
+but its *dynamic* mmap threshold rises to the size of every such block freed, up to 32 MiB: after the
+first burst, later 1-20 MiB bodies come from the heap arenas instead, and freed arena memory mostly
+stays resident (each decode thread has its own arena). Pinning the threshold keeps big blocks on
+mmap, so they go back to the OS when freed; ``malloc_trim`` after unloading a model version returns
+what the freed session left in the arenas. Both are no-ops where the C library is not glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger("service.memory")
+
+#: mallopt parameters (glibc malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+#: Blocks at least this large are mmap'ed and unmapped at free (glibc's static default is 128 KiB).
+MMAP_THRESHOLD_BYTES = 256 * 1024
+#: Free heap above this is trimmed back to the OS (glibc's default, made static by setting it).
+TRIM_THRESHOLD_BYTES = 128 * 1024
+
+_libc: ctypes.CDLL | None = None
+
+
+def _glibc() -> ctypes.CDLL | None:
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        try:
+            libc = ctypes.CDLL(name or "libc.so.6")
+            libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            return None
+        _libc = libc
+    return _libc
+
+
+def configure_malloc(arena_max: int = 0) -> bool:
+    """Pin glibc's mmap and trim thresholds (and optionally cap arenas); False where unavailable."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    ok = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
+    if arena_max > 0:
+        ok = bool(libc.mallopt(M_ARENA_MAX, arena_max)) and ok
+    if not ok:
+        log.warning("mallopt refused the memory settings; RSS may stay high after bursts")
+    return ok
+
+
+def release_freed_memory() -> None:
+    """Return free heap pages of every arena to the OS (after a model version is dropped)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -1,0 +1,293 @@
+"""The KServe V2 gRPC door: ``inference.GRPCInferenceService`` on ``RESNET_SERVE_GRPC_PORT``.
+
+grpc.aio runs on the service's own event loop, so its handlers call the same pipeline as the HTTP
+doors (same admission, budgets, batcher, deadline, metrics, drain). Messages are our
+``service/v2/proto/inference.proto`` (Triton's field numbers); handlers are registered under
+Triton's service name, which is all the wire carries. The largest message accepted follows
+``MAX_UPLOAD_BYTES``; ``LIMIT_CONCURRENCY`` bounds RPCs in flight. Errors map to gRPC status codes:
+400/413/415/422 INVALID_ARGUMENT, 404 NOT_FOUND, 401 UNAUTHENTICATED, a full queue or body budget
+RESOURCE_EXHAUSTED (with ``retry-after`` metadata), not ready or draining UNAVAILABLE, 504
+DEADLINE_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from service.errors import ServiceError
+from service.pipeline import V2_GRPC, Pipeline
+from service.v2 import protocol
+from service.v2.proto import inference_pb2 as pb
+from service.v2.protocol import InferCall, RequestedOutput
+from service.v2.tensors import Tensor, from_contents, from_raw, parse_datatype, parse_shape, to_raw
+
+log = logging.getLogger("service.v2.grpc")
+
+SERVICE = "inference.GRPCInferenceService"
+#: Room for the message envelope (names, shapes, parameters) around the largest tensor payload.
+ENVELOPE_BYTES = 64 * 1024
+
+_BY_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    500: grpc.StatusCode.INTERNAL,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+#: 503s that a retry after a short wait will cure; other 503s mean "not serving" (UNAVAILABLE).
+_EXHAUSTED = frozenset({"queue_full", "server_busy"})
+
+
+def status_for(error: ServiceError) -> grpc.StatusCode:
+    if error.status == 503:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED if error.code in _EXHAUSTED else grpc.StatusCode.UNAVAILABLE
+    return _BY_STATUS.get(error.status, grpc.StatusCode.INVALID_ARGUMENT if error.status < 500 else grpc.StatusCode.INTERNAL)
+
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class GrpcDoor:
+    """The grpc.aio server and its handlers."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.settings = pipeline.settings
+        self.manager = pipeline.state.manager
+        self._server: grpc.aio.Server | None = None
+        self._stopped = False
+        self.port = 0
+
+    async def start(self) -> None:
+        s = self.settings
+        limit = s.max_upload_bytes + ENVELOPE_BYTES
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=s.limit_concurrency,
+        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, self._handlers()),))
+        self.port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        await server.start()
+        self._server = server
+        log.info("gRPC (KServe V2) on %s:%d", s.host, self.port)
+
+    async def stop(self) -> None:
+        """Refuse new RPCs, let in-flight ones finish within the shutdown grace."""
+        if self._server is None or self._stopped:
+            return
+        self._stopped = True
+        await self._server.stop(self.settings.shutdown_grace_s)
+
+    def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        table: dict[str, tuple[Handler, Any]] = {
+            "ServerLive": (self.server_live, pb.ServerLiveRequest),
+            "ServerReady": (self.server_ready, pb.ServerReadyRequest),
+            "ModelReady": (self.model_ready, pb.ModelReadyRequest),
+            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
+            "ModelConfig": (self.model_config, pb.ModelConfigRequest),
+            "ModelInfer": (self.model_infer, pb.ModelInferRequest),
+            "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest),
+            "RepositoryModelLoad": (self.repository_load, pb.RepositoryModelLoadRequest),
+            "RepositoryModelUnload": (self.repository_unload, pb.RepositoryModelUnloadRequest),
+        }
+        return {
+            name: grpc.unary_unary_rpc_method_handler(
+                _guarded(handler), request_deserializer=message.FromString,
+                response_serializer=lambda response: response.SerializeToString(),
+            )
+            for name, (handler, message) in table.items()
+        }
+
+    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        metadata = {key: value for key, value in (context.invocation_metadata() or ())}
+        value = metadata.get("authorization")
+        self.pipeline.authorize(value if isinstance(value, str) else None)
+
+    # --- health and metadata ---------------------------------------------------------------------
+
+    async def server_live(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self.pipeline.state.readiness()[0])
+
+    async def model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._authorize(context)
+        target = protocol.lookup(self.manager, request.name)
+        return pb.ModelReadyResponse(
+            ready=protocol.model_ready(self.manager, target, protocol.parse_version(request.version))
+        )
+
+    async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerMetadataResponse(**protocol.server_metadata())
+
+    async def model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._authorize(context)
+        target = protocol.lookup(self.manager, request.name)
+        meta = protocol.model_metadata(self.manager, target, protocol.parse_version(request.version))
+        return pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
+        )
+
+    async def model_config(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._authorize(context)
+        target = protocol.lookup(self.manager, request.name)
+        config = protocol.model_config(self.manager, target, protocol.parse_version(request.version))
+        return pb.ModelConfigResponse(config=_config_message(config))
+
+    async def repository_index(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._authorize(context)
+        rows = protocol.repository_index(self.manager, request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+
+    async def repository_load(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._authorize(context)
+        _explicit_only(self.settings.model_control)
+        await self.manager.load(protocol.check_name(request.model_name))
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_unload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._authorize(context)
+        _explicit_only(self.settings.model_control)
+        await self.manager.unload(protocol.check_name(request.model_name))
+        return pb.RepositoryModelUnloadResponse()
+
+    # --- inference --------------------------------------------------------------------------------
+
+    async def model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        pipeline = self.pipeline
+        with pipeline.request(V2_GRPC) as scope:
+            self._authorize(context)
+            target = protocol.lookup(self.manager, request.model_name)
+            pinned = protocol.parse_version(request.model_version)
+            with pipeline.open(scope, target.base, pinned) as served:
+                deadline = pipeline.deadline(scope)
+                body = pipeline.body_lease()
+                try:
+                    # The message is already in memory (grpc read it, within the size limit): holding
+                    # its size in the budget still bounds how many are processed at once.
+                    body.take(sum(len(raw) for raw in request.raw_input_contents) or request.ByteSize())
+                    call = parse_infer_request(request)
+                    outputs = await protocol.infer(pipeline, served, target, call, deadline, body)
+                finally:
+                    body.release()
+                response = pb.ModelInferResponse(model_name=target.name, model_version=str(served.version))
+                if call.id:
+                    response.id = call.id
+                for tensor, _ in outputs:
+                    response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
+                    response.raw_output_contents.append(to_raw(tensor))
+                scope.status = 200
+                return response
+
+
+def parse_infer_request(request: Any) -> InferCall:
+    """A ``ModelInferRequest`` -> :class:`InferCall`: raw contents (in input order) or typed contents."""
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise ServiceError(
+            400, "invalid_request", f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs"
+        )
+    inputs: list[Tensor] = []
+    for index, item in enumerate(request.inputs):
+        where = f"inputs[{index}]"
+        datatype = parse_datatype(item.datatype, where=f"{where}.datatype")
+        shape = parse_shape(list(item.shape), where=where)
+        if raw:
+            inputs.append(from_raw(item.name, datatype, shape, raw[index], where=where))
+        else:
+            inputs.append(from_contents(item.name, datatype, shape, item.contents, where=where))
+    outputs = None
+    if len(request.outputs):
+        outputs = []
+        for index, item in enumerate(request.outputs):
+            classification = 0
+            if "classification" in item.parameters:
+                parameter = item.parameters["classification"]
+                choice = parameter.WhichOneof("parameter_choice")
+                if choice not in ("int64_param", "uint64_param"):
+                    raise ServiceError(400, "invalid_request", f"outputs[{index}].classification must be an integer")
+                classification = int(getattr(parameter, choice))
+                if classification < 0:
+                    raise ServiceError(400, "invalid_request", f"outputs[{index}].classification must be positive")
+            outputs.append(RequestedOutput(item.name, classification))
+    return InferCall(inputs, outputs, request.id or None)
+
+
+def _explicit_only(mode: str) -> None:
+    if mode != "explicit":
+        raise ServiceError(
+            400, "model_control",
+            f"model load/unload needs RESNET_SERVE_MODEL_CONTROL=explicit (this server runs {mode!r})",
+        )
+
+
+def _config_message(config: dict[str, Any]) -> Any:
+    """The JSON model configuration as a ``ModelConfig`` message."""
+    policy = config["version_policy"]
+    if "all" in policy:
+        version_policy = pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All())
+    elif "specific" in policy:
+        version_policy = pb.ModelVersionPolicy(
+            specific=pb.ModelVersionPolicy.Specific(versions=policy["specific"]["versions"])
+        )
+    else:
+        version_policy = pb.ModelVersionPolicy(
+            latest=pb.ModelVersionPolicy.Latest(num_versions=policy["latest"]["num_versions"])
+        )
+    return pb.ModelConfig(
+        name=config["name"],
+        platform=config["platform"],
+        backend=config["backend"],
+        version_policy=version_policy,
+        max_batch_size=config["max_batch_size"],
+        input=[
+            pb.ModelInput(name=i["name"], data_type=i["data_type"], format=i["format"], dims=i["dims"])
+            for i in config["input"]
+        ],
+        output=[
+            pb.ModelOutput(name=o["name"], data_type=o["data_type"], dims=o["dims"], label_filename=o["label_filename"])
+            for o in config["output"]
+        ],
+        dynamic_batching=pb.ModelDynamicBatching(**config["dynamic_batching"]),
+        instance_group=[pb.ModelInstanceGroup(**g) for g in config["instance_group"]],
+    )
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Every ServiceError becomes its gRPC status; anything else is INTERNAL with nothing leaked."""
+
+    async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(request, context)
+        except ServiceError as error:
+            metadata: tuple[tuple[str, str], ...] = ()
+            if error.headers and "Retry-After" in error.headers:
+                retry = error.headers["Retry-After"]
+                metadata = (("retry-after", retry), ("grpc-retry-pushback-ms", str(int(float(retry) * 1000))))
+            await context.abort(status_for(error), error.message, metadata)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unhandled error in gRPC %s", getattr(handler, "__name__", "handler"))
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+        raise AssertionError("unreachable")  # pragma: no cover  (context.abort raises)
+
+    run.__name__ = getattr(handler, "__name__", "handler")
+    return run

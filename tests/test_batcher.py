@@ -1,0 +1,259 @@
+"""The batcher alone, with a fake ``run_batch`` (the HTTP tests drive it with real models).
+
+The fake is a plain function of the stacked pixels, so every property here is about batching:
+timing (size-or-time flush, a lone request not held back), cancellation (abandoned images never
+run), errors (a failing or short batch fails only its waiters, at once), shutdown under load (drain
+waits for reserved, queued and running work, and never blocks the event loop), and that worker
+threads never touch asyncio futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from service.batcher import Batcher
+from service.errors import ServiceError
+from service.metrics import Metrics
+
+
+def pixels(value: int) -> np.ndarray:
+    return np.full((2, 2, 3), value, dtype=np.uint8)
+
+
+class FakeModel:
+    """Echoes each image's first pixel as its output row; records batch sizes and the calling thread."""
+
+    def __init__(self, delay_s: float = 0.0, fail_when: Callable[[np.ndarray], bool] | None = None,
+                 drop_rows: int = 0) -> None:
+        self.delay_s = delay_s
+        self.fail_when = fail_when
+        self.drop_rows = drop_rows
+        self.batches: list[int] = []
+        self.threads: set[str] = set()
+        self.seen: list[int] = []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(len(batch))
+        self.seen.extend(int(v) for v in batch[:, 0, 0, 0])
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_when is not None and self.fail_when(batch):
+            raise RuntimeError("model failure")
+        rows = batch[:, 0, 0, :1].astype(np.float32)
+        return rows[: len(rows) - self.drop_rows] if self.drop_rows else rows
+
+
+def make(model: FakeModel, *, instances: int = 1, max_batch: int = 8, delay_ms: float = 20.0, queue: int = 64) -> Batcher:
+    batcher = Batcher(
+        "fake", [model] * instances, max_batch_size=max_batch, max_delay_s=delay_ms / 1000,
+        max_queue_size=queue, metrics=Metrics(),
+    )
+    batcher.start()
+    return batcher
+
+
+async def classify(batcher: Batcher, values: list[int]) -> list[float]:
+    batcher.reserve(len(values))
+    futures = batcher.submit([pixels(v) for v in values])
+    return [float(row[0]) for row in await asyncio.gather(*futures)]
+
+
+def run(coroutine: Callable[[], object]) -> object:
+    return asyncio.run(coroutine())  # type: ignore[arg-type]
+
+
+def test_each_image_gets_its_own_row_and_concurrent_requests_share_batches() -> None:
+    async def scenario() -> None:
+        model = FakeModel(delay_s=0.01)
+        batcher = make(model, max_batch=8)
+        for start in range(0, 32, 4):
+            batcher.reserve(4)  # eight requests admitted at once, decoding
+        results = []
+        for start in range(0, 32, 4):
+            results.append(asyncio.ensure_future(_submit_reserved(batcher, list(range(start, start + 4)))))
+        answers = await asyncio.gather(*results)
+        assert [a for answer in answers for a in answer] == [float(v) for v in range(32)]
+        assert max(model.batches) == 8 and sum(model.batches) == 32
+        await batcher.drain(5)
+
+    run(scenario)
+
+
+async def _submit_reserved(batcher: Batcher, values: list[int]) -> list[float]:
+    await asyncio.sleep(0)
+    futures = batcher.submit([pixels(v) for v in values])
+    return [float(row[0]) for row in await asyncio.gather(*futures)]
+
+
+def test_a_lone_request_is_not_held_for_the_batch_delay() -> None:
+    async def scenario() -> None:
+        batcher = make(FakeModel(), delay_ms=500)
+        started = time.perf_counter()
+        assert await classify(batcher, [7]) == [7.0]
+        assert time.perf_counter() - started < 0.25  # nothing else was decoding: it ran at once
+        await batcher.drain(5)
+
+    run(scenario)
+
+
+def test_the_oldest_image_waits_at_most_the_delay_while_others_decode() -> None:
+    async def scenario() -> None:
+        model = FakeModel()
+        batcher = make(model, delay_ms=60, max_batch=8)
+        batcher.reserve(2)  # two images admitted; only one arrives, the other is "still decoding"
+        started = time.perf_counter()
+        (future,) = batcher.submit([pixels(1)])
+        await future
+        waited = time.perf_counter() - started
+        assert 0.05 <= waited < 0.5, waited
+        batcher.release(1)
+        await batcher.drain(5)
+
+    run(scenario)
+
+
+def test_abandoned_images_never_reach_the_model() -> None:
+    async def scenario() -> None:
+        model = FakeModel(delay_s=0.2)
+        batcher = make(model, max_batch=1)
+        first = asyncio.ensure_future(classify(batcher, [1]))
+        await asyncio.sleep(0.05)  # image 1 is running; image 2 queues behind it
+        batcher.reserve(1)
+        (second,) = batcher.submit([pixels(2)])
+        second.cancel()  # its request gave up (timeout, disconnect)
+        assert await first == [1.0]
+        await asyncio.sleep(0.3)
+        assert model.seen == [1]
+        await batcher.drain(5)
+
+    run(scenario)
+
+
+def test_a_failing_batch_fails_only_its_waiters_and_the_next_batch_runs() -> None:
+    async def scenario() -> None:
+        model = FakeModel(fail_when=lambda batch: bool((batch == 13).any()))
+        batcher = make(model, max_batch=4)
+        with pytest.raises(ServiceError) as failed:
+            await classify(batcher, [13, 14])
+        assert failed.value.status == 500 and failed.value.code == "inference_failed"
+        assert await classify(batcher, [15]) == [15.0]
+        assert batcher.running
+        await batcher.drain(5)
+
+    run(scenario)
+
+
+def test_a_result_with_the_wrong_number_of_rows_fails_the_batch_at_once() -> None:
+    async def scenario() -> None:
+        batcher = make(FakeModel(drop_rows=1), max_batch=4)
+        started = time.perf_counter()
+        with pytest.raises(ServiceError) as failed:
+            await asyncio.wait_for(classify(batcher, [1, 2, 3]), 5)
+        assert failed.value.status == 500 and "2 output rows for 3 images" in failed.value.message
+        assert time.perf_counter() - started < 1.0
+        await batcher.drain(5)
+
+    run(scenario)
+
+
+def test_worker_threads_only_run_the_model_and_several_instances_run_in_parallel() -> None:
+    async def scenario() -> None:
+        model = FakeModel(delay_s=0.2)
+        batcher = make(model, instances=2, max_batch=1)
+        started = time.perf_counter()
+        assert await asyncio.gather(classify(batcher, [1]), classify(batcher, [2])) == [[1.0], [2.0]]
+        assert time.perf_counter() - started < 0.35  # two instances: both batches at once
+        assert all(name.startswith("infer-fake") for name in model.threads) and len(model.threads) == 2
+        await batcher.drain(5)
+
+    run(scenario)
+
+
+def test_futures_are_resolved_on_the_event_loop_thread() -> None:
+    async def scenario() -> None:
+        batcher = make(FakeModel(delay_s=0.01))
+        loop_thread = threading.current_thread()
+        resolved_on: list[threading.Thread] = []
+        batcher.reserve(1)
+        (future,) = batcher.submit([pixels(3)])
+        future.add_done_callback(lambda _: resolved_on.append(threading.current_thread()))
+        await future
+        await asyncio.sleep(0)
+        assert resolved_on == [loop_thread]
+        await batcher.drain(5)
+
+    run(scenario)
+
+
+def test_queue_limit_refuses_before_any_work_and_counts_reserved_images() -> None:
+    async def scenario() -> None:
+        batcher = make(FakeModel(), queue=4)
+        batcher.reserve(3)
+        with pytest.raises(ServiceError) as full:
+            batcher.check_capacity(2)
+        assert full.value.status == 503 and full.value.code == "queue_full" and full.value.headers
+        with pytest.raises(ServiceError) as too_many:
+            batcher.reserve(5)
+        assert too_many.value.status == 413
+        batcher.release(3)
+        batcher.check_capacity(4)
+        await batcher.drain(5)
+
+    run(scenario)
+
+
+def test_drain_under_load_finishes_reserved_queued_and_running_work_without_blocking_the_loop() -> None:
+    async def scenario() -> None:
+        model = FakeModel(delay_s=0.05)
+        batcher = make(model, max_batch=4)
+        running = asyncio.ensure_future(classify(batcher, list(range(8))))
+        await asyncio.sleep(0.01)
+        batcher.reserve(2)  # a request still decoding when shutdown begins
+        ticks = 0
+
+        async def heartbeat() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        beat = asyncio.ensure_future(heartbeat())
+        drain = asyncio.ensure_future(batcher.drain(5))
+        await asyncio.sleep(0.02)
+        with pytest.raises(ServiceError) as refused:
+            batcher.check_capacity(1)  # no new work once draining
+        assert refused.value.code == "shutting_down"
+        late = batcher.submit([pixels(100), pixels(101)])  # ...but the reserved images still run
+        assert await running == [float(v) for v in range(8)]
+        assert [float(row[0]) for row in await asyncio.gather(*late)] == [100.0, 101.0]
+        await drain
+        beat.cancel()
+        assert ticks >= 10  # the loop kept turning throughout
+        assert not batcher.running
+
+    run(scenario)
+
+
+def test_drain_gives_up_at_its_timeout_and_fails_what_is_left() -> None:
+    async def scenario() -> None:
+        batcher = make(FakeModel(delay_s=0.5), max_batch=1)
+        first = asyncio.ensure_future(classify(batcher, [1]))
+        await asyncio.sleep(0.05)
+        batcher.reserve(1)
+        (queued,) = batcher.submit([pixels(2)])
+        started = time.perf_counter()
+        await batcher.drain(0.2)
+        assert time.perf_counter() - started < 0.45
+        with pytest.raises(ServiceError) as stopped:
+            await queued
+        assert stopped.value.status == 503
+        assert await first == [1.0]  # the running batch still delivers
+
+    run(scenario)
