@@ -249,18 +249,21 @@ def test_removing_a_version_unloads_it_after_in_flight_work_and_pins_then_get_40
         assert served_versions(server) == [1, 2]
         pictures = images()
         with Load(server, pictures, query="?model=cifar&version=2") as pinned, Load(server, pictures) as unpinned:
-            time.sleep(1.0)
+            wait_for(lambda: any(o.version == 2 for o in unpinned.outcomes), 60, "unpinned answers from v2")
+            wait_for(lambda: any(o.version == 2 for o in pinned.outcomes), 60, "pinned answers from v2")
             shutil.rmtree(repo / "cifar" / "2")
             removed = time.monotonic()
             wait_for(lambda: served_versions(server) == [1], 30, "version 2 unloaded")
-            time.sleep(0.5)
+            unloaded = time.monotonic()
+            time.sleep(1.0)
         answered = [o for o in pinned.outcomes if o.status == 200]
         assert answered and all(o.version == 2 for o in answered)
         late = [o for o in pinned.outcomes if o.status != 200]
         assert late and all(o.status == 404 and "unknown_version" in o.detail for o in late), late[:3]
         assert all(o.started > removed - 0.1 for o in late)  # only requests after the removal were refused
         assert not unpinned.failures()
-        assert {o.version for o in unpinned.outcomes if o.finished > removed + 2} == {1}
+        assert {o.version for o in unpinned.outcomes if o.started > unloaded} == {1}
+        assert {o.version for o in unpinned.outcomes if o.finished < removed} == {2}  # the highest, until removed
 
 
 def test_explicit_mode_loads_and_unloads_through_the_api_only_for_models_in_the_repository(
@@ -281,9 +284,10 @@ def test_explicit_mode_loads_and_unloads_through_the_api_only_for_models_in_the_
         assert not client.is_model_ready("cifar", headers=authorised)
         client.load_model("cifar", headers=authorised)
         assert client.is_model_ready("cifar", "2", headers=authorised)
-        for name, status in (("nope", 404), ("x", 404), ("..", 400), ("...x", 400), ("a b", 400)):
+        # ".." never reaches the route (the client normalises the path): 404 from routing, also fine.
+        for name, statuses in (("nope", {404}), ("x", {404}), ("..", {400, 404}), ("...x", {400}), ("a b", {400})):
             response = httpx.post(server.url(f"/v2/repository/models/{name}/load"), headers=authorised, timeout=10)
-            assert response.status_code == status, (name, response.text)
+            assert response.status_code in statuses, (name, response.text)
             assert "error" in response.json()
         for target in ("/v2/repository/models/../outside/x/load", "/v2/repository/models/%2E%2E%2Foutside/load",
                        "/v2/repository/models/" + "%2F" + str(outside).lstrip("/").replace("/", "%2F") + "/load"):
