@@ -94,3 +94,26 @@ class PixelBudget:
             with self._changed:
                 self.held -= pixels
                 self._changed.notify_all()
+
+
+#: RSS bound terms: bytearray growth slack on top of each held body, and the bytes one decoded pixel
+#: can occupy at peak (Pillow stores RGB as 4 bytes; a rotation or CMYK->RGB conversion holds two).
+BODY_OVERHEAD = 1.15
+BYTES_PER_DECODED_PIXEL = 8
+#: Per connection: uvicorn reads at most this much of a body ahead of the application.
+CONNECTION_BUFFER_BYTES = 64 * 1024
+
+
+def rss_bound(idle_rss: int, *, max_inflight_bytes: int, max_inflight_pixels: int, max_image_pixels: int,
+              limit_concurrency: int) -> int:
+    """The most a serving process should hold under any mix of requests (the README states it).
+
+    ``idle_rss`` is the process after loading and warming its models (onnxruntime's arenas at the
+    largest batch and the queued crops are in it).
+    """
+    return int(
+        idle_rss
+        + BODY_OVERHEAD * max_inflight_bytes
+        + BYTES_PER_DECODED_PIXEL * max(max_inflight_pixels, max_image_pixels)
+        + CONNECTION_BUFFER_BYTES * limit_concurrency
+    )
