@@ -253,9 +253,11 @@ def _the_input(target: V2Model, served: ServedVersion, inputs: list[Tensor]) -> 
         )
     expected = _inputs(target, served)[0]
     if tensor.datatype != expected["datatype"]:
+        hint = f"; send encoded images to {target.base + ENCODED_SUFFIX!r}" if tensor.datatype == BYTES else ""
         raise ServiceError(
             400, "invalid_request",
-            f"input {tensor.name!r} has datatype {tensor.datatype}, model {target.name!r} expects {expected['datatype']}",
+            f"input {tensor.name!r} has datatype {tensor.datatype}, model {target.name!r} expects "
+            f"{expected['datatype']}{hint}",
         )
     shape = list(tensor.shape)
     if target.encoded:
