@@ -124,7 +124,7 @@ def test_unknown_architecture_lists_the_known_ones() -> None:
 
 @pytest.mark.parametrize("name", ALL_MARKED_SLOW)
 def test_forward_pass(name: str) -> None:
-    """Every architecture builds in eval mode and maps a small batch to one logit row per image, at two sizes."""
+    """Every architecture builds in eval mode and maps a small batch to one logit row per image, two sizes."""
     config = models.get_model_config(name)
     model = models.create_model(name)
     assert not model.training

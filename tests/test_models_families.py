@@ -8,6 +8,8 @@ ResNetV2's 1x1-convolution head, the pre-activation identity path, Inception-Res
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from models.config import ModelConfig
 from models.densenet import rename_legacy_keys
 from models.preact_resnet import PreActBasic, PreActBottleneck
 from models.registry import register
+from conftest import REPO_ROOT
 
 
 def logits(model: torch.nn.Module, side: int, batch: int = 2) -> torch.Tensor:
@@ -51,6 +54,23 @@ def test_families_partition_the_registry() -> None:
     )
     for family, names in by_family.items():
         assert all(models.get_model_config(name).family == family for name in names)
+
+
+def test_python_m_models_lists_every_name_by_family() -> None:
+    listing = subprocess.run(
+        [sys.executable, "-m", "models"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    for family in models.list_families():
+        assert f"{family} ({len(models.list_models(family=family))})" in listing
+    rows = {line.split()[0]: line for line in listing.splitlines() if line.startswith("  ")}
+    assert sorted(rows) == models.list_models()
+    assert "hf:timm/inception_resnet_v2.tf_in1k" in rows["inception_resnet_v2"]
+    assert "no published weights" in rows["preact-resnet-164"]
 
 
 def test_every_data_module_is_a_family() -> None:
@@ -155,7 +175,7 @@ def test_densenet_checkpoint_in_a_resnet_names_the_fitting_family(tmp_path: Path
     [("preact-resnet-110", "basic", 2), ("preact-resnet-164", "bottleneck", 3)],
 )
 def test_cifar_preact_depth_and_size_are_the_papers(name: str, block: str, per_layer: int) -> None:
-    """Depth = 3 stages x n blocks x (2 or 3) convs + stem + head; about 1.7 M parameters for both (Table 3)."""
+    """Depth = 3 stages x n blocks x (2 or 3) convs + stem + head; the paper's 1.7 M parameters for both."""
     config = models.get_model_config(name)
     args = config.builder_args
     depth = int(name.rsplit("-", 1)[1])
@@ -185,8 +205,8 @@ def test_identity_path_is_clean(name: str) -> None:
 
 
 def test_random_deep_preact_stays_in_range() -> None:
-    """Each branch's last BN starts at 1/sqrt(blocks): 164 layers of random weights give logits of a few units
-    (measured 2.6; with unit gains 4e7, which would make export's random-weight check a one-hot comparison)."""
+    """Each branch's last BN starts at 1/sqrt(blocks): 164 random layers give logits of a few units
+    (measured 2.6; with unit gains 4e7, which would make export's random-weight check one-hot)."""
     torch.manual_seed(0)
     out = logits(models.create_model("preact-resnet-164"), 32, batch=4)
     assert torch.isfinite(out).all() and out.abs().max() < 20
@@ -277,7 +297,7 @@ def test_per_checkpoint_preprocessing(name: str, spec: str, expected: tuple[int,
 
 
 def test_inception_resnet_v2_at_its_input_size() -> None:
-    """299x299 gives the paper's 8x8x1536 final grid; residual scales 0.17 / 0.10 / 0.20, the last block linear."""
+    """299x299 gives the paper's 8x8x1536 final grid; residual scales 0.17 / 0.10 / 0.20, last one linear."""
     config = models.get_model_config("inception_resnet_v2")
     assert config.preprocessing.input_size == (3, 299, 299) and config.head_name == "classif"
     model = models.create_model("inception_resnet_v2")
