@@ -1,16 +1,34 @@
-"""Frozen facts about architectures and their published checkpoints (no torch needed to read them)."""
+"""Frozen facts about architectures and their published checkpoints (no torch needed to read them).
+
+A :class:`ModelConfig` is what the registry maps a name to: the builder callable and its arguments,
+plus everything serving, export and the checkpoint loader need to know without building the model
+(head name, label set, parameter count, published checkpoints with their preprocessing, and an
+optional hook that renames the keys of old checkpoint files).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
 
-Family = Literal["torchvision", "timm", "cifar"]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+#: Whose key layout (and so whose checkpoints) an architecture follows.
+Layout = Literal["torchvision", "timm", "cifar"]
 LabelSet = Literal["imagenet1k", "cifar10"]
+#: Renames the keys of a state_dict saved by an older release of the layout (torchvision's DenseNet files).
+KeyAdapter = Callable[[dict[str, "torch.Tensor"]], dict[str, "torch.Tensor"]]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: timm's "inception" normalisation (pixels to [-1, 1]): ResNetV2 a1h, Inception-ResNet, ResNet-D ra4.
+INCEPTION_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+INCEPTION_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -39,10 +57,22 @@ class Preprocessing:
         return (3, self.crop_size, self.crop_size)
 
     @classmethod
-    def from_crop_pct(cls, crop_size: int, crop_pct: float, interpolation: str = "bicubic") -> Preprocessing:
+    def from_crop_pct(
+        cls,
+        crop_size: int,
+        crop_pct: float,
+        interpolation: str = "bicubic",
+        *,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ) -> Preprocessing:
         """timm's convention: resize to floor(crop / crop_pct) (0.875 -> 256, 0.95 -> 235 for 224)."""
         return cls(
-            resize_size=math.floor(crop_size / crop_pct), crop_size=crop_size, interpolation=interpolation
+            resize_size=math.floor(crop_size / crop_pct),
+            crop_size=crop_size,
+            interpolation=interpolation,
+            mean=mean,
+            std=std,
         )
 
 
@@ -71,27 +101,35 @@ class PublishedCheckpoint:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A registered architecture: builder arguments plus the facts serving and export need."""
+    """A registered architecture: how to build it, and the facts serving, export and loading need.
+
+    ``family`` is the architecture family (its module: ``resnet``, ``preact_resnet``, ``densenet``,
+    ``inception_resnet``); ``layout`` is whose state_dict keys it reproduces, which decides the
+    checkpoint specs that name it (``torchvision:``, ``hf:timm/``, ``cifar10:``).
+    """
 
     name: str
-    family: Family
+    family: str
+    layout: Layout
+    builder: Callable[..., nn.Module] = field(repr=False)
+    builder_args: Mapping[str, Any] = field(repr=False, hash=False)
     num_classes: int
     label_set: LabelSet
     preprocessing: Preprocessing
     num_params: int
     checkpoints: tuple[PublishedCheckpoint, ...]
-    block: Literal["basic", "bottleneck"]
-    layers: tuple[int, ...]
-    stage_widths: tuple[int, ...] = (64, 128, 256, 512)
-    groups: int = 1
-    width_per_group: int = 64
-    se: bool = False
-    shortcut: Literal["A", "B"] = "B"
-    stem: Literal["imagenet", "deep", "cifar"] = "imagenet"
-    stem_width: int = 64
-    avg_down: bool = False
     head_name: str = "fc"
-    default_tag: str | None = field(default=None)
+    default_tag: str | None = None
+    key_adapter: KeyAdapter | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # A read-only copy: the registry's data cannot be changed through a config handed out.
+        object.__setattr__(self, "builder_args", MappingProxyType(dict(self.builder_args)))
+        for checkpoint in self.checkpoints:
+            if checkpoint.arch != self.name:
+                raise ValueError(
+                    f"{self.name}: checkpoint {checkpoint.spec} is registered for {checkpoint.arch}"
+                )
 
     @property
     def default_checkpoint(self) -> PublishedCheckpoint | None:
@@ -111,18 +149,10 @@ class ModelConfig:
         known = ", ".join(c.tag for c in self.checkpoints) or "none"
         raise KeyError(f"{self.name} has no published checkpoint {tag!r} (known: {known})")
 
-    def builder_kwargs(self) -> dict[str, object]:
-        """Arguments for :class:`models.resnet.ResNet` (without ``num_classes``)."""
-        return {
-            "block": self.block,
-            "layers": self.layers,
-            "stage_widths": self.stage_widths,
-            "groups": self.groups,
-            "width_per_group": self.width_per_group,
-            "se": self.se,
-            "shortcut": self.shortcut,
-            "stem": self.stem,
-            "stem_width": self.stem_width,
-            "avg_down": self.avg_down,
-            "head_name": self.head_name,
-        }
+    def builder_kwargs(self) -> dict[str, Any]:
+        """Arguments for :attr:`builder` (without ``num_classes``)."""
+        return dict(self.builder_args)
+
+    def build(self, num_classes: int | None = None) -> nn.Module:
+        """A randomly initialised model in training mode (on the current default device)."""
+        return self.builder(num_classes=num_classes or self.num_classes, **self.builder_args)

@@ -6,25 +6,23 @@ import os
 from functools import cache
 from importlib import resources
 
-import torch
+from torch import nn
 
 from models.checkpoints import LoadedCheckpoint, load_checkpoint, load_into, resolve_published
 from models.config import Preprocessing
 from models.registry import get_model_config
-from models.resnet import ResNet
 
 WeightsSpec = str | os.PathLike[str] | LoadedCheckpoint
 
 
-def build_model(name: str, *, num_classes: int | None = None) -> ResNet:
+def build_model(name: str, *, num_classes: int | None = None) -> nn.Module:
     """A randomly initialised ``name`` in training mode (no weights; see :func:`create_model`)."""
-    config = get_model_config(name)
-    return ResNet(num_classes=num_classes or config.num_classes, **config.builder_kwargs())  # type: ignore[arg-type]
+    return get_model_config(name).build(num_classes)
 
 
 def create_model(
     name: str, *, num_classes: int | None = None, weights: WeightsSpec | None = None
-) -> torch.nn.Module:
+) -> nn.Module:
     """``name`` in eval mode, with ``weights`` (any spec :func:`load_checkpoint` takes) loaded strictly.
 
     With weights and no ``num_classes``, the class count comes from the checkpoint's head, so

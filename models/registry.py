@@ -1,371 +1,38 @@
-"""Every named architecture, with its builder arguments and published checkpoints as frozen data.
+"""The registry: architecture name -> :class:`ModelConfig` (builder callable plus frozen facts).
 
-Facts come from the upstream publications (torchvision's weight enums, timm's pretrained configs,
-the akamaster CIFAR-10 release) as recorded in ``../shared/reference/zoo.json``; they are copied here
-so the package works without that folder, and the tests check the copies against it.
+It holds no architecture itself. Each family's data module in :mod:`models.zoo` calls
+:func:`register` for its names when ``models`` is imported, so adding a family touches no file here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from models.config import (
-    CIFAR,
-    TIMM_DEFAULT,
-    TORCHVISION_V1,
-    TORCHVISION_V2,
-    ModelConfig,
-    Preprocessing,
-    PublishedCheckpoint,
-)
+from models.config import Layout, ModelConfig, PublishedCheckpoint
 
 _REGISTRY: dict[str, ModelConfig] = {}
 
-TORCHVISION_URL = "https://download.pytorch.org/models/{arch}-{sha}.pth"
-HF_URL = "https://huggingface.co/{hub_id}/resolve/main/model.safetensors"
-CIFAR_URL = (
-    "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/{arch}-{sha8}.th"
-)
 
-
-def _register(config: ModelConfig) -> ModelConfig:
+def register(config: ModelConfig) -> ModelConfig:
+    """Add ``config`` under its name; a name registered twice is a programming error."""
     if config.name in _REGISTRY:
         raise ValueError(f"architecture {config.name!r} registered twice")
     _REGISTRY[config.name] = config
     return config
 
 
-def _default_preprocessing(
-    checkpoints: tuple[PublishedCheckpoint, ...], default_tag: str | None, fallback: Preprocessing
-) -> Preprocessing:
-    for checkpoint in checkpoints:
-        if checkpoint.tag == default_tag:
-            return checkpoint.preprocessing
-    return fallback
+def list_families() -> list[str]:
+    """Every architecture family with at least one registered name, sorted."""
+    return sorted({config.family for config in _REGISTRY.values()})
 
 
-def _torchvision(
-    name: str,
-    block: str,
-    layers: tuple[int, ...],
-    *,
-    num_params: int,
-    weights: Iterable[tuple[str, str, float, Preprocessing]],
-    groups: int = 1,
-    width_per_group: int = 64,
-) -> ModelConfig:
-    """A torchvision ResNet; ``weights`` lists (tag, sha256 prefix, acc@1, preprocessing)."""
-    checkpoints = tuple(
-        PublishedCheckpoint(
-            arch=name,
-            tag=tag,
-            spec=f"torchvision:{name}:{tag}",
-            url=TORCHVISION_URL.format(arch=name, sha=sha),
-            sha256=sha,
-            acc1=acc1,
-            preprocessing=preprocessing,
-        )
-        for tag, sha, acc1, preprocessing in weights
+def list_models(family: str | None = None, *, layout: Layout | None = None) -> list[str]:
+    """Registered architecture names, sorted; optionally only one ``family`` and/or ``layout``."""
+    if family is not None and family not in list_families():
+        raise KeyError(f"unknown architecture family {family!r}; families: {', '.join(list_families())}")
+    return sorted(
+        name
+        for name, config in _REGISTRY.items()
+        if (family is None or config.family == family) and (layout is None or config.layout == layout)
     )
-    # torchvision's DEFAULT is the newest recipe: V2 where it exists.
-    default_tag = checkpoints[-1].tag
-    return _register(
-        ModelConfig(
-            name=name,
-            family="torchvision",
-            num_classes=1000,
-            label_set="imagenet1k",
-            preprocessing=_default_preprocessing(checkpoints, default_tag, TORCHVISION_V1),
-            num_params=num_params,
-            checkpoints=checkpoints,
-            block=block,  # type: ignore[arg-type]
-            layers=layers,
-            groups=groups,
-            width_per_group=width_per_group,
-            default_tag=default_tag,
-        )
-    )
-
-
-def _timm_se(
-    name: str,
-    block: str,
-    layers: tuple[int, ...],
-    *,
-    num_params: int,
-    tags: Iterable[tuple[str, int, float]] = (),
-    default_tag: str | None = None,
-    groups: int = 1,
-    width_per_group: int = 64,
-    stem: str = "imagenet",
-    stem_width: int = 64,
-    avg_down: bool = False,
-) -> ModelConfig:
-    """A timm SE-ResNet/SE-ResNeXt; ``tags`` lists (tag, crop size, crop_pct), all bicubic."""
-    checkpoints = tuple(
-        PublishedCheckpoint(
-            arch=name,
-            tag=tag,
-            spec=f"hf:timm/{name}.{tag}",
-            url=HF_URL.format(hub_id=f"timm/{name}.{tag}"),
-            sha256=None,
-            acc1=None,
-            preprocessing=Preprocessing.from_crop_pct(crop, crop_pct, "bicubic"),
-        )
-        for tag, crop, crop_pct in tags
-    )
-    return _register(
-        ModelConfig(
-            name=name,
-            family="timm",
-            num_classes=1000,
-            label_set="imagenet1k",
-            preprocessing=_default_preprocessing(checkpoints, default_tag, TIMM_DEFAULT),
-            num_params=num_params,
-            checkpoints=checkpoints,
-            block=block,  # type: ignore[arg-type]
-            layers=layers,
-            groups=groups,
-            width_per_group=width_per_group,
-            se=True,
-            stem=stem,  # type: ignore[arg-type]
-            stem_width=stem_width,
-            avg_down=avg_down,
-            default_tag=default_tag,
-        )
-    )
-
-
-def _cifar(name: str, blocks_per_stage: int, *, num_params: int, sha256: str, acc1: float) -> ModelConfig:
-    """A CIFAR-10 ResNet of He et al. 2015 (6n+2 layers, option-A shortcuts, ``linear`` head)."""
-    checkpoint = PublishedCheckpoint(
-        arch=name,
-        tag="cifar10",
-        spec=f"cifar10:{name}",
-        url=CIFAR_URL.format(arch=name, sha8=sha256[:8]),
-        sha256=sha256,
-        acc1=acc1,
-        preprocessing=CIFAR,
-    )
-    return _register(
-        ModelConfig(
-            name=name,
-            family="cifar",
-            num_classes=10,
-            label_set="cifar10",
-            preprocessing=CIFAR,
-            num_params=num_params,
-            checkpoints=(checkpoint,),
-            block="basic",
-            layers=(blocks_per_stage,) * 3,
-            stage_widths=(16, 32, 64),
-            shortcut="A",
-            stem="cifar",
-            stem_width=16,
-            head_name="linear",
-            default_tag="cifar10",
-        )
-    )
-
-
-# --- torchvision layout (ResNet v1.5) -------------------------------------------------------------
-_torchvision(
-    "resnet18",
-    "basic",
-    (2, 2, 2, 2),
-    num_params=11_689_512,
-    weights=[("IMAGENET1K_V1", "f37072fd", 69.758, TORCHVISION_V1)],
-)
-_torchvision(
-    "resnet34",
-    "basic",
-    (3, 4, 6, 3),
-    num_params=21_797_672,
-    weights=[("IMAGENET1K_V1", "b627a593", 73.314, TORCHVISION_V1)],
-)
-_torchvision(
-    "resnet50",
-    "bottleneck",
-    (3, 4, 6, 3),
-    num_params=25_557_032,
-    weights=[
-        ("IMAGENET1K_V1", "0676ba61", 76.130, TORCHVISION_V1),
-        ("IMAGENET1K_V2", "11ad3fa6", 80.858, TORCHVISION_V2),
-    ],
-)
-_torchvision(
-    "resnet101",
-    "bottleneck",
-    (3, 4, 23, 3),
-    num_params=44_549_160,
-    weights=[
-        ("IMAGENET1K_V1", "63fe2227", 77.374, TORCHVISION_V1),
-        ("IMAGENET1K_V2", "cd907fc2", 81.886, TORCHVISION_V2),
-    ],
-)
-_torchvision(
-    "resnet152",
-    "bottleneck",
-    (3, 8, 36, 3),
-    num_params=60_192_808,
-    weights=[
-        ("IMAGENET1K_V1", "394f9c45", 78.312, TORCHVISION_V1),
-        ("IMAGENET1K_V2", "f82ba261", 82.284, TORCHVISION_V2),
-    ],
-)
-_torchvision(
-    "resnext50_32x4d",
-    "bottleneck",
-    (3, 4, 6, 3),
-    groups=32,
-    width_per_group=4,
-    num_params=25_028_904,
-    weights=[
-        ("IMAGENET1K_V1", "7cdf4587", 77.618, TORCHVISION_V1),
-        ("IMAGENET1K_V2", "1a0047aa", 81.198, TORCHVISION_V2),
-    ],
-)
-_torchvision(
-    "resnext101_32x8d",
-    "bottleneck",
-    (3, 4, 23, 3),
-    groups=32,
-    width_per_group=8,
-    num_params=88_791_336,
-    weights=[
-        ("IMAGENET1K_V1", "8ba56ff5", 79.312, TORCHVISION_V1),
-        ("IMAGENET1K_V2", "110c445d", 82.834, TORCHVISION_V2),
-    ],
-)
-# The only resnext101_64x4d weights were trained with the V2 recipe (resize 232) but are named V1.
-_torchvision(
-    "resnext101_64x4d",
-    "bottleneck",
-    (3, 4, 23, 3),
-    groups=64,
-    width_per_group=4,
-    num_params=83_455_272,
-    weights=[("IMAGENET1K_V1", "173b62eb", 83.246, TORCHVISION_V2)],
-)
-_torchvision(
-    "wide_resnet50_2",
-    "bottleneck",
-    (3, 4, 6, 3),
-    width_per_group=128,
-    num_params=68_883_240,
-    weights=[
-        ("IMAGENET1K_V1", "95faca4d", 78.468, TORCHVISION_V1),
-        ("IMAGENET1K_V2", "9ba9bcbe", 81.602, TORCHVISION_V2),
-    ],
-)
-_torchvision(
-    "wide_resnet101_2",
-    "bottleneck",
-    (3, 4, 23, 3),
-    width_per_group=128,
-    num_params=126_886_696,
-    weights=[
-        ("IMAGENET1K_V1", "32ee1156", 78.848, TORCHVISION_V1),
-        ("IMAGENET1K_V2", "d733dc28", 82.510, TORCHVISION_V2),
-    ],
-)
-
-# --- timm layout, squeeze-and-excitation --------------------------------------------------------
-# timm publishes no weights for seresnet18/34/101/152 (its seresnet152d tag is another architecture).
-_timm_se("seresnet18", "basic", (2, 2, 2, 2), num_params=11_779_624)
-_timm_se("seresnet34", "basic", (3, 4, 6, 3), num_params=21_960_416)
-_timm_se(
-    "seresnet50",
-    "bottleneck",
-    (3, 4, 6, 3),
-    num_params=28_088_024,
-    default_tag="a1_in1k",
-    tags=[("a1_in1k", 224, 0.95), ("a2_in1k", 224, 0.95), ("a3_in1k", 160, 0.95), ("ra2_in1k", 224, 0.875)],
-)
-_timm_se("seresnet101", "bottleneck", (3, 4, 23, 3), num_params=49_326_872)
-_timm_se("seresnet152", "bottleneck", (3, 8, 36, 3), num_params=66_821_848)
-# Deep 3x3 stem (32 wide) and average-pool downsampling: timm's "d" variant.
-_timm_se(
-    "seresnext26d_32x4d",
-    "bottleneck",
-    (2, 2, 2, 2),
-    groups=32,
-    width_per_group=4,
-    num_params=16_809_512,
-    stem="deep",
-    stem_width=32,
-    avg_down=True,
-    default_tag="bt_in1k",
-    tags=[("bt_in1k", 224, 0.875)],
-)
-_timm_se(
-    "seresnext50_32x4d",
-    "bottleneck",
-    (3, 4, 6, 3),
-    groups=32,
-    width_per_group=4,
-    num_params=27_559_896,
-    default_tag="racm_in1k",
-    tags=[("racm_in1k", 224, 0.875), ("gluon_in1k", 224, 0.875)],
-)
-_timm_se(
-    "seresnext101_32x4d",
-    "bottleneck",
-    (3, 4, 23, 3),
-    groups=32,
-    width_per_group=4,
-    num_params=48_955_416,
-    default_tag="gluon_in1k",
-    tags=[("gluon_in1k", 224, 0.875)],
-)
-_timm_se(
-    "seresnext101_32x8d",
-    "bottleneck",
-    (3, 4, 23, 3),
-    groups=32,
-    width_per_group=8,
-    num_params=93_569_048,
-    default_tag="ah_in1k",
-    tags=[("ah_in1k", 224, 0.95)],
-)
-
-# --- CIFAR-10 ResNets of the paper (section 4.2), akamaster's trained checkpoints -------------------
-# acc1 = 100 - the published test error on the full CIFAR-10 test set.
-_cifar(
-    "resnet20",
-    3,
-    num_params=269_722,
-    acc1=91.73,
-    sha256="12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
-)
-_cifar(
-    "resnet32",
-    5,
-    num_params=464_154,
-    acc1=92.63,
-    sha256="d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850",
-)
-_cifar(
-    "resnet44",
-    7,
-    num_params=658_586,
-    acc1=93.10,
-    sha256="014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4",
-)
-_cifar(
-    "resnet56",
-    9,
-    num_params=853_018,
-    acc1=93.39,
-    sha256="4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
-)
-_cifar("resnet110", 18, num_params=1_727_962, acc1=93.68, sha256="1d1ed7c2")
-_cifar("resnet1202", 200, num_params=19_421_274, acc1=93.82, sha256="f3b1deed")
-
-
-def list_models() -> list[str]:
-    """Every registered architecture name, sorted."""
-    return sorted(_REGISTRY)
 
 
 def get_model_config(name: str) -> ModelConfig:
@@ -376,6 +43,20 @@ def get_model_config(name: str) -> ModelConfig:
         raise KeyError(f"unknown architecture {name!r}; registered: {', '.join(list_models())}") from None
 
 
+def all_configs() -> tuple[ModelConfig, ...]:
+    """Every registered config, in name order."""
+    return tuple(_REGISTRY[name] for name in list_models())
+
+
 def all_checkpoints() -> tuple[PublishedCheckpoint, ...]:
     """Every published checkpoint of every architecture."""
-    return tuple(checkpoint for config in _REGISTRY.values() for checkpoint in config.checkpoints)
+    return tuple(checkpoint for config in all_configs() for checkpoint in config.checkpoints)
+
+
+def head_names() -> tuple[str, ...]:
+    """Every classifier name some architecture uses (``fc``, ``linear``, ``head.fc`` ...), longest first.
+
+    Longest first so that ``head.fc.weight`` is recognised as ``head.fc`` and not mistaken for
+    another layout's ``fc``.
+    """
+    return tuple(sorted({config.head_name for config in _REGISTRY.values()}, key=lambda h: (-len(h), h)))

@@ -1,0 +1,180 @@
+"""The download cache: where files go, fetching them once, checking their hash, writing them atomically.
+
+Downloads land in ``$RESNET_SERVE_CACHE_DIR`` (default ``~/.cache/resnet-serve``) under the URL's
+basename (Hugging Face files under ``huggingface/<org>/<repo>/``), so a folder of published files can
+seed the cache. They are written to a temporary file in the same folder, checked, fsynced and renamed:
+a partial or wrong file never sits under the final name. ``RESNET_SERVE_OFFLINE=1`` forbids downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.checkpoints.errors import CheckpointError
+from models.config import PublishedCheckpoint
+
+CACHE_DIR_ENV = "RESNET_SERVE_CACHE_DIR"
+OFFLINE_ENV = "RESNET_SERVE_OFFLINE"
+TIMEOUT_ENV = "RESNET_SERVE_DOWNLOAD_TIMEOUT"
+DEFAULT_TIMEOUT_S = 60.0
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A file to fetch: where from, what hash it must have (None: unknown), which publication it is."""
+
+    url: str
+    expected_sha256: str | None
+    published: PublishedCheckpoint | None
+
+    @property
+    def cache_path(self) -> Path:
+        return cache_path_for(self.url)
+
+
+# --- environment ------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where downloads go; read at every call so tests and deployments can point it elsewhere."""
+    configured = os.environ.get(CACHE_DIR_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "resnet-serve"
+
+
+def downloads_allowed() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
+
+
+def _timeout_s() -> float:
+    raw = os.environ.get(TIMEOUT_ENV)
+    try:
+        return float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise CheckpointError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+
+
+def cache_path_for(url: str) -> Path:
+    """``<cache>/<basename>``; Hugging Face repos all name their file model.safetensors, so they nest."""
+    parsed = urllib.parse.urlsplit(url)
+    parts = [urllib.parse.unquote(part) for part in parsed.path.split("/") if part]
+    if not parts or parts[-1] in (".", ".."):
+        raise CheckpointError(f"cannot name a cache file after {url!r}: its path has no file name")
+    if parsed.hostname == "huggingface.co" and len(parts) >= 3 and "resolve" in parts:
+        org, repo = parts[0], parts[1]
+        return cache_dir() / "huggingface" / org / repo / parts[-1]
+    return cache_dir() / parts[-1]
+
+
+# --- hashes -------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_ok(actual: str, expected: str | None) -> bool:
+    """``expected`` may be the full hash or a published prefix; None accepts any file."""
+    return expected is None or actual.startswith(expected.lower())
+
+
+# --- fetching -----------------------------------------------------------------------------------------
+
+
+def _drop_hint(remote: Remote) -> str:
+    return f"download {remote.url} yourself and drop it at {remote.cache_path}"
+
+
+def fetch(remote: Remote) -> tuple[Path, str]:
+    """The cached file for ``remote`` (downloading it if needed) and its SHA-256."""
+    path = remote.cache_path
+    if path.is_file():
+        sha = file_sha256(path)
+        if hash_ok(sha, remote.expected_sha256):
+            return path, sha
+        if not downloads_allowed():
+            raise CheckpointError(
+                f"cached {path} has SHA-256 {sha}, expected {remote.expected_sha256}; downloads are off"
+                f" ({OFFLINE_ENV}=1): replace it with the right file from {remote.url}"
+            )
+    elif not downloads_allowed():
+        raise CheckpointError(
+            f"{remote.url} is not cached and downloads are off ({OFFLINE_ENV}=1): {_drop_hint(remote)}"
+        )
+    return path, _download(remote)
+
+
+def _download(remote: Remote) -> str:
+    """Stream ``remote.url`` into a temp file beside the target, check it, rename it into place."""
+    target = remote.cache_path
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot create the cache folder {target.parent}: {exc}") from None
+    request = urllib.request.Request(remote.url, headers={"User-Agent": "resnet-serve"})
+    descriptor, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    temp_path = Path(temp_name)
+    try:
+        digest = hashlib.sha256()
+        received = 0
+        with os.fdopen(descriptor, "wb") as out:
+            try:
+                with urllib.request.urlopen(request, timeout=_timeout_s()) as response:  # noqa: S310 (http(s) only)
+                    announced = response.headers.get("Content-Length")
+                    while chunk := response.read(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        received += len(chunk)
+            except urllib.error.HTTPError as exc:
+                raise CheckpointError(
+                    f"downloading {remote.url} failed: HTTP {exc.code} {exc.reason}; {_drop_hint(remote)}"
+                ) from None
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise CheckpointError(
+                    f"downloading {remote.url} failed: {reason!s}; {_drop_hint(remote)}"
+                ) from None
+            if announced is not None and announced.isdigit() and received != int(announced):
+                raise CheckpointError(
+                    f"downloading {remote.url} failed: got {received} of {announced} bytes (connection cut);"
+                    f" {_drop_hint(remote)}"
+                )
+            out.flush()
+            os.fsync(out.fileno())
+        sha = digest.hexdigest()
+        if not hash_ok(sha, remote.expected_sha256):
+            raise CheckpointError(
+                f"{remote.url} has SHA-256 {sha}, expected {remote.expected_sha256}: refusing the file"
+                " (it is corrupt or not the published one)"
+            )
+        os.replace(temp_path, target)
+        fsync_dir(target.parent)
+        return sha
+    finally:
+        temp_path.unlink(missing_ok=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the rename durable where the platform allows fsync on a directory."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
