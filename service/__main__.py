@@ -65,14 +65,19 @@ class GracefulServer(uvicorn.Server):
             # Keep accepting (readiness already says 503) until load balancers have noticed; a second
             # signal during the delay drains at once.
             log.info("signal %d: not ready any more; serving %.1f s more before draining", sig, self.shutdown_delay_s)
-            self._delayed = threading.Timer(self.shutdown_delay_s, super().handle_exit, (sig, frame))
+            self._delayed = threading.Timer(self.shutdown_delay_s, self._drain, (sig, frame))
             self._delayed.daemon = True
             self._delayed.start()
             return
         if self._delayed is not None:
             self._delayed.cancel()
+        self._drain(sig, frame)
+
+    def _drain(self, sig: int, frame: FrameType | None) -> None:
+        """Stop taking work (uvicorn closes its listener, the gRPC door stops) and finish what is in flight."""
+        self.service_state.begin_drain()
         if sig == signal.SIGTERM and not self.should_exit:
-            log.info("SIGTERM: not ready any more; finishing in-flight requests (grace %.0f s)",
+            log.info("SIGTERM: draining; finishing in-flight requests (grace %.0f s)",
                      self.config.timeout_graceful_shutdown or 0)
         super().handle_exit(sig, frame)
 

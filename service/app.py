@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             grpc_door = GrpcDoor(pipeline)
             await grpc_door.start()
-            state.on_shutdown.append(grpc_door.stop)
+            state.on_drain.append(grpc_door.stop)
         try:
             yield
         finally:

@@ -103,9 +103,11 @@ class Pipeline:
 
     @contextmanager
     def open(self, scope: RequestScope, model: str | None, version: int | None, count: int = 1) -> Iterator[ServedVersion]:
-        """Resolve and hold the model version, and refuse at once (503) when its queue is full."""
-        if self.state.shutting_down:
-            raise ServiceError(503, "shutting_down", "the service is shutting down", {"Retry-After": "5"})
+        """Resolve and hold the model version, and refuse at once (503) when its queue is full.
+
+        A request is still served after SIGTERM (readiness says 503 meanwhile) until the drain begins;
+        from then on uvicorn and the gRPC server take no new requests and the batchers refuse.
+        """
         served = self.state.manager.resolve(model, version)
         scope.model = served.name
         with served.lease():

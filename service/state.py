@@ -24,14 +24,17 @@ class ServiceState:
         self.settings = settings
         self.metrics = metrics
         self.manager = ModelManager(settings, metrics)
+        #: SIGTERM arrived: readiness is false (requests are still served during SHUTDOWN_DELAY_S).
         self.shutting_down = False
+        #: The drain began: no new work is accepted anywhere, in-flight work finishes.
+        self.draining = False
         self.decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         self.body_budget = ByteBudget(settings.max_inflight_bytes)
         self.pixel_budget = PixelBudget(settings.max_inflight_pixels)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Called once when shutdown begins (the gRPC server registers its graceful stop here).
-        self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
+        #: Called once when the drain begins (the gRPC server registers its graceful stop here).
+        self.on_drain: list[Callable[[], Awaitable[None]]] = []
         metrics.body_bytes.set_function(lambda: self.body_budget.held)
         metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
@@ -47,17 +50,26 @@ class ServiceState:
         return self.manager.status()
 
     def begin_shutdown(self) -> None:
-        """Called from the signal handler: readiness turns false before anything else happens."""
-        if self.shutting_down:
-            return
+        """Called from the signal handler: readiness turns false before anything else happens.
+
+        Requests keep being served until :meth:`begin_drain` (at once, or after SHUTDOWN_DELAY_S so
+        load balancers health-check the replica out before it stops taking work).
+        """
         self.shutting_down = True
+
+    def begin_drain(self) -> None:
+        """Stop taking new work everywhere (the gRPC door stops; HTTP is uvicorn's), let in-flight work finish."""
+        self.begin_shutdown()
+        if self.draining:
+            return
+        self.draining = True
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._run_shutdown_hooks)
+            loop.call_soon_threadsafe(self._run_drain_hooks)
 
-    def _run_shutdown_hooks(self) -> None:
-        for hook in self.on_shutdown:
-            self._spawn(hook(), "shutdown-hook")
+    def _run_drain_hooks(self) -> None:
+        for hook in self.on_drain:
+            self._spawn(hook(), "drain-hook")
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -81,7 +93,7 @@ class ServiceState:
 
     async def stop(self) -> None:
         """Lifespan shutdown: not ready, finish what is queued, release threads without blocking the loop."""
-        self.begin_shutdown()
+        self.begin_drain()
         grace = self.settings.shutdown_grace_s
         for task in list(self._tasks):
             if task.get_name() == "load-models":
