@@ -38,14 +38,23 @@ def kubectl_problem() -> str | None:
     """Why `kubectl kustomize` cannot run here, or None."""
     if shutil.which("kubectl") is None:
         return "kubectl is not installed (Debian: apt-get install kubectl): cannot render deploy/kubernetes"
-    probe = subprocess.run(["kubectl", "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        ["kubectl", "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     try:
         info = json.loads(probe.stdout)["clientVersion"]
         version = (int(info["major"]), int(re.match(r"\d+", info["minor"]).group()))  # type: ignore[union-attr]
     except (ValueError, KeyError, AttributeError, TypeError):
         return f"cannot read kubectl's version: {probe.stdout[:200]} {probe.stderr[:200]}"
     if version < MIN_KUBECTL:
-        return f"kubectl {version[0]}.{version[1]} is older than {MIN_KUBECTL[0]}.{MIN_KUBECTL[1]} (its kustomize lacks labels/components)"
+        oldest = ".".join(map(str, MIN_KUBECTL))
+        return (
+            f"kubectl {version[0]}.{version[1]} is older than {oldest}: its kustomize lacks labels/components"
+        )
     return None
 
 
@@ -53,7 +62,10 @@ def kubectl_problem() -> str | None:
 def render(kustomization: str) -> tuple[dict[str, Any], ...]:
     """``kubectl kustomize deploy/kubernetes/<kustomization>`` as parsed objects (cached per session)."""
     result = subprocess.run(
-        ["kubectl", "kustomize", str(KUBERNETES_DIR / kustomization)], capture_output=True, text=True, timeout=120
+        ["kubectl", "kustomize", str(KUBERNETES_DIR / kustomization)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if result.returncode != 0:
         raise AssertionError(f"kubectl kustomize {kustomization} failed:\n{result.stderr}")
@@ -117,7 +129,9 @@ def promtool_problem() -> str | None:
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["promtool", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["promtool", *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 # --- HAProxy ------------------------------------------------------------------------------------------
@@ -156,9 +170,11 @@ class HAProxy:
         """``show stat`` for the servers of ``backend``: {server name: {column: value}}."""
         lines = self.command("show stat").splitlines()
         header = lines[0].lstrip("# ").split(",")
-        rows = (dict(zip(header, line.split(","))) for line in lines[1:] if line)
+        rows = (dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line)
         return {
-            row["svname"]: row for row in rows if row.get("pxname") == backend and row["svname"] not in ("FRONTEND", "BACKEND")
+            row["svname"]: row
+            for row in rows
+            if row.get("pxname") == backend and row["svname"] not in ("FRONTEND", "BACKEND")
         }
 
     def stop(self) -> None:
@@ -175,11 +191,15 @@ def start_haproxy(config: str, workdir: Path, socket_path: Path, port: int) -> H
     """Check ``config`` with ``haproxy -c``, start it in the foreground and wait for its socket and port."""
     config_path = workdir / "haproxy.cfg"
     config_path.write_text(config)
-    check = subprocess.run(["haproxy", "-c", "-f", str(config_path)], capture_output=True, text=True, timeout=30)
+    check = subprocess.run(
+        ["haproxy", "-c", "-f", str(config_path)], capture_output=True, text=True, timeout=30, check=False
+    )
     assert check.returncode == 0, f"haproxy -c refused the config:\n{check.stdout}\n{check.stderr}\n{config}"
     log_path = workdir / "haproxy.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(["haproxy", "-db", "-f", str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            ["haproxy", "-db", "-f", str(config_path)], stdout=log, stderr=subprocess.STDOUT
+        )
     proxy = HAProxy(process, socket_path, port, log_path)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -28,8 +28,11 @@ def rule_groups() -> list[dict[str, Any]]:
 
 
 def dashboard() -> dict[str, Any]:
-    config = next(obj for obj in by_kind(render("overlays/cpu"), "ConfigMap")
-                  if obj["metadata"]["name"] == "resnet-serve-dashboard")
+    config = next(
+        obj
+        for obj in by_kind(render("overlays/cpu"), "ConfigMap")
+        if obj["metadata"]["name"] == "resnet-serve-dashboard"
+    )
     return json.loads(config["data"]["resnet-serve.json"])
 
 
@@ -55,7 +58,8 @@ def test_dashboard_and_adapter_queries_parse(tmp_path: Path) -> None:
     for rule in adapter["rules"]["custom"]:
         queries.append(rule["seriesQuery"])
         queries.append(
-            rule["metricsQuery"].replace("<<.Series>>", rule["name"]["as"])
+            rule["metricsQuery"]
+            .replace("<<.Series>>", rule["name"]["as"])
             .replace("<<.LabelMatchers>>", 'namespace="resnet-serve",pod=~"resnet-serve-.*"')
             .replace("<<.GroupBy>>", "pod")
         )
@@ -66,33 +70,64 @@ def test_dashboard_and_adapter_queries_parse(tmp_path: Path) -> None:
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
 
 
-SERIES = "namespace=\"resnet-serve\""
+SERIES = 'namespace="resnet-serve"'
 
 
 #: (evaluation time, alert, severity, labels, summary as its template renders it) on the series below.
 EXPECTED_ALERTS = [
-    ("25m", "ResnetServeNotReady", "warning", {"pod": "bad"}, "resnet-serve pod bad has not been ready for 20 minutes"),
-    ("10m", "ResnetServeGPUFallback", "critical", {"pod": "bad", "model": "m"}, "resnet-serve pod bad serves m on the CPU"),
-    ("20m", "ResnetServeHighRejectionRate", "warning", {"model": "busy"},
-     "resnet-serve refuses 10% of busy requests (overload)"),
-    ("20m", "ResnetServeHighP99Latency", "warning", {"model": "slow"}, "resnet-serve p99 latency for slow is 1.99s"),
+    (
+        "25m",
+        "ResnetServeNotReady",
+        "warning",
+        {"pod": "bad"},
+        "resnet-serve pod bad has not been ready for 20 minutes",
+    ),
+    (
+        "10m",
+        "ResnetServeGPUFallback",
+        "critical",
+        {"pod": "bad", "model": "m"},
+        "resnet-serve pod bad serves m on the CPU",
+    ),
+    (
+        "20m",
+        "ResnetServeHighRejectionRate",
+        "warning",
+        {"model": "busy"},
+        "resnet-serve refuses 10% of busy requests (overload)",
+    ),
+    (
+        "20m",
+        "ResnetServeHighP99Latency",
+        "warning",
+        {"model": "slow"},
+        "resnet-serve p99 latency for slow is 1.99s",
+    ),
 ]
+
+
+def series(metric: str, values: str, **labels: str) -> dict[str, str]:
+    """One promtool input series in the resnet-serve namespace."""
+    selector = ", ".join([SERIES, *(f'{key}="{value}"' for key, value in labels.items())])
+    return {"series": f"{metric}{{{selector}}}", "values": values}
 
 
 def _unit_tests() -> dict[str, Any]:
     """promtool unit tests: one bad pod/model that must alert next to a healthy one that must not."""
-    descriptions = {rule["alert"]: rule["annotations"]["description"] for group in rule_groups() for rule in group["rules"]}
-    ok, bad = f'{{{SERIES}, pod="ok", model="m"}}', f'{{{SERIES}, pod="bad", model="m"}}'
+    descriptions = {
+        rule["alert"]: rule["annotations"]["description"]
+        for group in rule_groups()
+        for rule in group["rules"]
+    }
+    cpu_only, gpu = "CPUExecutionProvider", "CUDAExecutionProvider,CPUExecutionProvider"
     buckets = []
     # Model "slow": every request takes 1-2 s; model "fast": 5-10 ms. 10 requests/s each.
     for le in ("0.005", "0.01", "0.5", "1.0", "2.0", "+Inf"):
         slow = 0 if float(le) < 2.0 else 600
         fast = 0 if float(le) < 0.01 else 600
         buckets += [
-            {"series": f'resnet_serve_request_seconds_bucket{{{SERIES}, pod="a", model="slow", le="{le}"}}',
-             "values": f"0+{slow}x30"},
-            {"series": f'resnet_serve_request_seconds_bucket{{{SERIES}, pod="a", model="fast", le="{le}"}}',
-             "values": f"0+{fast}x30"},
+            series("resnet_serve_request_seconds_bucket", f"0+{slow}x30", pod="a", model="slow", le=le),
+            series("resnet_serve_request_seconds_bucket", f"0+{fast}x30", pod="a", model="fast", le=le),
         ]
     return {
         "rule_files": ["rules.yaml"],
@@ -101,36 +136,64 @@ def _unit_tests() -> dict[str, Any]:
             {
                 "interval": "1m",
                 "input_series": [
-                    {"series": f"resnet_serve_ready{ok}", "values": "1x40"},
-                    {"series": f"resnet_serve_ready{bad}", "values": "0x40"},
-                    {"series": f'resnet_serve_provider_info{{{SERIES}, pod="bad", model="m", requested="auto", '
-                               f'active="CPUExecutionProvider", gpu_fallback="true"}}', "values": "1x40"},
-                    {"series": f'resnet_serve_provider_info{{{SERIES}, pod="ok", model="m", requested="auto", '
-                               f'active="CUDAExecutionProvider,CPUExecutionProvider", gpu_fallback="false"}}',
-                     "values": "1x40"},
+                    series("resnet_serve_ready", "1x40", pod="ok", model="m"),
+                    series("resnet_serve_ready", "0x40", pod="bad", model="m"),
+                    series(
+                        "resnet_serve_provider_info",
+                        "1x40",
+                        pod="bad",
+                        model="m",
+                        requested="auto",
+                        active=cpu_only,
+                        gpu_fallback="true",
+                    ),
+                    series(
+                        "resnet_serve_provider_info",
+                        "1x40",
+                        pod="ok",
+                        model="m",
+                        requested="auto",
+                        active=gpu,
+                        gpu_fallback="false",
+                    ),
                     # Model "busy": 600 requests/min, 60 of them refused queue_full (10 %).
-                    {"series": f'resnet_serve_requests_total{{{SERIES}, pod="a", model="busy", status="200"}}',
-                     "values": "0+540x40"},
-                    {"series": f'resnet_serve_requests_total{{{SERIES}, pod="a", model="busy", status="503"}}',
-                     "values": "0+60x40"},
-                    {"series": f'resnet_serve_rejections_total{{{SERIES}, pod="a", model="busy", reason="queue_full"}}',
-                     "values": "0+60x40"},
+                    series("resnet_serve_requests_total", "0+540x40", pod="a", model="busy", status="200"),
+                    series("resnet_serve_requests_total", "0+60x40", pod="a", model="busy", status="503"),
+                    series(
+                        "resnet_serve_rejections_total", "0+60x40", pod="a", model="busy", reason="queue_full"
+                    ),
                     # Model "garbage": as many refusals, but client errors (415): not the service's overload.
-                    {"series": f'resnet_serve_requests_total{{{SERIES}, pod="a", model="garbage", status="415"}}',
-                     "values": "0+300x40"},
-                    {"series": f'resnet_serve_requests_total{{{SERIES}, pod="a", model="garbage", status="200"}}',
-                     "values": "0+300x40"},
-                    {"series": f'resnet_serve_rejections_total{{{SERIES}, pod="a", model="garbage", '
-                               f'reason="unsupported_image"}}', "values": "0+300x40"},
+                    series("resnet_serve_requests_total", "0+300x40", pod="a", model="garbage", status="415"),
+                    series("resnet_serve_requests_total", "0+300x40", pod="a", model="garbage", status="200"),
+                    series(
+                        "resnet_serve_rejections_total",
+                        "0+300x40",
+                        pod="a",
+                        model="garbage",
+                        reason="unsupported_image",
+                    ),
                     *buckets,
                 ],
                 "alert_rule_test": [
                     {"eval_time": "19m", "alertname": "ResnetServeNotReady", "exp_alerts": []},
                     *(
-                        {"eval_time": at, "alertname": alert,
-                         "exp_alerts": [{"exp_labels": {"severity": severity, "namespace": "resnet-serve", **labels},
-                                         "exp_annotations": {"summary": summary,
-                                                             "description": descriptions[alert]}}]}
+                        {
+                            "eval_time": at,
+                            "alertname": alert,
+                            "exp_alerts": [
+                                {
+                                    "exp_labels": {
+                                        "severity": severity,
+                                        "namespace": "resnet-serve",
+                                        **labels,
+                                    },
+                                    "exp_annotations": {
+                                        "summary": summary,
+                                        "description": descriptions[alert],
+                                    },
+                                }
+                            ],
+                        }
                         for at, alert, severity, labels, summary in EXPECTED_ALERTS
                     ),
                 ],

@@ -33,38 +33,73 @@ Suites: bookworm-security
 Components: main
 """
 
+NODESOURCE = "Types: deb\nURIs: https://deb.nodesource.com/node_20.x\nSuites: nodistro\n"
+
 #: (case, {file under /etc/apt: content}, the mirror expected, or None when the script must refuse).
 CASES = [
     ("deb822 only (Debian 12)", {"sources.list.d/debian.sources": DEBIAN_12}, "http://deb.debian.org/debian"),
-    ("one-line only", {"sources.list": "# local\ndeb http://ftp.example.org/debian/ bookworm main\n"},
-     "http://ftp.example.org/debian/"),
-    ("one-line with options", {"sources.list": "deb [ arch=amd64 signed-by=/k.gpg ] https://m.example/debian bookworm main\n"},
-     "https://m.example/debian"),
-    ("sources.list is read first, as apt does",
-     {"sources.list": "deb http://first.example/debian bookworm main\n", "sources.list.d/debian.sources": DEBIAN_12},
-     "http://first.example/debian"),
-    ("security archive and deb-src are skipped",
-     {"sources.list": "deb http://security.debian.org/debian-security bookworm-security main\n"
-                      "deb-src http://src.example/debian bookworm main\n",
-      "sources.list.d/z.sources": "Types: deb-src\nURIs: http://src2.example/debian\nSuites: bookworm\n\n"
-                                  "Types: deb deb-src\nURIs: http://both.example/debian\nSuites: bookworm\n"},
-     "http://both.example/debian"),
-    ("deb822 Enabled: no, several URIs and a continuation line",
-     {"sources.list.d/a.sources": "Types: deb\nEnabled: no\nURIs: http://off.example/debian\nSuites: bookworm\n\n"
-                                  "Types: deb\nURIs: http://security.debian.org/debian-security\n"
-                                  "  http://on.example/debian\nSuites: bookworm\n"},
-     "http://on.example/debian"),
-    ("a .list file in sources.list.d; disabled files are ignored",
-     {"sources.list.d/a.sources.disabled": DEBIAN_12,
-      "sources.list.d/nodesource.sources": "Types: deb\nURIs: https://deb.nodesource.com/node_20.x\nSuites: nodistro\n",
-      "sources.list.d/mirror.list": "deb http://list.example/debian bookworm main\n"},
-     "http://list.example/debian"),
-    ("CRLF line ends", {"sources.list.d/debian.sources": DEBIAN_12.replace("\n", "\r\n")}, "http://deb.debian.org/debian"),
+    (
+        "one-line only",
+        {"sources.list": "# local\ndeb http://ftp.example.org/debian/ bookworm main\n"},
+        "http://ftp.example.org/debian/",
+    ),
+    (
+        "one-line with options",
+        {"sources.list": "deb [ arch=amd64 signed-by=/k.gpg ] https://m.example/debian bookworm main\n"},
+        "https://m.example/debian",
+    ),
+    (
+        "sources.list is read first, as apt does",
+        {
+            "sources.list": "deb http://first.example/debian bookworm main\n",
+            "sources.list.d/debian.sources": DEBIAN_12,
+        },
+        "http://first.example/debian",
+    ),
+    (
+        "security archive and deb-src are skipped",
+        {
+            "sources.list": "deb http://security.debian.org/debian-security bookworm-security main\n"
+            "deb-src http://src.example/debian bookworm main\n",
+            "sources.list.d/z.sources": "Types: deb-src\nURIs: http://src2.example/debian\nSuites: bookworm\n"
+            "\n"
+            "Types: deb deb-src\nURIs: http://both.example/debian\nSuites: bookworm\n",
+        },
+        "http://both.example/debian",
+    ),
+    (
+        "deb822 Enabled: no, several URIs and a continuation line",
+        {
+            "sources.list.d/a.sources": "Types: deb\nEnabled: no\nURIs: http://off.example/debian\n"
+            "Suites: bookworm\n\n"
+            "Types: deb\nURIs: http://security.debian.org/debian-security\n"
+            "  http://on.example/debian\nSuites: bookworm\n"
+        },
+        "http://on.example/debian",
+    ),
+    (
+        "a .list file in sources.list.d; disabled files are ignored",
+        {
+            "sources.list.d/a.sources.disabled": DEBIAN_12,
+            "sources.list.d/nodesource.sources": NODESOURCE,
+            "sources.list.d/mirror.list": "deb http://list.example/debian bookworm main\n",
+        },
+        "http://list.example/debian",
+    ),
+    (
+        "CRLF line ends",
+        {"sources.list.d/debian.sources": DEBIAN_12.replace("\n", "\r\n")},
+        "http://deb.debian.org/debian",
+    ),
     ("no apt sources at all", {}, None),
-    ("no Debian archive, only other repositories",
-     {"sources.list": "deb http://archive.ubuntu.com/ubuntu noble main\n",
-      "sources.list.d/node.sources": "Types: deb\nURIs: https://deb.nodesource.com/node_20.x\nSuites: nodistro\n"},
-     None),
+    (
+        "no Debian archive, only other repositories",
+        {
+            "sources.list": "deb http://archive.ubuntu.com/ubuntu noble main\n",
+            "sources.list.d/node.sources": NODESOURCE,
+        },
+        None,
+    ),
 ]
 
 
@@ -73,11 +108,15 @@ def run_script(apt_etc: Path, *args: str, mirror: str | None = None) -> subproce
     env["APT_ETC_DIR"] = str(apt_etc)
     if mirror is not None:
         env["DEBIAN_MIRROR"] = mirror
-    return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
 
 
 @pytest.mark.parametrize(("files", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
-def test_mirror_comes_from_either_source_format(tmp_path: Path, files: dict[str, str], expected: str | None) -> None:
+def test_mirror_comes_from_either_source_format(
+    tmp_path: Path, files: dict[str, str], expected: str | None
+) -> None:
     apt_etc = tmp_path / "apt"
     (apt_etc / "sources.list.d").mkdir(parents=True)
     for name, content in files.items():
@@ -115,7 +154,10 @@ def test_unexpected_failures_are_reported(tmp_path: Path) -> None:
     empty_bin.mkdir()  # no awk on PATH: the parser itself fails
     result = subprocess.run(
         [shutil.which("bash") or "/bin/bash", str(SCRIPT), "--print-mirror"],
-        env={"PATH": str(empty_bin), "APT_ETC_DIR": str(apt_etc)}, capture_output=True, text=True, timeout=30,
+        env={"PATH": str(empty_bin), "APT_ETC_DIR": str(apt_etc)},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode != 0 and result.stdout == ""
     assert "build-base-debian.sh: failed (exit 127)" in result.stderr, result.stderr

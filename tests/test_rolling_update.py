@@ -50,14 +50,28 @@ CHECK_INTER_MS = 200
 CHECK_FALL = 2
 CHECK_RISE = 2
 BACKEND = "replicas"
+HEALTH_CHECKS = (
+    f"check inter {CHECK_INTER_MS}ms fastinter 100ms downinter 500ms fall {CHECK_FALL} rise {CHECK_RISE}"
+)
 #: Hard bounds on the load loop (it normally stops when the roll is over).
 MAX_LOAD_S = 240.0
 MAX_REQUESTS = 500_000
 REPLICA_FLAGS = (
-    "--grpc-port", "0", "--model-control", "none",
-    "--shutdown-delay-s", str(SHUTDOWN_DELAY_S), "--shutdown-grace-s", str(SHUTDOWN_GRACE_S),
+    "--grpc-port",
+    "0",
+    "--model-control",
+    "none",
+    "--shutdown-delay-s",
+    str(SHUTDOWN_DELAY_S),
+    "--shutdown-grace-s",
+    str(SHUTDOWN_GRACE_S),
     # Three replicas, HAProxy and the clients share two cores: one thread each keeps them from fighting.
-    "--intra-op-threads", "1", "--preprocess-threads", "1", "--max-batch-size", "8",
+    "--intra-op-threads",
+    "1",
+    "--preprocess-threads",
+    "1",
+    "--max-batch-size",
+    "8",
 )
 
 
@@ -91,7 +105,7 @@ backend {BACKEND}
     http-check expect status 200
     # Which replica answered, for the client's own record.
     http-response set-header X-Served-By %s
-    default-server check inter {CHECK_INTER_MS}ms fastinter 100ms downinter 500ms fall {CHECK_FALL} rise {CHECK_RISE}
+    default-server {HEALTH_CHECKS}
     server-template r 1-{2 * REPLICAS} 127.0.0.1:9 disabled
 """
 
@@ -143,14 +157,21 @@ class LoadGenerator:
     def _run(self) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         headers = {"Content-Type": "image/jpeg"}
-        while not self.stop.is_set() and time.monotonic() < self.deadline and len(self.attempts) < MAX_REQUESTS:
+        while (
+            not self.stop.is_set() and time.monotonic() < self.deadline and len(self.attempts) < MAX_REQUESTS
+        ):
             started = time.monotonic()
             try:
                 connection.request("POST", f"/predict?model={MODEL}", body=self.body, headers=headers)
                 response = connection.getresponse()
                 payload = response.read()
-                attempt = Attempt(started, time.monotonic(), response.status, response.getheader("X-Served-By", "?"),
-                                  "" if response.status == 200 else payload[:200].decode(errors="replace"))
+                attempt = Attempt(
+                    started,
+                    time.monotonic(),
+                    response.status,
+                    response.getheader("X-Served-By", "?"),
+                    "" if response.status == 200 else payload[:200].decode(errors="replace"),
+                )
             except (OSError, http.client.HTTPException) as exc:
                 attempt = Attempt(started, time.monotonic(), 0, "-", repr(exc))
                 connection.close()
@@ -196,7 +217,9 @@ def test_rolling_update_behind_haproxy_loses_no_request(model_repo: Path, tmp_pa
         replicas: dict[str, RunningServer] = {}
         for n in range(1, REPLICAS + 1):
             replicas[f"r{n}"] = stack.enter_context(run_server(repo, *REPLICA_FLAGS))
-        proxy = start_haproxy(haproxy_config(port, socket_dir / "admin.sock"), tmp_path, socket_dir / "admin.sock", port)
+        proxy = start_haproxy(
+            haproxy_config(port, socket_dir / "admin.sock"), tmp_path, socket_dir / "admin.sock", port
+        )
         stack.callback(proxy.stop)
         for slot, server in replicas.items():
             join(proxy, slot, server)
@@ -218,8 +241,19 @@ def test_rolling_update_behind_haproxy_loses_no_request(model_repo: Path, tmp_pa
             exited = time.monotonic()
             final = proxy.stats(BACKEND)[old_slot]
             proxy.command(f"set server {BACKEND}/{old_slot} state maint")
-            replacements.append(Replacement(old_slot, new_slot, signalled, marked_down, exited, returncode,
-                                            int(row["stot"]), int(final["stot"]), final))
+            replacements.append(
+                Replacement(
+                    old_slot,
+                    new_slot,
+                    signalled,
+                    marked_down,
+                    exited,
+                    returncode,
+                    int(row["stot"]),
+                    int(final["stot"]),
+                    final,
+                )
+            )
         roll_finished = time.monotonic()
         time.sleep(2.0)
         attempts = load.finish()
@@ -232,17 +266,25 @@ def test_rolling_update_behind_haproxy_loses_no_request(model_repo: Path, tmp_pa
     retries = sum(int(row["wretr"] or 0) for row in stats.values())
     redispatches = sum(int(row["wredis"] or 0) for row in stats.values())
     print(
-        f"\nrolling update of {REPLICAS} replicas behind HAProxy, {CLIENTS} clients: {len(attempts)} requests, "
-        f"{len(failed)} failed; during the roll ({roll_finished - roll_started:.1f} s): {len(during)} requests, "
+        f"\nrolling update of {REPLICAS} replicas behind HAProxy, {CLIENTS} clients: "
+        f"{len(attempts)} requests, {len(failed)} failed; during the roll "
+        f"({roll_finished - roll_started:.1f} s): {len(during)} requests, "
         f"p50 {percentile(latencies_ms, 50):.1f} ms, p99 {percentile(latencies_ms, 99):.1f} ms, "
-        f"max {max(latencies_ms, default=0):.1f} ms; HAProxy retries {retries}, redispatches {redispatches}"
+        f"max {max(latencies_ms, default=0):.1f} ms; HAProxy retries {retries}, "
+        f"redispatches {redispatches}"
     )
-    print("old  new  marked DOWN after SIGTERM  exited after  routed in the window  after DOWN  sessions at DOWN/final")
+    print(
+        "old  new  marked DOWN after SIGTERM  exited after  routed in the window  after DOWN  "
+        "sessions at DOWN/final"
+    )
     for r in replacements:
         window = [a for a in attempts if a.served_by == r.slot and a.started >= r.signalled]
         after_down = [a for a in window if a.started > r.marked_down]
-        print(f"{r.slot:4} {r.new_slot:4} {r.marked_down - r.signalled:22.2f} s {r.exited - r.signalled:10.2f} s "
-              f"{len(window):21} {len(after_down):11} {r.sessions_at_down:>10}/{r.sessions_final}")
+        print(
+            f"{r.slot:4} {r.new_slot:4} {r.marked_down - r.signalled:22.2f} s "
+            f"{r.exited - r.signalled:10.2f} s "
+            f"{len(window):21} {len(after_down):11} {r.sessions_at_down:>10}/{r.sessions_final}"
+        )
 
     assert not failed, f"{len(failed)} failed requests, first: {failed[:5]}"
     # Without the delay HAProxy still sends a few requests to a replica that no longer accepts, and
@@ -257,7 +299,9 @@ def test_rolling_update_behind_haproxy_loses_no_request(model_repo: Path, tmp_pa
         assert r.returncode in (0, -signal.SIGTERM), (r.slot, r.returncode, logs[r.slot][-2000:])
         # The load balancer noticed before the replica stopped accepting: the delay covers detection.
         assert r.marked_down - r.signalled < SHUTDOWN_DELAY_S, (r.slot, r.marked_down - r.signalled)
-        assert r.sessions_final == r.sessions_at_down, f"HAProxy routed to {r.slot} after marking it DOWN: {r.detail}"
+        assert r.sessions_final == r.sessions_at_down, (
+            f"HAProxy routed to {r.slot} after marking it DOWN: {r.detail}"
+        )
         assert not [a for a in window if a.started > r.marked_down], f"requests routed to {r.slot} after DOWN"
         assert all(a.status == 200 for a in window)
         assert "Traceback" not in logs[r.slot], logs[r.slot][-3000:]
