@@ -308,3 +308,13 @@ def test_rolling_update_behind_haproxy_loses_no_request(model_repo: Path, tmp_pa
     assert {slot for slot, row in stats.items() if row["status"].startswith("UP")} == {
         r.new_slot for r in replacements
     }, {slot: row["status"] for slot, row in stats.items()}
+
+
+def test_missing_tools_give_explicit_skip_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without HAProxy, kubectl or promtool on PATH the deployment tests skip and name what to install."""
+    from deploy_support import kubectl_problem, promtool_problem
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert "apt-get install haproxy" in (haproxy_problem() or "")
+    assert "apt-get install kubectl" in (kubectl_problem() or "")
+    assert "apt-get install prometheus" in (promtool_problem() or "")
