@@ -588,6 +588,8 @@ def exported_series() -> dict[str, set[str]]:
     from service.metrics import Metrics
 
     series: dict[str, set[str]] = {}
+    # prometheus_client lists label names only through these attributes: a labelled metric has no
+    # samples (so collect() shows nothing) until the service has observed a value.
     for metric in Metrics().registry._names_to_collectors.values():
         labels = set(getattr(metric, "_labelnames", ()))
         kind = getattr(metric, "_type", "")
