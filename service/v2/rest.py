@@ -77,6 +77,10 @@ INFER_OPENAPI = {
         },
     }
 }
+_VERSION_PARAMETER = {
+    "parameters": [{"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
+                    "description": "A loaded version (the repository folder's number)."}]
+}
 _CONTROL_OPENAPI = {
     "requestBody": {
         "required": False,
@@ -112,26 +116,29 @@ def router(pipeline: Pipeline) -> APIRouter:
         return JSONResponse({"ready": False, "error": reason}, status_code=400)
 
     @api.get("/models/{model_name}", summary="Model metadata (highest loaded version).")
-    @api.get("/models/{model_name}/versions/{version}", summary="Model metadata of one version.")
-    async def model_metadata(request: Request, model_name: str, version: str | None = None) -> Response:
+    @api.get("/models/{model_name}/versions/{version}", summary="Model metadata of one version.",
+             openapi_extra=_VERSION_PARAMETER)
+    async def model_metadata(request: Request, model_name: str) -> Response:
         pipeline.authorize(request.headers.get("authorization"))
         target = protocol.lookup(manager, model_name)
-        return JSONResponse(protocol.model_metadata(manager, target, protocol.parse_version(version)))
+        return JSONResponse(protocol.model_metadata(manager, target, protocol.parse_version(_version(request))))
 
     @api.get("/models/{model_name}/ready", summary="200 when the model (version) is ready, 400 otherwise.")
-    @api.get("/models/{model_name}/versions/{version}/ready", summary="200 when that version is ready.")
-    async def model_ready(request: Request, model_name: str, version: str | None = None) -> Response:
+    @api.get("/models/{model_name}/versions/{version}/ready", summary="200 when that version is ready.",
+             openapi_extra=_VERSION_PARAMETER)
+    async def model_ready(request: Request, model_name: str) -> Response:
         pipeline.authorize(request.headers.get("authorization"))
         target = protocol.lookup(manager, model_name)
-        ready = protocol.model_ready(manager, target, protocol.parse_version(version))
+        ready = protocol.model_ready(manager, target, protocol.parse_version(_version(request)))
         return JSONResponse({"name": target.name, "ready": ready}, status_code=200 if ready else 400)
 
     @api.get("/models/{model_name}/config", summary="Triton model configuration.")
-    @api.get("/models/{model_name}/versions/{version}/config", summary="Triton model configuration of one version.")
-    async def model_config(request: Request, model_name: str, version: str | None = None) -> Response:
+    @api.get("/models/{model_name}/versions/{version}/config", summary="Triton model configuration of one version.",
+             openapi_extra=_VERSION_PARAMETER)
+    async def model_config(request: Request, model_name: str) -> Response:
         pipeline.authorize(request.headers.get("authorization"))
         target = protocol.lookup(manager, model_name)
-        return JSONResponse(protocol.model_config(manager, target, protocol.parse_version(version)))
+        return JSONResponse(protocol.model_config(manager, target, protocol.parse_version(_version(request))))
 
     @api.post(
         "/repository/index", summary="Every model and version with its state (READY, UNAVAILABLE, ...).",
@@ -169,12 +176,18 @@ def router(pipeline: Pipeline) -> APIRouter:
 
     @api.post("/models/{model_name}/infer", summary="Inference (JSON or binary tensor data).", openapi_extra=INFER_OPENAPI)
     @api.post(
-        "/models/{model_name}/versions/{version}/infer", summary="Inference on one version.", openapi_extra=INFER_OPENAPI
+        "/models/{model_name}/versions/{version}/infer", summary="Inference on one version.",
+        openapi_extra={**INFER_OPENAPI, **_VERSION_PARAMETER},
     )
-    async def infer(request: Request, model_name: str, version: str | None = None) -> Response:
-        return await _infer(pipeline, request, model_name, version)
+    async def infer(request: Request, model_name: str) -> Response:
+        return await _infer(pipeline, request, model_name, _version(request))
 
     return api
+
+
+def _version(request: Request) -> str | None:
+    """The ``{version}`` path segment of the versioned routes (the same handler serves both forms)."""
+    return request.path_params.get("version")
 
 
 def _explicit_only(pipeline: Pipeline) -> None:
