@@ -3,6 +3,12 @@
     .venv/bin/python tests/soak.py --model-dir model_repository --model resnet20            # 30 min
     .venv/bin/python tests/soak.py --model-dir model_repository --model resnet20 --minutes 3
     .venv/bin/python tests/soak.py --url http://127.0.0.1:8000 --pid 12345 --model resnet18
+    .venv/bin/python tests/soak.py --model-dir repo --model resnet20 --minutes 10 --new-version-every 30
+
+``--new-version-every S`` (with ``--model-dir``) publishes a new version of the model every S seconds
+while the load runs, as the exporter does (a copy of the newest ``model.onnx`` renamed into the next
+numbered folder in one step; the two newest folders are kept), and counts the versions that answered:
+the live repository must switch every time with no failed request and flat RSS.
 
 With ``--model-dir`` it starts ``python -m service`` itself (on a free port); with ``--url`` it
 drives a running server (``--pid`` lets it read that process's RSS from /proc). It measures the
@@ -17,7 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -41,6 +51,25 @@ from server import run_server  # noqa: E402
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+def publish_next_version(model_folder: Path) -> int:
+    """Copy the newest version into the next number with one atomic rename; drop all but the two newest."""
+    versions = sorted(int(p.name) for p in model_folder.iterdir() if p.name.isdigit())
+    newest, target = versions[-1], versions[-1] + 1
+    staging = Path(tempfile.mkdtemp(prefix=f".{target}.partial-", dir=model_folder))
+    shutil.copyfile(model_folder / str(newest) / "model.onnx", staging / "model.onnx")
+    os.rename(staging, model_folder / str(target))
+    for old in versions[:-1]:
+        shutil.rmtree(model_folder / str(old), ignore_errors=True)
+    return target
+
+
+def answered_version(body: bytes) -> int | None:
+    try:
+        return int(json.loads(body)["version"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def valid_image() -> bytes:
@@ -71,6 +100,7 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
         raw_http_request(port, f"/predict?model={args.model}", case.body, case.headers)
         for case in build_corpus()
         if case.kind == "raw" and case.status != 200 and len(case.body) < 200_000 and case.query == MODEL_QUERY
+        and getattr(case, "path", "/predict") == "/predict"
     ]
     # Best of three rounds: on a shared machine one round can land on someone else's busy moment.
     capacity = max([await measure_capacity(port, valid, args.concurrency, 5.0) for _ in range(3)])
@@ -79,6 +109,9 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
 
     statuses: Counter[str] = Counter()
     valid_failures: Counter[str] = Counter()
+    versions: Counter[int] = Counter()
+    minute_versions: set[int] = set()
+    published: list[int] = []
     latencies: list[float] = []
     minute_latencies: list[float] = []
     rss_samples: list[int] = []
@@ -93,15 +126,24 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
             if answer.status == 200:
                 latencies.append(answer.seconds)
                 minute_latencies.append(answer.seconds)
+                version = answered_version(answer.body)
+                if version is not None:
+                    versions[version] += 1
+                    minute_versions.add(version)
             else:
-                valid_failures[outcome] += 1
+                valid_failures[f"{outcome} {answer.error_code() or ''}".strip()] += 1
 
     tasks: set[asyncio.Task[None]] = set()
     started = time.perf_counter()
     end = started + args.minutes * 60
     next_report = started + 60
+    every = args.new_version_every
+    next_version_at = started + every if every else float("inf")
     index = 0
     while time.perf_counter() < end:
+        if time.perf_counter() >= next_version_at:
+            published.append(await asyncio.to_thread(publish_next_version, args.model_dir / args.model))
+            next_version_at += every
         delay = started + index / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -115,10 +157,11 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
             print(
                 f"{(time.perf_counter() - started) / 60:5.1f} min  sent {index}  statuses {dict(statuses)}  "
                 f"p50 {percentile(minute_latencies, 0.5) * 1000:.0f} ms  p99 {percentile(minute_latencies, 0.99) * 1000:.0f} ms"
-                f"  RSS {rss / 1e6:.0f} MB",
+                f"  RSS {rss / 1e6:.0f} MB" + (f"  versions {sorted(minute_versions)}" if every else ""),
                 flush=True,
             )
             minute_latencies.clear()
+            minute_versions.clear()
             next_report += 60
     await asyncio.gather(*tasks)
     if pid:
@@ -133,7 +176,13 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
         f"{rss_samples[-1] / 1e6 if rss_samples else 0:.0f} MB (growth {growth:+.0f} MB)",
         flush=True,
     )
-    return int(bool(valid_failures) or server_errors > 0 or growth > args.max_growth_mb)
+    missed: list[int] = []
+    if every:
+        # The last version may have been published too close to the end to be seen.
+        missed = [v for v in published[:-1] if versions[v] == 0]
+        print(f"VERSIONS: published {len(published)} ({published[:1]}..{published[-1:]}); answers by version "
+              f"{dict(sorted(versions.items()))}; never answered: {missed}", flush=True)
+    return int(bool(valid_failures) or server_errors > 0 or growth > args.max_growth_mb or bool(missed))
 
 
 def main() -> int:
@@ -148,8 +197,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="clients of the capacity measurement")
     parser.add_argument("--hostile-every", type=int, default=20, help="every Nth request is hostile (0: none)")
     parser.add_argument("--max-growth-mb", type=float, default=100.0)
+    parser.add_argument("--new-version-every", type=float, default=0.0,
+                        help="with --model-dir: publish a new version of --model every this many seconds")
     parser.add_argument("server_args", nargs="*", help="extra flags for python -m service (after --)")
     args = parser.parse_args()
+    if args.new_version_every and args.model_dir is None:
+        parser.error("--new-version-every needs --model-dir (the repository it publishes into)")
     with ExitStack() as stack:
         if args.model_dir is not None:
             server = stack.enter_context(run_server(args.model_dir.resolve(), *args.server_args))
