@@ -425,8 +425,11 @@ class ModelManager:
         self.required.add(served.name)
         self._publish_metrics(model)
         self.metrics.version_loads.labels(served.name).inc()
-        log.info("model %s v%d serving (load + warm-up %.2f s)", served.name, entry.version,
-                 time.perf_counter() - started)
+        log.info(
+            "model %s v%d serving: session %.2f s, warm-up %.2f s, switched in %.2f s after the scan found it",
+            served.name, entry.version, model.load_seconds - model.warmup_seconds, model.warmup_seconds,
+            time.perf_counter() - started,
+        )
 
     def _refuse(self, served: ServedModel, entry: ModelEntry, reason: str) -> None:
         served.refused[entry.version] = Refusal(entry.fingerprint, reason)
@@ -447,12 +450,15 @@ class ModelManager:
 
     async def _finish_retirement(self, old: ServedVersion) -> None:
         started = time.perf_counter()
+        name, version, held = old.name, old.version, old.leases
         await old.retire(self.settings.request_timeout_s + self.settings.body_timeout_s)
+        drained = time.perf_counter() - started
         self._forget_metrics(old.model)
         old.model.close()
         del old
         await asyncio.to_thread(_collect_garbage)
-        log.info("retired a version in %.2f s; its memory is released", time.perf_counter() - started)
+        log.info("model %s v%d released: %d requests held it, drained in %.2f s, memory returned %.2f s later",
+                 name, version, held, drained, time.perf_counter() - started - drained)
 
     # --- metrics -------------------------------------------------------------------------------
 
