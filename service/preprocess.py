@@ -19,6 +19,7 @@ import io
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -148,11 +149,11 @@ class _ViewReader(io.RawIOBase):
         return self._position
 
 
-def _readable(data: bytes | bytearray | memoryview) -> io.IOBase:
+def _readable(data: bytes | bytearray | memoryview) -> IO[bytes]:
     """A file object over ``data``; ``bytes`` are shared by BytesIO itself, other buffers by a view."""
     if isinstance(data, bytes):
         return io.BytesIO(data)
-    return io.BufferedReader(_ViewReader(data))
+    return io.BufferedReader(_ViewReader(data))  # type: ignore[return-value]
 
 
 def apply_exif_orientation(image: Image.Image) -> Image.Image:

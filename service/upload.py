@@ -120,7 +120,7 @@ async def read_body(
     idle_timeout_s: float | None,
     lease: BodyLease | None,
     charge: Charge | None = None,
-) -> bytes:
+) -> bytearray:
     """The whole body as bytes under the same limits, budget and timeouts as :func:`read_uploads`.
 
     ``charge(n)`` is what the first ``n`` body bytes cost in the byte budget (default ``n``): a JSON

@@ -20,10 +20,9 @@ import httpx
 import onnx
 import pytest
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
-
 from conftest import cifar_checkpoint, cifar_sample
 from server import RunningServer, run_server
+from tritonclient.utils import InferenceServerException
 
 POLL_S = 0.5
 CLIENTS = 8

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
-
 from conftest import cifar_sample
 from hostile_corpus import RssSampler, raw_http_request, rss_bytes, send_raw
+from PIL import Image
 from server import link_repository, run_server
+
 from service.budget import rss_bound
 from service.settings import Settings
 

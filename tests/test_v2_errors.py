@@ -18,11 +18,10 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-from tritonclient.grpc import service_pb2, service_pb2_grpc
-
 from conftest import shared_path
+from PIL import Image
 from server import RunningServer, free_port, link_repository, run_server
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 MAX_UPLOAD = 1_000_000
 MAX_FILES = 4

@@ -22,10 +22,10 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from PIL import Image
-
 from conftest import CIFAR_SAMPLE_ACCURACY, REPO_ROOT, cifar_sample, shared_path
+from PIL import Image
 from server import RunningServer, free_port, link_repository, run_server
+
 from service.model_card import ModelCard
 
 EXAMPLES = Path(os.environ.get("RESNET_SERVE_TRITON_EXAMPLES", REPO_ROOT.parent / "triton-client/src/python/examples"))

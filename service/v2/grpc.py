@@ -158,14 +158,12 @@ class GrpcDoor:
 
     async def repository_load(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self._authorize(context)
-        _explicit_only(self.settings.model_control)
-        await self.manager.load(protocol.check_name(request.model_name))
+        await protocol.repository_control(self.manager, self.settings.model_control, "load", request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def repository_unload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self._authorize(context)
-        _explicit_only(self.settings.model_control)
-        await self.manager.unload(protocol.check_name(request.model_name))
+        await protocol.repository_control(self.manager, self.settings.model_control, "unload", request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # --- inference --------------------------------------------------------------------------------
@@ -228,14 +226,6 @@ def parse_infer_request(request: Any) -> InferCall:
                     raise ServiceError(400, "invalid_request", f"outputs[{index}].classification must be positive")
             outputs.append(RequestedOutput(item.name, classification))
     return InferCall(inputs, outputs, request.id or None)
-
-
-def _explicit_only(mode: str) -> None:
-    if mode != "explicit":
-        raise ServiceError(
-            400, "model_control",
-            f"model load/unload needs RESNET_SERVE_MODEL_CONTROL=explicit (this server runs {mode!r})",
-        )
 
 
 def _config_message(config: dict[str, Any]) -> Any:

@@ -100,6 +100,20 @@ def check_name(name: str) -> str:
     return name
 
 
+async def repository_control(manager: ModelManager, mode: str, action: str, name: str) -> None:
+    """Explicit model control (Triton's model repository extension): load or unload one model by name."""
+    if mode != "explicit":
+        raise ServiceError(
+            400, "model_control",
+            f"model load/unload needs RESNET_SERVE_MODEL_CONTROL=explicit (this server runs {mode!r})",
+        )
+    name = check_name(name)
+    if action == "load":
+        await manager.load(name)
+    else:
+        await manager.unload(name)
+
+
 def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
 

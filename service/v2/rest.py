@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -152,27 +153,12 @@ def router(pipeline: Pipeline) -> APIRouter:
             raise ServiceError(400, "invalid_request", "ready must be true or false")
         return JSONResponse(protocol.repository_index(manager, ready_only))
 
-    @api.post(
-        "/repository/models/{model_name}/load", summary="Explicit model control: load or reload a model.",
-        openapi_extra=_CONTROL_OPENAPI,
-    )
-    async def load(request: Request, model_name: str) -> Response:
-        pipeline.authorize(request.headers.get("authorization"))
-        await _small_json(request)
-        _explicit_only(pipeline)
-        await manager.load(protocol.check_name(model_name))
-        return JSONResponse({})
-
-    @api.post(
-        "/repository/models/{model_name}/unload", summary="Explicit model control: unload a model.",
-        openapi_extra=_CONTROL_OPENAPI,
-    )
-    async def unload(request: Request, model_name: str) -> Response:
-        pipeline.authorize(request.headers.get("authorization"))
-        await _small_json(request)
-        _explicit_only(pipeline)
-        await manager.unload(protocol.check_name(model_name))
-        return JSONResponse({})
+    for action in ("load", "unload"):
+        api.add_api_route(
+            f"/repository/models/{{model_name}}/{action}", _control(pipeline, action), methods=["POST"],
+            summary=f"Explicit model control: {action} a model (from MODEL_DIR, by name).",
+            openapi_extra=_CONTROL_OPENAPI,
+        )
 
     @api.post("/models/{model_name}/infer", summary="Inference (JSON or binary tensor data).", openapi_extra=INFER_OPENAPI)
     @api.post(
@@ -190,13 +176,15 @@ def _version(request: Request) -> str | None:
     return request.path_params.get("version")
 
 
-def _explicit_only(pipeline: Pipeline) -> None:
-    mode = pipeline.settings.model_control
-    if mode != "explicit":
-        raise ServiceError(
-            400, "model_control",
-            f"model load/unload needs RESNET_SERVE_MODEL_CONTROL=explicit (this server runs {mode!r})",
-        )
+def _control(pipeline: Pipeline, action: str) -> Callable[[Request, str], Awaitable[Response]]:
+    async def control(request: Request, model_name: str) -> Response:
+        pipeline.authorize(request.headers.get("authorization"))
+        await _small_json(request)
+        await protocol.repository_control(pipeline.state.manager, pipeline.settings.model_control, action, model_name)
+        return JSONResponse({})
+
+    control.__name__ = f"repository_{action}"
+    return control
 
 
 async def _small_json(request: Request) -> dict[str, Any]:
@@ -263,14 +251,14 @@ def _header_length(request: Request) -> int | None:
     return int(raw)
 
 
-def _parse_json(raw: bytes | memoryview, where: str) -> Any:
+def _parse_json(raw: bytes | bytearray | memoryview, where: str) -> Any:
     try:
         return json.loads(bytes(raw))
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
         raise ServiceError(400, "invalid_request", f"{where} is not valid JSON: {str(exc)[:200]}") from None
 
 
-def parse_infer_request(raw: bytes, header_length: int | None) -> InferCall:
+def parse_infer_request(raw: bytes | bytearray, header_length: int | None) -> InferCall:
     """The JSON header and its binary tensor data -> an :class:`InferCall` (every field checked)."""
     if header_length is not None and header_length > len(raw):
         raise ServiceError(
