@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     int8 = parser.add_argument_group(
         "INT8", "static INT8 (onnxruntime QDQ, per-channel) with an accuracy gate; see export/README.md"
     )
-    int8.add_argument("--int8", action="store_true", help="quantize to INT8 (CPU serving: ~3x fp32 ResNet-50)")
+    int8.add_argument(
+        "--int8", action="store_true", help="quantize to INT8 (CPU serving: ~3x fp32 ResNet-50)"
+    )
     int8.add_argument(
         "--calibration", type=Path, metavar="DIR", help="images to calibrate on (required with --int8)"
     )
@@ -98,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", choices=sorted(PRESETS), help="preprocessing preset (or give --mean and --std)"
     )
     imported.add_argument("--resize", type=int, metavar="PX", help="shorter side before the centre crop")
-    imported.add_argument("--crop", type=int, metavar="PX", help="centre crop (default: the model's input size)")
+    imported.add_argument(
+        "--crop", type=int, metavar="PX", help="centre crop (default: the model's input size)"
+    )
     imported.add_argument("--crop-pct", type=float, metavar="F", help="resize = floor(crop / F), timm style")
     imported.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic"])
     imported.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="on 0..1 pixels")

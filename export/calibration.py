@@ -65,10 +65,13 @@ def list_images(folder: Path, what: str) -> list[Path]:
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
             groups.setdefault(path.parent, []).append(path)
     ordered = [groups[key] for key in sorted(groups)]
-    files = [group[i] for i in range(max(map(len, ordered), default=0)) for group in ordered if i < len(group)]
+    files = [
+        group[i] for i in range(max(map(len, ordered), default=0)) for group in ordered if i < len(group)
+    ]
     if not files:
         raise ExportError(
-            f"{what} folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}), searched recursively"
+            f"{what} folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}),"
+            " searched recursively"
         )
     return files
 
@@ -112,7 +115,8 @@ def select(
         held_source = f"{calibration} (the images after the calibration ones)"
         if taken == 0:
             raise ExportError(
-                f"calibration folder {calibration} has {len(files)} image(s): too few to split into calibration"
+                f"calibration folder {calibration} has {len(files)} image(s): too few to split into"
+                " calibration"
                 " and held-out images; add images or give --holdout DIR"
             )
     else:
@@ -128,4 +132,9 @@ def select(
             " or pass --min-agreement 0 to export without a gate (benchmarks only)"
         )
     calibration_source = f"{len(calibration_files)} of {len(files)} images in {calibration}"
-    return calibration_files, holdout_files, calibration_source, f"{len(holdout_files)} images from {held_source}"
+    return (
+        calibration_files,
+        holdout_files,
+        calibration_source,
+        f"{len(holdout_files)} images from {held_source}",
+    )

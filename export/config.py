@@ -32,7 +32,18 @@ Log = Callable[[str], None]
 _COMMON_KEYS = {"name", "version", "labels"}
 _INT8_KEYS = {"int8", "calibration", "calibration_count", "holdout", "holdout_count", "min_agreement"}
 _ARCH_KEYS = {"arch", "weights", "fp16", "opset", "verify", "num_classes"}
-_ONNX_KEYS = {"onnx", "preset", "resize", "crop", "crop_pct", "interpolation", "mean", "std", "outputs", "output"}
+_ONNX_KEYS = {
+    "onnx",
+    "preset",
+    "resize",
+    "crop",
+    "crop_pct",
+    "interpolation",
+    "mean",
+    "std",
+    "outputs",
+    "output",
+}
 
 
 @dataclass(frozen=True)
@@ -133,7 +144,9 @@ def _request(entry: Any, index: int, path: Path) -> Request:
     allowed = _COMMON_KEYS | _INT8_KEYS | (_ONNX_KEYS if is_import else _ARCH_KEYS)
     unknown = sorted(set(entry) - allowed)
     if unknown:
-        hint = " (an onnx = entry takes no arch/weights keys)" if is_import and set(unknown) & _ARCH_KEYS else ""
+        hint = (
+            " (an onnx = entry takes no arch/weights keys)" if is_import and set(unknown) & _ARCH_KEYS else ""
+        )
         raise ExportError(
             f"{where}: unknown keys {', '.join(unknown)}{hint} (allowed: {', '.join(sorted(allowed))})"
         )

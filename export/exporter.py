@@ -33,7 +33,7 @@ RANDOM_INIT_SPEC = f"random-init (seed {RANDOM_INIT_SEED})"
 
 Log = Callable[[str], None]
 
-__all__ = ["ExportResult", "RANDOM_INIT_SEED", "RANDOM_INIT_SPEC", "export_model"]
+__all__ = ["RANDOM_INIT_SEED", "RANDOM_INIT_SPEC", "ExportResult", "export_model"]
 
 
 def export_model(

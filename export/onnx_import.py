@@ -92,7 +92,9 @@ def import_onnx(
     resolved = resolve(preprocessing, signature.side)
     labels = read_labels_file(labels_file) if labels_file is not None else None
     if labels is not None and signature.classes is not None and len(labels) != signature.classes:
-        raise ExportError(f"{labels_file} has {len(labels)} labels but the model has {signature.classes} classes")
+        raise ExportError(
+            f"{labels_file} has {len(labels)} labels but the model has {signature.classes} classes"
+        )
     if int8 and signature.opset < 13:
         raise ExportError(f"INT8 needs opset >= 13 (per-channel QDQ); {path} uses opset {signature.opset}")
     plan = int8_step.plan(int8_options or int8_step.Int8Options(None), resolved) if int8 else None
@@ -130,7 +132,10 @@ def import_onnx(
         )
     classes = raw.shape[1]
     kind = _output_kind(outputs, raw)
-    log(f"{prefix} output {signature.output_name!r}: {classes} classes, {kind}{' (auto)' if outputs == 'auto' else ''}")
+    log(
+        f"{prefix} output {signature.output_name!r}: {classes} classes,"
+        f" {kind}{' (auto)' if outputs == 'auto' else ''}"
+    )
     if labels is not None and len(labels) != classes:
         raise ExportError(f"{labels_file} has {len(labels)} labels but the model has {classes} classes")
     if labels is None:
@@ -178,7 +183,9 @@ def import_onnx(
                 "input": signature.input_name,
                 "output": signature.output_name,
                 "outputs": kind,
-                "batch": "dynamic" if signature.fixed_batch is None else f"fixed {signature.fixed_batch}, made dynamic",
+                "batch": "dynamic"
+                if signature.fixed_batch is None
+                else f"fixed {signature.fixed_batch}, made dynamic",
                 "preprocessing_spec": preprocessing.as_settings(),
             },
         ),
@@ -197,7 +204,10 @@ def inspect_signature(model: onnx.ModelProto, output_name: str | None) -> Signat
     inputs = [value for value in graph.input if value.name not in initializers]
     if len(inputs) != 1:
         found = ", ".join(repr(value.name) for value in inputs) or "none"
-        raise ExportError(f"the model has {len(inputs)} inputs ({found}); only single-input image classifiers can be wrapped")
+        raise ExportError(
+            f"the model has {len(inputs)} inputs ({found});"
+            " only single-input image classifiers can be wrapped"
+        )
     (image,) = inputs
     if not image.type.HasField("tensor_type") or image.type.tensor_type.elem_type != TensorProto.FLOAT:
         raise ExportError(
@@ -212,13 +222,16 @@ def inspect_signature(model: onnx.ModelProto, output_name: str | None) -> Signat
         raise ExportError(f"input {image.name!r} has shape {_dims(dims)}: expected 3 channels second{layout}")
     if (height is None) != (width is None) or (height is not None and height != width):
         raise ExportError(
-            f"input {image.name!r} has shape {_dims(dims)}: the service feeds square crops (H == W, both fixed"
+            f"input {image.name!r} has shape {_dims(dims)}: the service feeds square crops"
+            " (H == W, both fixed"
             " or both dynamic)"
         )
     output = _pick_output(graph, output_name)
     out_type = output.type.tensor_type
     if not output.type.HasField("tensor_type") or out_type.elem_type != TensorProto.FLOAT:
-        raise ExportError(f"output {output.name!r} is {_type_name(output.type)}; expected float32 [N, classes]")
+        raise ExportError(
+            f"output {output.name!r} is {_type_name(output.type)}; expected float32 [N, classes]"
+        )
     out_dims = list(out_type.shape.dim)
     if out_type.HasField("shape") and len(out_dims) != 2:
         raise ExportError(f"output {output.name!r} has shape {_dims(out_dims)}; expected [N, classes]")
@@ -245,7 +258,9 @@ def wrap(
     scale = numpy_helper.from_array((1.0 / (255.0 * std)).astype(np.float32), "wrap/scale")
     shift = numpy_helper.from_array((-mean / std).astype(np.float32), "wrap/shift")
     prologue = [
-        helper.make_node("Transpose", [INPUT_NAME], ["wrap/nchw_uint8"], name="wrap/Transpose", perm=[0, 3, 1, 2]),
+        helper.make_node(
+            "Transpose", [INPUT_NAME], ["wrap/nchw_uint8"], name="wrap/Transpose", perm=[0, 3, 1, 2]
+        ),
         helper.make_node("Cast", ["wrap/nchw_uint8"], ["wrap/nchw"], name="wrap/Cast", to=TensorProto.FLOAT),
         helper.make_node("Mul", ["wrap/nchw", "wrap/scale"], ["wrap/scaled"], name="wrap/Mul"),
         helper.make_node("Add", ["wrap/scaled", "wrap/shift"], [user_input], name="wrap/Add"),
@@ -258,7 +273,9 @@ def wrap(
     graph = helper.make_graph(
         [*prologue, *body.node, epilogue],
         body.name or "imported",
-        inputs=[helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, [BATCH_AXIS_NAME, side, side, 3])],
+        inputs=[
+            helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, [BATCH_AXIS_NAME, side, side, 3])
+        ],
         outputs=[helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH_AXIS_NAME, classes])],
         initializer=[*body.initializer, scale, shift],
         sparse_initializer=list(body.sparse_initializer),
@@ -283,7 +300,8 @@ def _pick_output(graph: onnx.GraphProto, output_name: str | None) -> onnx.ValueI
         raise ExportError(f"the model has no output {output_name!r}; its outputs: {', '.join(names)}")
     if len(graph.output) != 1:
         raise ExportError(
-            f"the model has {len(names)} outputs ({', '.join(names)}): pick the class scores with --output NAME"
+            f"the model has {len(names)} outputs ({', '.join(names)}):"
+            " pick the class scores with --output NAME"
         )
     return graph.output[0]
 
@@ -327,7 +345,11 @@ def _normalised(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
 
 
 def _run_original(
-    session: ort.InferenceSession, signature: Signature, preprocessing: Preprocessing, pixels: np.ndarray, path: Path
+    session: ort.InferenceSession,
+    signature: Signature,
+    preprocessing: Preprocessing,
+    pixels: np.ndarray,
+    path: Path,
 ) -> np.ndarray:
     """The original file's output for ``pixels``, in chunks of its fixed batch size (padded) if it has one."""
     size = signature.fixed_batch or BATCH_SIZE
@@ -344,7 +366,9 @@ def _run_original(
             raise ExportError(f"onnxruntime cannot run {path} on {list(chunk.shape)} input: {exc}") from None
         out = np.asarray(out)
         if out.ndim != 2:
-            raise ExportError(f"output {signature.output_name!r} has shape {list(out.shape)}; expected [N, classes]")
+            raise ExportError(
+                f"output {signature.output_name!r} has shape {list(out.shape)}; expected [N, classes]"
+            )
         rows.append(out[:count])
     return np.concatenate(rows).astype(np.float32)
 
@@ -399,7 +423,11 @@ def _check_batch_eight(wrapped_bytes: bytes, pixels: np.ndarray, signature: Sign
 
 
 def _dims(dims: list[onnx.TensorShapeProto.Dimension]) -> str:
-    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims) + "]"
+    return (
+        "["
+        + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
+        + "]"
+    )
 
 
 def _type_name(value_type: onnx.TypeProto) -> str:

@@ -74,7 +74,9 @@ def resolve(spec: PreprocessingSpec, model_side: int | None) -> Preprocessing:
         raise ExportError(f"--crop {spec.crop} but the model's input is fixed at {model_side}x{model_side}")
     crop = spec.crop or model_side or (preset.crop if preset else None)
     if crop is None:
-        raise ExportError("the model's input size is dynamic: give --crop (the side the model was trained at)")
+        raise ExportError(
+            "the model's input size is dynamic: give --crop (the side the model was trained at)"
+        )
     if spec.resize is not None and spec.crop_pct is not None:
         raise ExportError("give --resize or --crop-pct, not both")
     crop_pct = spec.crop_pct if spec.crop_pct is not None else (preset.crop_pct if preset else None)
@@ -102,7 +104,9 @@ def resolve(spec: PreprocessingSpec, model_side: int | None) -> Preprocessing:
             std=tuple(float(v) for v in std),  # type: ignore[arg-type]
         )
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'preprocessing'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'preprocessing'}: {e['msg']}" for e in exc.errors()
+        )
         raise ExportError(f"invalid preprocessing: {problems}") from None
 
 

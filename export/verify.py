@@ -3,8 +3,9 @@
 The reference is the plain PyTorch network in fp32 (for an imported ONNX file: the original file in
 onnxruntime) with the textbook normalisation ``(x / 255 - mean) / std`` written independently of the
 exported wrapper, so a mistake in the wrapper (channel order, scaling) shows up as a difference too.
-INT8 files are held to top-1 agreement on held-out images instead (:func:`verify_quantized`). Inputs are real images from ``../shared/data``
-when that folder is there (through the service's own preprocessing), topped up with synthetic ones.
+INT8 files are held to top-1 agreement on held-out images instead (:func:`verify_quantized`).
+Inputs are real images from ``../shared/data`` when that folder is there (through the service's own
+preprocessing), topped up with synthetic ones.
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ def verify(
 
     figures: dict[str, Any] = {
         "inputs": inputs.description,
-        "images": int(len(pixels)),
+        "images": len(pixels),
         "real_images": inputs.real_count,
         "reference": reference_name,
         "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
@@ -255,8 +256,8 @@ def verify_quantized(
     one_by_one = onnx_probabilities(session, holdout[: len(batched)], 1)
     figures: dict[str, Any] = {
         "inputs": f"held-out: {holdout_source}",
-        "images": int(len(holdout)),
-        "real_images": int(len(holdout)),
+        "images": len(holdout),
+        "real_images": len(holdout),
         "reference": reference_name,
         "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
         "max_abs_diff": float(abs_diff.max()),

@@ -78,7 +78,7 @@ class Quantization(BaseModel):
     holdout_images: int = Field(ge=0, description="Held-out images the gate measured on.")
     holdout_source: str = ""
     top1_agreement: float = Field(ge=0.0, le=1.0, description="Share of held-out images with the same top-1.")
-    max_abs_diff: float = Field(ge=0.0, description="Largest |probability difference| on the held-out images.")
+    max_abs_diff: float = Field(ge=0.0, description="Largest |probability difference|, held-out images.")
     min_agreement: float = Field(ge=0.0, le=1.0, description="The gate's threshold at export time.")
 
 
