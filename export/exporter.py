@@ -86,7 +86,7 @@ def export_model(
         log(f"{prefix} labels: {labels.origin}")
     preprocessing = _card_preprocessing(models.preprocessing_for(arch, checkpoint))
     plan = (
-        int8_step.plan(
+        int8_step.plan_int8(
             int8_step.Int8Options(calibration, calibration_count, holdout, holdout_count, min_agreement),
             preprocessing,
         )
@@ -137,7 +137,7 @@ def export_model(
 
     quantization = None
     if plan is not None:
-        graph, quantization, gate = int8_step.run(
+        graph, quantization, gate = int8_step.run_int8(
             plan, graph.SerializeToString(), preprocessing, reference, reference_name, prefix=prefix, log=log
         )
         figures = {**gate, "fp32_graph": figures}

@@ -58,11 +58,13 @@ class Int8Plan:
         }
 
 
-def plan(options: Int8Options, preprocessing: Preprocessing) -> Int8Plan:
+def plan_int8(options: Int8Options, preprocessing: Preprocessing) -> Int8Plan:
     """Check the options and choose the calibration and held-out files; ExportError on anything off."""
     if not 0.0 <= options.min_agreement <= 1.0:
         raise ExportError(f"--min-agreement must be between 0 and 1, got {options.min_agreement}")
-    holdout_count = options.holdout_count or default_holdout_count(preprocessing)
+    holdout_count = (
+        default_holdout_count(preprocessing) if options.holdout_count is None else options.holdout_count
+    )
     calibration, holdout, calibration_source, holdout_source = select(
         options.calibration,
         options.calibration_count,
@@ -74,8 +76,8 @@ def plan(options: Int8Options, preprocessing: Preprocessing) -> Int8Plan:
     return Int8Plan(options, tuple(calibration), tuple(holdout), calibration_source, holdout_source, sha256)
 
 
-def run(
-    plan_: Int8Plan,
+def run_int8(
+    plan: Int8Plan,
     float_bytes: bytes,
     preprocessing: Preprocessing,
     reference: Reference,
@@ -86,8 +88,8 @@ def run(
 ) -> tuple[onnx.ModelProto, Quantization, dict[str, Any]]:
     """Quantize ``float_bytes`` and hold it to the gate; (INT8 graph, its card record, gate figures)."""
     started = time.perf_counter()
-    calibration = load_images(plan_.calibration_files, preprocessing, plan_.calibration_source)
-    log(f"{prefix} INT8: calibrating on {plan_.calibration_source}")
+    calibration = load_images(plan.calibration_files, preprocessing, plan.calibration_source)
+    log(f"{prefix} INT8: calibrating on {plan.calibration_source}")
     quantized, kept = quantize(float_bytes, calibration.pixels)
     check_graph(quantized)
     counts: dict[str, int] = {}
@@ -99,36 +101,36 @@ def run(
         f" DequantizeLinear; float: {', '.join(kept) or 'nothing'})"
     )
     gate_started = time.perf_counter()
-    holdout = load_images(plan_.holdout_files, preprocessing, plan_.holdout_source)
+    holdout = load_images(plan.holdout_files, preprocessing, plan.holdout_source)
     figures = verify_quantized(
         quantized.SerializeToString(),
         reference,
         reference_name,
         holdout.pixels,
-        plan_.holdout_source,
-        plan_.options.min_agreement,
+        plan.holdout_source,
+        plan.options.min_agreement,
     )
     figures["seconds"] = round(time.perf_counter() - gate_started, 2)
     log(
         f"{prefix} INT8 gate passed: top-1 agreement {figures['top1_agreement']:.2%} with {reference_name}"
         f" ({figures['top1_mismatches']} of {figures['images']} held-out images differ,"
-        f" threshold {plan_.options.min_agreement:.2%}), max |Δprob| {figures['max_abs_diff']:.3f},"
+        f" threshold {plan.options.min_agreement:.2%}), max |Δprob| {figures['max_abs_diff']:.3f},"
         f" mean {figures['mean_abs_diff']:.1e} ({figures['seconds']:.1f} s)"
     )
-    if plan_.options.min_agreement == 0:
+    if plan.options.min_agreement == 0:
         log(f"{prefix} INT8: --min-agreement 0: no accuracy gate, for benchmarks only")
     settings = asdict(recipe())
     record = Quantization(
         **settings,
-        calibration_images=len(plan_.calibration_files),
-        calibration_source=plan_.calibration_source,
-        calibration_sha256=plan_.calibration_sha256,
+        calibration_images=len(plan.calibration_files),
+        calibration_source=plan.calibration_source,
+        calibration_sha256=plan.calibration_sha256,
         float_nodes=tuple(kept),
         reference=reference_name,
         holdout_images=figures["images"],
-        holdout_source=plan_.holdout_source,
+        holdout_source=plan.holdout_source,
         top1_agreement=figures["top1_agreement"],
         max_abs_diff=figures["max_abs_diff"],
-        min_agreement=plan_.options.min_agreement,
+        min_agreement=plan.options.min_agreement,
     )
     return quantized, record, figures

@@ -97,7 +97,7 @@ def import_onnx(
         )
     if int8 and signature.opset < 13:
         raise ExportError(f"INT8 needs opset >= 13 (per-channel QDQ); {path} uses opset {signature.opset}")
-    plan = int8_step.plan(int8_options or int8_step.Int8Options(None), resolved) if int8 else None
+    plan = int8_step.plan_int8(int8_options or int8_step.Int8Options(None), resolved) if int8 else None
     precision = "int8" if int8 else "fp32"
     settings: dict[str, Any] = {
         "source": "onnx",
@@ -157,7 +157,7 @@ def import_onnx(
     graph = wrapped
     quantization = None
     if plan is not None:
-        graph, quantization, gate = int8_step.run(
+        graph, quantization, gate = int8_step.run_int8(
             plan, wrapped_bytes, resolved, reference, reference_name, prefix=prefix, log=log
         )
         figures = {**gate, "fp32_graph": figures}

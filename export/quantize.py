@@ -16,13 +16,17 @@ The recipe below was chosen by measurement on this project's 2-core AVX-512 VNNI
   calibrators also hold every activation of every image of a collection pass in memory (tens of GB
   for 300 ResNet-50 images in one pass); MinMax keeps two numbers per tensor.
 * Left in float: the uint8 -> normalised-float prologue (Transpose, Cast, Mul, Add: a few hundred
-  thousand element-wise ops per image); the first convolution, whose input is the image (held-out
-  agreement resnet20/32/44/56 99.1/98.0/98.7/98.7 % -> 98.9/99.0/99.4/98.4 %, accuracy loss at most 0.5
-  -> 0.3 point, for ~8 % of ResNet-50's INT8 speed); the classifier head (Gemm/MatMul: 0.05 % of
-  ResNet-50's arithmetic; float, resnet20's held-out agreement 98.7 -> 99.1 %); and the Softmax
-  (quantized, probabilities come in steps of 1/256; max |dprob| rose 0.27 -> 0.32 on resnet20).
-  Quantizing the prologue and softmax too, or only Conv and Gemm (float residual Adds, a Q/DQ pair
-  around each), measured slower: 41.8 and 37.7 against 79.5 img/s (ResNet-50, batch 8, busy machine).
+  thousand element-wise ops per image); the classifier head (Gemm/MatMul: 0.05 % of ResNet-50's
+  arithmetic; float, resnet20's held-out agreement 98.7 -> 99.1 %); and the Softmax (quantized,
+  probabilities come in steps of 1/256; max |dprob| rose 0.27 -> 0.32 on resnet20). Quantizing the
+  prologue and softmax too, or only Conv and Gemm (float residual Adds, a Q/DQ pair around each),
+  measured slower: 41.8 and 37.7 against 79.5 img/s (ResNet-50, batch 8, busy machine).
+* The first convolution is quantized although it costs agreement: float, its input being the image
+  (8 bits per tensor are coarser than the 8 bits per channel the pixels had), held-out agreement
+  resnet20/32/44/56 went 99.1/98.0/98.7/98.7 -> 98.9/99.0/99.4/98.4 %, but ResNet-50 then needed 26.6
+  instead of 20.4 CPU ms per image (x2.29 instead of x2.99 fp32 at batch 8): onnxruntime runs the
+  float conv in NCHW(c) and reorders, quantizes and max-pools its 112x112x64 output outside the NHWC
+  int8 path.
 """
 
 from __future__ import annotations
@@ -65,11 +69,17 @@ _HEAD_PASS_THROUGH = frozenset({"Add", "Flatten", "Reshape", "Squeeze", "Identit
 _HEAD_OPS = frozenset({"Gemm", "MatMul"})
 
 
+#: Bumped whenever the recipe changes what a file holds (the settings fingerprint includes it, so a
+#: re-export after a change writes a new version instead of saying "unchanged").
+RECIPE_REVISION = 1
+
+
 @dataclass(frozen=True)
 class Recipe:
     """The settings that go into the card (and the settings fingerprint)."""
 
     tool: str
+    revision: int = RECIPE_REVISION
     format: str = "QDQ"
     activations: str = "uint8"
     weights: str = "int8"
@@ -109,10 +119,6 @@ def float_nodes(model: onnx.ModelProto) -> list[str]:
     while len(frontier) == 1 and frontier[0].op_type in _PROLOGUE_OPS:
         keep.append(frontier[0].name)
         frontier = [c for out in frontier[0].output for c in consumers.get(out, [])]
-    # The first convolution too: it sees the image itself, where 8 bits per tensor are coarser than
-    # the 8 bits per channel the pixels had.
-    if len(frontier) == 1 and frontier[0].op_type == "Conv":
-        keep.append(frontier[0].name)
     # Softmax, and the head that feeds it (through bias Adds, flattening and reshapes).
     for node in nodes:
         if node.op_type not in _SOFTMAX_OPS:
