@@ -157,11 +157,13 @@ def test_int8_card_records_precision_quantization_and_the_gate(repo: Path) -> No
 def test_rerun_is_unchanged_and_other_calibration_is_a_new_version(tmp_path: Path) -> None:
     weights = str(cifar_checkpoint("resnet20"))
     sample_dir = shared_path("data", "cifar10-sample")
+    # Small calibration sets are quicker but less accurate (120 images: 97.5 % agreement): this test is
+    # about the fingerprint, not the gate, so the threshold is lowered; it is not part of the fingerprint.
     common = {"model_dir": tmp_path, "name": "q", "int8": True, "calibration": sample_dir, "log": quiet}
-    first = export_model("resnet20", weights, calibration_count=100, **common)
-    again = export_model("resnet20", weights, calibration_count=100, **common)
+    first = export_model("resnet20", weights, calibration_count=100, min_agreement=0.9, **common)
+    again = export_model("resnet20", weights, calibration_count=100, min_agreement=0.95, **common)
     assert (first.skipped, again.skipped, again.version) == (False, True, 1)
-    other = export_model("resnet20", weights, calibration_count=120, **common)
+    other = export_model("resnet20", weights, calibration_count=120, min_agreement=0.9, **common)
     assert (other.skipped, other.version) == (False, 2)
     assert other.card.export.quantization.calibration_images == 120
 
@@ -184,6 +186,7 @@ def test_gate_refuses_a_single_black_calibration_image_and_writes_nothing(tmp_pa
             int8=True,
             calibration=black_folder(tmp_path / "black"),
             holdout=shared_path("data", "cifar10-sample"),
+            holdout_count=300,
             log=quiet,
         )
     assert not repo.exists() or not list(repo.rglob("*"))
