@@ -1,4 +1,5 @@
-"""Command line: ``python -m export ARCH --weights SPEC ...`` or ``python -m export --config models.toml``."""
+"""Command line: ``python -m export ARCH --weights SPEC ...``, ``python -m export --onnx FILE ...``
+(import an existing ONNX classifier) or ``python -m export --config models.toml``."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from export.config import ExportRequest, load_config
+from export.calibration import DEFAULT_CALIBRATION_COUNT
+from export.config import ExportRequest, ImportRequest, Request, load_config
 from export.errors import ExportError
-from export.exporter import ExportResult, export_model
 from export.graph import DEFAULT_OPSET
+from export.int8 import Int8Options
+from export.onnx_import import OUTPUT_KINDS
+from export.presets import PRESETS, PreprocessingSpec
+from export.publish import ExportResult
+from export.verify import INT8_MIN_TOP1_AGREEMENT
 
 MODEL_DIR_ENV = "RESNET_SERVE_MODEL_DIR"
 RANDOM_WEIGHTS = "random"
@@ -47,42 +53,164 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--fp16", action="store_true", help="half-precision weights and compute (for GPUs)")
     parser.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+        "--opset", type=int, help=f"ONNX opset (default {DEFAULT_OPSET}; an imported file keeps its own)"
     )
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
+
+    int8 = parser.add_argument_group(
+        "INT8", "static INT8 (onnxruntime QDQ, per-channel) with an accuracy gate; see export/README.md"
+    )
+    int8.add_argument(
+        "--int8", action="store_true", help="quantize to INT8 (CPU serving: ~3x fp32 ResNet-50)"
+    )
+    int8.add_argument(
+        "--calibration", type=Path, metavar="DIR", help="images to calibrate on (required with --int8)"
+    )
+    int8.add_argument(
+        "--calibration-count",
+        type=int,
+        default=DEFAULT_CALIBRATION_COUNT,
+        metavar="N",
+        help=f"calibration images taken from DIR (default {DEFAULT_CALIBRATION_COUNT}; at most half of DIR"
+        " when --holdout is not given)",
+    )
+    int8.add_argument(
+        "--holdout",
+        type=Path,
+        metavar="DIR",
+        help="held-out images for the gate (default: DIR's images not used for calibration)",
+    )
+    int8.add_argument(
+        "--holdout-count", type=int, metavar="N", help="held-out images used (default 1000 small, 200 224px)"
+    )
+    int8.add_argument(
+        "--min-agreement",
+        type=float,
+        default=INT8_MIN_TOP1_AGREEMENT,
+        metavar="F",
+        help=f"least top-1 agreement with fp32 on held-out images (default {INT8_MIN_TOP1_AGREEMENT});"
+        " 0 = no gate, for benchmarks on random weights",
+    )
+
+    imported = parser.add_argument_group(
+        "ONNX import", "wrap an existing float32 NCHW ONNX classifier instead of ARCH/--weights"
+    )
+    imported.add_argument("--onnx", type=Path, metavar="FILE", help="the ONNX file to import")
+    imported.add_argument(
+        "--preset", choices=sorted(PRESETS), help="preprocessing preset (or give --mean and --std)"
+    )
+    imported.add_argument("--resize", type=int, metavar="PX", help="shorter side before the centre crop")
+    imported.add_argument(
+        "--crop", type=int, metavar="PX", help="centre crop (default: the model's input size)"
+    )
+    imported.add_argument("--crop-pct", type=float, metavar="F", help="resize = floor(crop / F), timm style")
+    imported.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic"])
+    imported.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="on 0..1 pixels")
+    imported.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="on 0..1 pixels")
+    imported.add_argument(
+        "--outputs",
+        choices=OUTPUT_KINDS,
+        default="auto",
+        help="what the model emits (auto: checked on real inputs); softmax is added only for logits",
+    )
+    imported.add_argument("--output", metavar="NAME", help="the output to serve when the model has several")
     return parser
+
+
+_IMPORT_ONLY = ("preset", "resize", "crop", "crop_pct", "interpolation", "mean", "std", "output")
+_INT8_ONLY = ("calibration", "holdout", "holdout_count")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config is not None:
-        if args.arch or args.weights:
-            parser.error("--config exports what the file lists: do not also give ARCH or --weights")
+        if args.arch or args.weights or args.onnx:
+            parser.error("--config exports what the file lists: do not also give ARCH, --weights or --onnx")
         return _export_config(args.config, args.model_dir)
-    if not args.arch or not args.weights:
-        parser.error(f"give ARCH and --weights SPEC (or --weights {RANDOM_WEIGHTS}), or --config FILE")
-    request = ExportRequest(
-        arch=args.arch,
-        weights=None if args.weights == RANDOM_WEIGHTS else args.weights,
-        name=args.name or args.arch,
-        version=args.version,
-        labels_file=args.labels,
-        fp16=args.fp16,
-        opset=args.opset,
-        verify=not args.no_verify,
-        num_classes=args.num_classes,
-    )
+    given = [f"--{key.replace('_', '-')}" for key in _INT8_ONLY if getattr(args, key) is not None]
+    if given and not args.int8:
+        parser.error(f"{', '.join(given)} only apply with --int8")
     try:
-        _run(request, args.model_dir)
+        request = _import_request(parser, args) if args.onnx else _export_request(parser, args)
+        request.run(args.model_dir)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def _run(request: ExportRequest, model_dir: Path) -> ExportResult:
-    return export_model(request.arch, request.weights, model_dir=model_dir, **request.as_kwargs())
+def _int8_options(args: argparse.Namespace) -> Int8Options:
+    return Int8Options(
+        calibration=args.calibration,
+        calibration_count=args.calibration_count,
+        holdout=args.holdout,
+        holdout_count=args.holdout_count,
+        min_agreement=args.min_agreement,
+    )
+
+
+def _export_request(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ExportRequest:
+    if not args.arch or not args.weights:
+        parser.error(
+            f"give ARCH and --weights SPEC (or --weights {RANDOM_WEIGHTS}), --onnx FILE, or --config FILE"
+        )
+    given = [f"--{key.replace('_', '-')}" for key in _IMPORT_ONLY if getattr(args, key) is not None]
+    if given:
+        parser.error(f"{', '.join(given)} only apply with --onnx (ARCH brings its own preprocessing)")
+    return ExportRequest(
+        arch=args.arch,
+        weights=None if args.weights == RANDOM_WEIGHTS else args.weights,
+        name=args.name or args.arch,
+        version=args.version,
+        labels_file=args.labels,
+        fp16=args.fp16,
+        opset=args.opset or DEFAULT_OPSET,
+        verify=not args.no_verify,
+        num_classes=args.num_classes,
+        int8=args.int8,
+        int8_options=_int8_options(args),
+    )
+
+
+def _import_request(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ImportRequest:
+    clashes = [
+        flag
+        for flag, value in (
+            ("ARCH", args.arch),
+            ("--weights", args.weights),
+            ("--fp16", args.fp16 or None),
+            ("--num-classes", args.num_classes),
+            ("--opset", args.opset),
+            ("--no-verify", args.no_verify or None),
+        )
+        if value is not None
+    ]
+    if clashes:
+        parser.error(f"--onnx imports a finished graph: {', '.join(clashes)} do not apply")
+    return ImportRequest(
+        onnx=args.onnx,
+        name=args.name or args.onnx.stem,
+        preprocessing=PreprocessingSpec(
+            preset=args.preset,
+            resize=args.resize,
+            crop=args.crop,
+            crop_pct=args.crop_pct,
+            interpolation=args.interpolation,
+            mean=tuple(args.mean) if args.mean else None,
+            std=tuple(args.std) if args.std else None,
+        ),
+        version=args.version,
+        labels_file=args.labels,
+        outputs=args.outputs,
+        output_name=args.output,
+        int8=args.int8,
+        int8_options=_int8_options(args),
+    )
+
+
+def _run(request: Request, model_dir: Path) -> ExportResult:
+    return request.run(model_dir)
 
 
 def _export_config(config: Path, model_dir: Path) -> int:

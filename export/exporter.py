@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,11 +15,15 @@ import torch
 from torch import nn
 
 import models
+from export import int8 as int8_step
+from export.calibration import DEFAULT_CALIBRATION_COUNT
 from export.errors import ExportError
-from export.graph import DEFAULT_OPSET, PixelsToProbabilities, op_counts, set_metadata, trace_to_onnx
+from export.graph import DEFAULT_OPSET, PixelsToProbabilities, op_counts, trace_to_onnx
 from export.labels import ResolvedLabels, resolve_labels
-from export.repository import check_name, existing_versions, read_card, version_path, write_version
-from export.verify import default_image_count, gather_inputs
+from export.publish import ExportResult, fingerprint, publish, target_version, up_to_date
+from export.quantize import MIN_OPSET as INT8_MIN_OPSET
+from export.repository import check_name
+from export.verify import INT8_MIN_TOP1_AGREEMENT, default_image_count, gather_inputs, torch_reference
 from export.verify import verify as verify_graph
 from service.model_card import ExportInfo, ModelCard, Preprocessing, WeightsSource
 
@@ -31,26 +33,7 @@ RANDOM_INIT_SPEC = f"random-init (seed {RANDOM_INIT_SEED})"
 
 Log = Callable[[str], None]
 
-
-@dataclass(frozen=True)
-class ExportResult:
-    """What an export produced (or found already there, when ``skipped``)."""
-
-    path: Path
-    name: str
-    version: int
-    skipped: bool
-    card: ModelCard
-    seconds: float
-    size_bytes: int
-
-    @property
-    def verification(self) -> dict[str, Any]:
-        return self.card.verification
-
-    @property
-    def fingerprint(self) -> str:
-        return str(getattr(self.card.export, "settings_fingerprint", ""))
+__all__ = ["RANDOM_INIT_SEED", "RANDOM_INIT_SPEC", "ExportResult", "export_model"]
 
 
 def export_model(
@@ -65,6 +48,12 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
     num_classes: int | None = None,
+    int8: bool = False,
+    calibration: Path | None = None,
+    calibration_count: int = DEFAULT_CALIBRATION_COUNT,
+    holdout: Path | None = None,
+    holdout_count: int | None = None,
+    min_agreement: float = INT8_MIN_TOP1_AGREEMENT,
     log: Log = print,
 ) -> ExportResult:
     """Export ``arch`` with ``weights`` (a checkpoint spec, or None for seeded random init).
@@ -72,12 +61,17 @@ def export_model(
     Writes ``<model_dir>/<name>/<version>/model.onnx`` only after verification passed. When the
     latest version (or the requested one) already holds the same source hash and settings, nothing
     is done and the result says ``skipped``. Raises :class:`ExportError` for anything to fix.
+
+    ``int8``: static INT8 calibrated on ``calibration`` (a folder of images), then held to top-1
+    agreement >= ``min_agreement`` with the fp32 PyTorch model on held-out images (``holdout``, or the
+    calibration folder's images not used for calibration); below it nothing is written.
     """
     started = time.perf_counter()
     model_dir = Path(model_dir)
     name = check_name(name or arch)
-    precision = "fp16" if fp16 else "fp32"
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     _check_request(arch, version, opset, num_classes)
+    _check_precision(int8, fp16, verify, opset)
     prefix = f"[{name}]"
 
     checkpoint = _load_checkpoint(arch, weights)
@@ -91,19 +85,22 @@ def export_model(
     if labels.labels[0] == "class_0":
         log(f"{prefix} labels: {labels.origin}")
     preprocessing = _card_preprocessing(models.preprocessing_for(arch, checkpoint))
+    plan = (
+        int8_step.plan_int8(
+            int8_step.Int8Options(calibration, calibration_count, holdout, holdout_count, min_agreement),
+            preprocessing,
+        )
+        if int8
+        else None
+    )
     settings = _settings(arch, weights, sha256, precision, opset, classes, labels, preprocessing)
-    fingerprint = _fingerprint(settings)
+    if plan is not None:
+        settings["int8"] = plan.settings()
+    settings_fingerprint = fingerprint(settings)
 
-    target, previous = _target_version(model_dir, name, version, fingerprint)
+    target, previous = target_version(model_dir, name, version, settings_fingerprint)
     if previous is not None:
-        path = version_path(model_dir, name, target)
-        log(
-            f"{prefix} up to date: version {target} already holds these weights and settings ({path});"
-            " nothing to do"
-        )
-        return ExportResult(
-            path, name, target, True, previous, time.perf_counter() - started, path.stat().st_size
-        )
+        return up_to_date(model_dir, name, target, previous, started, prefix, log)
 
     network = _build_network(arch, classes, checkpoint)
     log(
@@ -120,22 +117,30 @@ def export_model(
     )
     graph = trace_to_onnx(wrapper, preprocessing.crop_size, opset)
     ops = op_counts(graph)
+    traced = "fp16" if fp16 else "fp32"
     log(
-        f"{prefix} exported ONNX opset {opset} {precision} in {time.perf_counter() - export_started:.1f} s:"
+        f"{prefix} exported ONNX opset {opset} {traced} in {time.perf_counter() - export_started:.1f} s:"
         f" {sum(ops.values())} nodes ({ops.get('Conv', 0)} Conv,"
         f" {ops.get('BatchNormalization', 0)} BatchNorm left)"
     )
 
+    reference, reference_name = torch_reference(network, preprocessing)
     figures: dict[str, Any] = {"skipped": True, "reason": "--no-verify"}
     if verify:
         verify_started = time.perf_counter()
-        count = default_image_count(preprocessing)
-        inputs = gather_inputs(preprocessing, count)
-        figures = verify_graph(graph.SerializeToString(), network, preprocessing, precision, inputs)
+        inputs = gather_inputs(preprocessing, default_image_count(preprocessing))
+        figures = verify_graph(graph.SerializeToString(), reference, reference_name, traced, inputs)
         figures["seconds"] = round(time.perf_counter() - verify_started, 2)
-        log(f"{prefix} verified: {_describe_figures(figures)}")
+        log(f"{prefix} verified{' the fp32 graph' if int8 else ''}: {describe_figures(figures)}")
     else:
         log(f"{prefix} verification skipped (--no-verify)")
+
+    quantization = None
+    if plan is not None:
+        graph, quantization, gate = int8_step.run_int8(
+            plan, graph.SerializeToString(), preprocessing, reference, reference_name, prefix=prefix, log=log
+        )
+        figures = {**gate, "fp32_graph": figures}
 
     card = ModelCard(
         architecture=arch,
@@ -149,17 +154,27 @@ def export_model(
             opset=opset,
             precision=precision,
             exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            quantization=quantization,
             settings=settings,
-            settings_fingerprint=fingerprint,
+            settings_fingerprint=settings_fingerprint,
         ),
         verification=figures,
     )
-    set_metadata(graph, card.to_metadata())
-    payload = graph.SerializeToString()
-    path = write_version(model_dir, name, target, payload)
-    seconds = time.perf_counter() - started
-    log(f"{prefix} wrote {path} ({len(payload) / 1e6:.1f} MB) version {target}, total {seconds:.1f} s")
-    return ExportResult(path, name, target, False, card, seconds, len(payload))
+    return publish(graph, card, model_dir, name, target, started, prefix, log)
+
+
+def _check_precision(int8: bool, fp16: bool, verify: bool, opset: int) -> None:
+    if not int8:
+        return
+    if fp16:
+        raise ExportError("--int8 and --fp16 exclude each other: pick one precision")
+    if not verify:
+        raise ExportError(
+            "INT8 exports are always verified (the accuracy gate is the point);"
+            " pass --min-agreement 0 to accept any agreement"
+        )
+    if opset < INT8_MIN_OPSET:
+        raise ExportError(f"--int8 needs --opset >= {INT8_MIN_OPSET} (per-channel QDQ), got {opset}")
 
 
 def _check_request(arch: str, version: int | None, opset: int, num_classes: int | None) -> None:
@@ -235,44 +250,11 @@ def _settings(
     }
 
 
-def _fingerprint(settings: dict[str, Any]) -> str:
-    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _target_version(
-    model_dir: Path, name: str, version: int | None, fingerprint: str
-) -> tuple[int, ModelCard | None]:
-    """(version to write, or the existing version's card when it already matches and nothing is to do)."""
-    versions = existing_versions(model_dir, name)
-    if version is None:
-        if not versions:
-            return 1, None
-        latest = versions[-1]
-        card = read_card(version_path(model_dir, name, latest))
-        if card is not None and _card_fingerprint(card) == fingerprint:
-            return latest, card
-        return latest + 1, None
-    if version in versions:
-        card = read_card(version_path(model_dir, name, version))
-        if card is not None and _card_fingerprint(card) == fingerprint:
-            return version, card
-        raise ExportError(
-            f"{model_dir / name / str(version)} already exists with other weights or settings;"
-            " pick another --version or leave it out for the next free one"
-        )
-    return version, None
-
-
-def _card_fingerprint(card: ModelCard) -> str | None:
-    return getattr(card.export, "settings_fingerprint", None)
-
-
 def _count_params(network: nn.Module) -> int:
     return sum(p.numel() for p in network.parameters())
 
 
-def _describe_figures(figures: dict[str, Any]) -> str:
+def describe_figures(figures: dict[str, Any]) -> str:
     return (
         f"{figures['inputs']}: max |Δprob| {figures['max_abs_diff']:.1e},"
         f" top-1 agreement {figures['top1_agreement']:.1%}"

@@ -54,16 +54,51 @@ class WeightsSource(BaseModel):
     sha256: str | None = Field(default=None, description="SHA-256 of the checkpoint file; None for random init.")
 
 
+class Quantization(BaseModel):
+    """How an ``int8`` file was quantized and what its accuracy gate measured (``export.quantization``).
+
+    ``top1_agreement`` and ``max_abs_diff`` compare the INT8 file with the fp32 reference on
+    ``holdout_images`` images that were not among the calibration images; the export refuses to
+    write a file whose agreement is below ``min_agreement``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    tool: str = Field(description="Quantizer and version, e.g. 'onnxruntime 1.31.1 quantize_static'.")
+    format: str = Field(default="QDQ", description="ONNX representation: QDQ or QOperator.")
+    activations: str = Field(default="uint8", description="Activation type.")
+    weights: str = Field(default="int8", description="Weight type.")
+    per_channel: bool = True
+    calibration_method: str = Field(default="MinMax", description="MinMax, Entropy or Percentile.")
+    calibration_images: int = Field(ge=1, description="Images the activation ranges were calibrated on.")
+    calibration_source: str = Field(description="Where the calibration images came from.")
+    calibration_sha256: str = Field(description="SHA-256 over the calibration files' bytes, in order.")
+    float_nodes: tuple[str, ...] = Field(default=(), description="Nodes deliberately left in float.")
+    reference: str = Field(description="What the gate compared with (the fp32 model).")
+    holdout_images: int = Field(ge=0, description="Held-out images the gate measured on.")
+    holdout_source: str = ""
+    top1_agreement: float = Field(ge=0.0, le=1.0, description="Share of held-out images with the same top-1.")
+    max_abs_diff: float = Field(ge=0.0, description="Largest |probability difference|, held-out images.")
+    min_agreement: float = Field(ge=0.0, le=1.0, description="The gate's threshold at export time.")
+
+
 class ExportInfo(BaseModel):
     """Versions and settings of the export, for reproducing it."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
-    torch_version: str
+    torch_version: str | None = Field(default=None, description="None for an imported ONNX file (no torch).")
     onnx_version: str
     opset: int
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
     exported_at: str = Field(description="UTC timestamp, ISO 8601.")
+    quantization: Quantization | None = Field(default=None, description="Set exactly when precision is int8.")
+
+    @model_validator(mode="after")
+    def _quantization_iff_int8(self) -> ExportInfo:
+        if (self.precision == "int8") != (self.quantization is not None):
+            raise ValueError("an int8 export carries its quantization record, and only an int8 export does")
+        return self
 
 
 class ModelCard(BaseModel):
