@@ -18,6 +18,7 @@ from service import predict as predict_door
 from service.errors import install_error_handlers
 from service.manager import ServedModel, ServedVersion
 from service.metrics import CONTENT_TYPE, Metrics
+from service.model_card import ModelCard
 from service.pipeline import Pipeline
 from service.schemas import (
     BatchPredictResponse,
@@ -186,7 +187,7 @@ def _version_info(version: ServedVersion) -> dict[str, Any]:
         "input_size": [side, side, 3],
         "preprocessing": card.preprocessing.model_dump(mode="json"),
         "precision": card.export.precision,
-        "verification": _verification_summary(card.verification),
+        "verification": _verification_summary(card),
         "requested_providers": model.requested_providers,
         "active_providers": model.active_providers,
         "gpu_fallback": model.gpu_fallback,
@@ -222,11 +223,25 @@ def _refused(served: ServedModel) -> list[dict[str, Any]]:
 
 
 #: Verification figures worth showing an operator (the full record stays in the model card).
-_SHOWN_FIGURES = ("top1_agreement", "max_abs_diff", "images", "held_out_images", "passed", "skipped")
+_SHOWN_FIGURES = ("top1_agreement", "max_abs_diff", "images", "passed", "skipped", "reference")
 
 
-def _verification_summary(figures: dict[str, Any]) -> dict[str, Any]:
-    return {key: figures[key] for key in _SHOWN_FIGURES if key in figures}
+def _verification_summary(card: ModelCard) -> dict[str, Any]:
+    """What export measured: for INT8, the accuracy gate on held-out images against the fp32 reference."""
+    summary = {key: card.verification[key] for key in _SHOWN_FIGURES if key in card.verification}
+    quantization = card.export.quantization
+    if quantization is not None:
+        summary.update(
+            {
+                "top1_agreement": quantization.top1_agreement,
+                "max_abs_diff": quantization.max_abs_diff,
+                "min_agreement": quantization.min_agreement,
+                "holdout_images": quantization.holdout_images,
+                "calibration_images": quantization.calibration_images,
+                "reference": quantization.reference,
+            }
+        )
+    return summary
 
 
 

@@ -104,6 +104,13 @@ def test_int8_accuracy_through_http_equals_onnxruntime(
     with run_server(repo) as server, httpx.Client(timeout=60) as client:
         models_info = {m["name"]: m for m in client.get(server.url("/models")).json()["models"]}
         assert set(models_info) == set(answers)
+        # An operator sees what is served: the precision and the accuracy gate the export recorded.
+        int8_info, fp32_info = models_info["resnet20-int8"], models_info["resnet20"]
+        assert int8_info["precision"] == "int8" and fp32_info["precision"] == "fp32"
+        gate = int8_info["verification"]
+        assert gate["top1_agreement"] >= gate["min_agreement"] >= MIN_AGREEMENT
+        assert gate["holdout_images"] >= 50 and gate["calibration_images"] >= 1 and gate["max_abs_diff"] > 0
+        assert int8_info["versions"][0]["precision"] == "int8"
         for name, found in answers.items():
             for start in range(0, len(files), REQUEST_IMAGES):
                 chunk = files[start : start + REQUEST_IMAGES]
