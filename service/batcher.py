@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.aio import wait_event
 from service.errors import ServiceError
 from service.metrics import Metrics
 
@@ -182,16 +183,14 @@ class Batcher:
             # a lone request (concurrency 1) runs at once instead of always paying the full delay.
             if len(self._pending) < self.max_batch_size and remaining > 0 and self._reserved > 0:
                 self._batch_full.clear()
-                try:
-                    await asyncio.wait_for(self._batch_full.wait(), remaining)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_event(self._batch_full, remaining)
             # A batch waits for a free instance; meanwhile the queue keeps filling.
             while not self._idle_instances:
                 self._instance_free.clear()
                 await self._instance_free.wait()
             items = self._take_batch(loop.time())
             if not items:
+                self._update_gauges()  # everything taken was abandoned: the queue may be settled now
                 continue
             self._dispatch(loop, items)
 
@@ -206,8 +205,7 @@ class Batcher:
             items.append(item)
         if len(self._pending) < self.max_batch_size:
             self._batch_full.clear()
-        self._update_gauges()
-        return items
+        return items  # gauges (and "settled") are updated once the batch counts as running
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
         instance = self._idle_instances.popleft()

@@ -192,7 +192,7 @@ class ModelManager:
         self.models: dict[str, ServedModel] = {}
         #: Names whose availability gates readiness: found at start (or loaded since), not removed.
         self.required: set[str] = set()
-        self.problem: str | None = "starting"
+        self.problem: str | None = "loading models (scanning the repository)"
         self.started = False
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 
 log = logging.getLogger("service.memory")
@@ -55,6 +56,20 @@ def configure_malloc(arena_max: int = 0) -> bool:
     if not ok:
         log.warning("mallopt refused the memory settings; RSS may stay high after bursts")
     return ok
+
+
+#: Allocations between young-generation collections (CPython's default is 700). A request allocates a
+#: few thousand short-lived objects; collecting every 700 made the cyclic GC a visible share of the
+#: event loop's time per request under load.
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """After start-up: move the long-lived objects (modules, sessions' wrappers) out of the GC's way."""
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, second, third)
 
 
 def release_freed_memory() -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from service.aio import within
 from service.budget import BodyLease
 from service.errors import ServiceError
 from service.manager import ServedVersion
@@ -155,15 +156,16 @@ class Pipeline:
 
     async def _await_rows(self, served: ServedVersion, pixels: list[np.ndarray], deadline: float) -> list[np.ndarray]:
         futures = served.batcher.submit(pixels)
+
+        async def rows() -> list[np.ndarray]:
+            return [await future for future in futures]  # the first failed image's error, at once
+
         try:
-            remaining = deadline - time.perf_counter()
-            if remaining > 0:
-                await asyncio.wait(futures, timeout=remaining)
-            if not all(future.done() for future in futures):
-                raise ServiceError(
-                    504, "timeout", f"not answered within the request timeout of {self.settings.request_timeout_s:g} s"
-                )
-            return [future.result() for future in futures]
+            return await within(rows(), max(0.0, deadline - time.perf_counter()))
+        except TimeoutError:
+            raise ServiceError(
+                504, "timeout", f"not answered within the request timeout of {self.settings.request_timeout_s:g} s"
+            ) from None
         finally:
             for future in futures:
                 future.cancel()  # no-op when done; otherwise the batcher drops the image unrun

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from service.budget import ByteBudget, PixelBudget
 from service.manager import ModelManager
+from service.memory import tune_gc
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -80,6 +81,7 @@ class ServiceState:
 
     async def _load_and_follow(self) -> None:
         await self.manager.start()
+        tune_gc()  # after the first load: what start-up allocated lives for the whole process
         s = self.settings
         if s.model_control == "poll" and s.repository_poll_s > 0:
             await self.manager.poll_forever(s.repository_poll_s)

@@ -21,6 +21,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from service.aio import within
 from service.budget import BodyLease
 from service.errors import ServiceError
 from service.parsing import MAX_INT_DIGITS
@@ -165,27 +166,31 @@ class _Stalled(Exception):
 async def _chunks(
     request: Request, idle_timeout_s: float | None, lease: BodyLease | None = None, charge: Charge | None = None
 ) -> AsyncIterator[bytes]:
-    """The body's chunks; each wait for the next one is bounded by ``idle_timeout_s``.
+    """The body's chunks straight from ASGI ``receive``; each wait is bounded by ``idle_timeout_s``.
 
     uvicorn (h11/httptools) has no body read timeout of its own: without this a client that sends
     headers and then nothing holds its connection until the request deadline. With ``lease`` (a
     body without Content-Length) each chunk is taken from the byte budget as it arrives.
     """
-    stream = request.stream().__aiter__()
+    receive = request.receive
     received = charged = 0
     while True:
         try:
-            chunk = await asyncio.wait_for(stream.__anext__(), idle_timeout_s)
-        except StopAsyncIteration:
-            return
-        except asyncio.TimeoutError:
+            message = await within(receive(), idle_timeout_s)
+        except TimeoutError:
             raise _Stalled() from None
-        if lease is not None:
-            received += len(chunk)
-            cost = charge(received) if charge else received
-            lease.take(cost - charged)
-            charged = cost
-        yield chunk
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            if lease is not None:
+                received += len(chunk)
+                cost = charge(received) if charge else received
+                lease.take(cost - charged)
+                charged = cost
+            yield chunk
+        if not message.get("more_body", False):
+            return
 
 
 async def _read_all(chunk_stream: AsyncIterator[bytes], max_bytes: int, declared: int | None) -> bytearray:

@@ -1,0 +1,50 @@
+"""asyncio helpers for the hot path that create no task per call.
+
+``asyncio.wait_for`` wraps its awaitable in a new task on every call (Python 3.11); on the request
+path (each body chunk, each batch wait) that was a measurable share of the event loop's time.
+:func:`deadline` is ``asyncio.timeout`` where it exists (one timer handle, no task) and falls back to
+``wait_for`` on Python 3.10; :func:`wait_event` waits for an event with a plain timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+HAVE_TIMEOUT = hasattr(asyncio, "timeout")
+
+
+async def within(awaitable: Awaitable[T], seconds: float | None) -> T:
+    """``await awaitable``, raising ``TimeoutError`` after ``seconds`` (None: no limit)."""
+    if seconds is None:
+        return await awaitable
+    if HAVE_TIMEOUT:
+        async with asyncio.timeout(seconds):  # type: ignore[attr-defined]
+            return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+        raise TimeoutError() from None
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``event`` is set or ``seconds`` pass; True when it was set by someone else."""
+    if event.is_set():
+        return True
+    loop = asyncio.get_running_loop()
+    fired = False
+
+    def expire() -> None:
+        nonlocal fired
+        fired = True
+        event.set()
+
+    handle = loop.call_later(seconds, expire)
+    try:
+        await event.wait()
+    finally:
+        handle.cancel()
+    return not fired
