@@ -1,4 +1,5 @@
-"""``python -m benchmarks [raw|service|naive|preprocess|all] [--quick]``: one run, one table, one JSON file."""
+"""``python -m benchmarks [raw|service|naive|preprocess|pytriton|litserve|torchserve|all] [--quick]``:
+one run, one table, one JSON file."""
 
 from __future__ import annotations
 
@@ -13,17 +14,30 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
-from benchmarks.workload import DEFAULT_CACHE_DIR, REPO_ROOT, MissingSharedData, bench_models, model_repository
+from benchmarks.peers import PEER_NAMES
+from benchmarks.workload import (
+    DEFAULT_CACHE_DIR,
+    REPO_ROOT,
+    MissingSharedData,
+    bench_models,
+    model_repository,
+)
 
-SUITES = ("preprocess", "raw", "service", "naive")
+SUITES = ("preprocess", "raw", "service", "naive", "pytriton")
+#: Peers outside ``all``: each needs a venv of its own (TorchServe: torch and Java) and minutes per model.
+OPT_IN = ("litserve", "torchserve")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Benchmark the service against in-process onnxruntime (raw) and FastAPI + PyTorch eager (naive).",
+        description="Benchmark the service against in-process onnxruntime (raw), FastAPI + PyTorch eager (naive) "
+        "and peer servers (PyTriton; LitServe and TorchServe on request) serving the same ONNX file.",
     )
-    parser.add_argument("suites", nargs="*", choices=(*SUITES, "all"), default=["all"], help="what to run (default: all)")
+    parser.add_argument(
+        "suites", nargs="*", choices=(*SUITES, *OPT_IN, "all"), default=["all"],
+        help=f"what to run (default: all = {' '.join(SUITES)}; {' and '.join(OPT_IN)} only when named)",
+    )
     parser.add_argument("--quick", action="store_true", help="a one-minute smoke run: fewer sizes, shorter phases")
     parser.add_argument(
         "--models", default="resnet50,resnet20",
@@ -59,14 +73,19 @@ def environment() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    suites = SUITES if "all" in args.suites else tuple(s for s in SUITES if s in args.suites)
-    log = lambda line: print(line, flush=True)  # noqa: E731
+    chosen = set(args.suites) | (set(SUITES) if "all" in args.suites else set())
+    suites = tuple(s for s in (*SUITES, *OPT_IN) if s in chosen)
+    peers = tuple(s for s in suites if s in PEER_NAMES)
+    if peers and args.no_wrk:
+        print(f"note: --no-wrk: skipping {', '.join(peers)} (peers are measured with wrk only)", flush=True)
+        suites, peers = tuple(s for s in suites if s not in peers), ()
+    log = lambda line: print(line, flush=True)
     started = time.perf_counter()
     results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "environment": environment()}
     try:
         models = bench_models([name.strip() for name in args.models.split(",") if name.strip()])
         repos = {}
-        if set(suites) & {"raw", "service"}:
+        if set(suites) & {"raw", "service", *PEER_NAMES}:
             for model in models:
                 log(f"exporting {model.name} into {args.cache_dir} (skipped when already there) ...")
                 repos[model.name] = model_repository(model, args.cache_dir)
@@ -82,14 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for model in models:
                 log(f"raw {model.name} ...")
                 results["raw"][model.name] = raw.run(model, repos[model.name], quick=args.quick, log=log)
-        if "service" in suites:
+        if "service" in suites or peers:
             from benchmarks import service_bench
 
+            # A peer suite alone still measures the service (its wrk phases only): ratios need both.
+            only_peer_phases = "service" not in suites
             results["service"] = {}
             for model in models:
-                log(f"service {model.name} ...")
+                log(f"service {model.name}{' (the peer phases: wrk c=1, c=32)' if only_peer_phases else ''} ...")
                 results["service"][model.name] = service_bench.run(
-                    model, repos[model.name], quick=args.quick, duration=args.duration, use_wrk=not args.no_wrk, log=log
+                    model, repos[model.name], quick=args.quick, duration=args.duration,
+                    use_wrk=not args.no_wrk or only_peer_phases, log=log, peer_phases_only=only_peer_phases,
                 )
         if "naive" in suites:
             from benchmarks import naive
@@ -100,6 +122,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["naive"][model.name] = naive.run(
                     model, quick=args.quick, duration=args.duration, use_wrk=not args.no_wrk, log=log
                 )
+        if peers:
+            from benchmarks.peers import peer
+            from benchmarks.peers.runner import run as run_peer
+
+            results["peers"] = {}
+            for name in peers:
+                results["peers"][name] = {}
+                for model in models:
+                    log(f"{name} {model.name} ...")
+                    results["peers"][name][model.name] = run_peer(
+                        peer(name), model, repos[model.name], cache_dir=args.cache_dir, quick=args.quick,
+                        duration=args.duration, log=log,
+                    )
     except MissingSharedData as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.phases import PEER_CONCURRENCY
 from benchmarks.raw import batch1_latency_ms, ceiling
 
 #: The service's default MAX_BATCH_SIZE: raw is compared at batch sizes the service can run.
@@ -73,6 +74,36 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
             decode_ms = _pillow_decode_ms(results) if model == "resnet50" else None
             if decode_ms is not None:
                 add("  of which decoding one 500x375 JPEG (preprocess suite, ms)", decode_ms, "-", None)
+    lines.extend(peer_ratios(results))
+    return lines
+
+
+#: The issue's goal: the service >= 1.1x every peer at 32 clients, and still ahead at one.
+PEER_GOALS = {1: ("> 1", lambda ratio: ratio > 1.0), 32: (">= 1.1", lambda ratio: ratio >= 1.1)}
+
+
+def peer_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """service/<peer> images/s under the same wrk load, against the peer's best configuration."""
+    lines = []
+    for name, by_model in results.get("peers", {}).items():
+        for model, peer in by_model.items():
+            service_runs = _runs(results, "service", model)
+            for concurrency in PEER_CONCURRENCY:
+                scenario = f"wrk c={concurrency}"
+                goal, met = PEER_GOALS.get(concurrency, ("-", lambda ratio: None))
+                figure = f"service/{name} {model} ({scenario}, 1 img/req)"
+                ours = _scenario(service_runs, scenario)
+                theirs = _best([r for r in peer.get("runs", []) if r["scenario"] == scenario])
+                if not ours or ours.get("errors") or not theirs:
+                    why = peer.get("skipped") or "; ".join(peer.get("failures", {}).values()) or "no clean run"
+                    lines.append({"figure": f"{figure}: not measured ({why[:120]})", "value": None, "goal": goal,
+                                  "met": None})
+                    continue
+                ratio = ours["images_per_s"] / max(theirs["images_per_s"], 1e-9)
+                lines.append({
+                    "figure": f"{figure}, {name} best of [{theirs.get('variant', '-')}]",
+                    "value": ratio, "goal": goal, "met": met(ratio),
+                })
     return lines
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import loadgen, wrk
-from benchmarks.phases import phase_seconds, plan_for
+from benchmarks.phases import PEER_CONCURRENCY, phase_seconds, plan_for, wrk_phases
 from benchmarks.prometheus import batch_sizes, snapshot
 from benchmarks.server import free_port, python, running_server
 from benchmarks.workload import BenchModel, payloads_for
@@ -26,8 +26,10 @@ def service_env(repo: Path, port: int) -> dict[str, str]:
 
 def run(
     model: BenchModel, repo: Path, *, quick: bool, duration: float | None, use_wrk: bool,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, peer_phases_only: bool = False,
 ) -> dict[str, object]:
+    """Every phase; or, with ``peer_phases_only``, just the wrk phases the peers get (c=1, c=32)
+    after a discarded warm-up, so a peer suite run alone still prints its ratio to the service."""
     plan = plan_for(model, quick=quick, duration=duration)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -50,6 +52,15 @@ def run(
             log(_line("service", model.name, row))
             return row
 
+        if peer_phases_only:
+            if not wrk.available():
+                raise RuntimeError("wrk not installed (apt-get install wrk): the peer comparison needs it")
+            wrk.run(url, single[0], concurrency=max(PEER_CONCURRENCY), seconds=1.0 if quick else 3.0)  # warm-up
+            for concurrency in PEER_CONCURRENCY:
+                measure(lambda c=concurrency: wrk.run(url, single[0], concurrency=c, seconds=phase_seconds(plan, c)))
+            whole = batch_sizes(base, model.name)
+            return {"plan": plan.__dict__, "runs": runs, "batch_histogram": whole.per_bucket(),
+                    "mean_batch_size": whole.mean, "wrk_note": "peer phases only (c=1, c=32)"}
         saturated = None
         for concurrency in plan.single_concurrency:
             row = measure(lambda c=concurrency: loadgen.run_closed(
@@ -63,7 +74,7 @@ def run(
             rate = max(1.0, plan.open_fraction * float(saturated["requests_per_s"]))  # type: ignore[arg-type]
             measure(lambda: loadgen.run_open(url, single, rate_per_s=rate, seconds=plan.seconds, warmup_s=plan.warmup_s))
         if use_wrk:  # native client for every model: the Python client eats the cores the service needs
-            for concurrency, per_request in ((1, 1), (plan.saturating, 1), *plan.multi):
+            for concurrency, per_request in wrk_phases(plan):
                 if not wrk.available():
                     wrk_note = "wrk not installed (apt-get install wrk): native-client figures skipped"
                     break

@@ -1,0 +1,118 @@
+"""Drive one peer like the service: same ONNX file, same JPEG, same wrk phases, after a correctness check.
+
+Each variant (onnxruntime spinning on/off) gets a fresh server: start, check that one answer matches
+in-process onnxruntime on the same crop, warm up with discarded load, then ``wrk`` at concurrency 1
+and 32 with one JPEG per request. Anything that fails (install, start, a wrong answer) is recorded
+with its reason and the run carries on.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+from benchmarks import wrk
+from benchmarks.peers import venv
+from benchmarks.peers.base import Peer, PeerRequest, check_scores
+from benchmarks.phases import PEER_CONCURRENCY, phase_seconds, plan_for
+from benchmarks.server import ServerFailed, running_server
+from benchmarks.workload import BenchModel, payloads_for
+from service.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from service.preprocess import preprocess_image
+
+
+def onnx_file(repo: Path, model: BenchModel) -> Path:
+    """The very file the service serves: ``<repo>/<name>/<version>/model.onnx`` (highest version)."""
+    versions = sorted((p for p in (repo / model.name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    if not versions:
+        raise FileNotFoundError(f"no exported version of {model.name} in {repo}")
+    return versions[-1] / "model.onnx"
+
+
+def expected_probabilities(onnx: Path, jpeg: bytes) -> np.ndarray:
+    """In-process onnxruntime on the service's crop of ``jpeg``: what every peer must answer."""
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
+    pixels = preprocess_image(jpeg, card.preprocessing)[None]
+    (probabilities,) = session.run([OUTPUT_NAME], {INPUT_NAME: pixels})
+    return probabilities[0]
+
+
+def warmup_seconds(quick: bool) -> float:
+    return 1.0 if quick else 3.0
+
+
+def run(
+    peer: Peer, model: BenchModel, repo: Path, *, cache_dir: Path, quick: bool, duration: float | None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Figures for ``peer`` serving ``model``: {"config", "runs", "failures", "skipped"}."""
+    result: dict[str, Any] = {"runs": [], "failures": {}, "skipped": None, "config": {}}
+    if not wrk.available():
+        result["skipped"] = "wrk not installed (apt-get install wrk): peers are measured with wrk only"
+        log(f"  {peer.name}: skipped: {result['skipped']}")
+        return result
+    try:
+        python = venv.ensure(cache_dir / "peers" / f"{peer.name}-venv", peer.requirements(), log=log)
+    except venv.PeerUnavailable as exc:
+        result["skipped"] = str(exc)
+        log(f"  {peer.name}: skipped: {exc}")
+        return result
+    plan = plan_for(model, quick=quick, duration=duration)
+    onnx = onnx_file(repo, model)
+    jpeg = payloads_for(model)[0]  # the body the service's wrk phases post, too
+    expected = expected_probabilities(onnx, jpeg[1])
+    request = peer.request(model, jpeg)
+    for variant in peer.variants[:1] if quick else peer.variants:
+        result["config"][variant.label] = peer.config(variant)
+        with tempfile.TemporaryDirectory(prefix=f"bench-{peer.name}-") as workdir:
+            launch = peer.launch(model, onnx, python, Path(workdir), variant)
+            log_path = Path(tempfile.gettempdir()) / f"bench-{peer.name}-{model.name}-{variant.label.replace(' ', '-')}.log"
+            try:
+                with running_server(launch.argv, launch.env, launch.ready_url, log_path=log_path,
+                                    timeout_s=launch.timeout_s, cwd=launch.cwd):
+                    problem = _check(peer, launch.infer_url, request, expected)
+                    if problem:
+                        raise venv.PeerUnavailable(f"wrong answer: {problem}")
+                    _wrk(launch.infer_url, request, concurrency=max(PEER_CONCURRENCY), seconds=warmup_seconds(quick))
+                    for concurrency in PEER_CONCURRENCY:
+                        row = _wrk(launch.infer_url, request, concurrency=concurrency,
+                                   seconds=phase_seconds(plan, concurrency))
+                        row["variant"] = variant.label
+                        result["runs"].append(row)
+                        log(line(peer.name, model.name, row))
+            except (ServerFailed, venv.PeerUnavailable, RuntimeError, httpx.HTTPError) as exc:
+                result["failures"][variant.label] = f"{type(exc).__name__}: {exc}"[-1500:]
+                log(f"  {peer.name} {model.name} [{variant.label}] failed (log {log_path}): {str(exc)[-600:]}")
+    return result
+
+
+def _check(peer: Peer, url: str, request: PeerRequest, expected: np.ndarray) -> str | None:
+    response = httpx.post(url, content=request.body.content,
+                          headers={"Content-Type": request.body.content_type, **request.headers}, timeout=60.0)
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}: {response.text[:300]}"
+    try:
+        scores = peer.scores(response)
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unreadable answer ({exc}): {response.content[:200]!r}"
+    return check_scores(scores, expected)
+
+
+def _wrk(url: str, request: PeerRequest, *, concurrency: int, seconds: float) -> dict[str, object]:
+    return wrk.run(url, request.body, concurrency=concurrency, seconds=seconds,
+                   script=request.script, script_env=request.script_env)
+
+
+def line(server: str, model: str, row: dict[str, object]) -> str:
+    variant = f" [{row['variant']}]" if row.get("variant") else ""
+    return (
+        f"  {server} {model} {row['scenario']}{variant:<12} {row['images_per_s']:8.1f} img/s  "
+        f"p50 {row['p50_ms']:8.2f} ms  p99 {row['p99_ms']:8.2f} ms  errors {row['errors'] or 0}"
+    )
