@@ -9,6 +9,7 @@ with its reason and the run carries on.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,19 @@ def run(
     return result
 
 
-def _check(peer: Peer, url: str, request: PeerRequest, expected: np.ndarray) -> str | None:
-    response = httpx.post(url, content=request.body.content,
-                          headers={"Content-Type": request.body.content_type, **request.headers}, timeout=60.0)
+#: Statuses a peer answers while its model is still loading (TorchServe's /ping is up before its worker).
+_LOADING = frozenset({404, 503, 507})
+
+
+def _check(peer: Peer, url: str, request: PeerRequest, expected: np.ndarray, *, wait_s: float = 120.0) -> str | None:
+    """None when the peer answers the benchmark's JPEG as in-process onnxruntime does, else why not."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        response = httpx.post(url, content=request.body.content,
+                              headers={"Content-Type": request.body.content_type, **request.headers}, timeout=60.0)
+        if response.status_code not in _LOADING or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     if response.status_code != 200:
         return f"HTTP {response.status_code}: {response.text[:300]}"
     try:
