@@ -68,3 +68,180 @@ def test_preprocess_suite_measures_pillow_exactly(tmp_path: Path) -> None:
     assert exact["images_per_s_500x375"] > 0
     draft = by_name["pillow + draft"]
     assert 0 < draft["large_vs_exact_mean_abs"] < 1.0  # draft really decoded at reduced scale, and stayed close
+
+
+# --- peers: the KServe V2 body, answer checks, ratios; the peers themselves are opt-in ------------------
+
+PEERS_ENV = "RESNET_SERVE_BENCH_PEERS"
+
+
+def _cifar_jpegs(count: int) -> list[bytes]:
+    root = shared_path("data", "cifar10-sample")
+    return [path.read_bytes() for path in sorted(root.glob("*/*.jpg"))[:count]]
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65_536])
+def test_kserve_bytes_request_is_what_triton_parses(size: int) -> None:
+    """JSON header of the declared length, then the BYTES element: 4-byte little-endian length + data."""
+    import struct
+
+    from benchmarks.peers import kserve
+
+    data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    body = kserve.bytes_request("image", data, output_name="probabilities")
+    header = json.loads(body.content[: body.header_length])
+    (tensor,) = header["inputs"]
+    assert tensor == {"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                      "parameters": {"binary_data_size": size + 4}}
+    assert header["outputs"] == [{"name": "probabilities", "parameters": {"binary_data": True}}]
+    raw = body.content[body.header_length:]
+    assert struct.unpack("<I", raw[:4]) == (size,) and raw[4:] == data
+    assert body.headers == {"Content-Type": "application/octet-stream",
+                            "Inference-Header-Content-Length": str(body.header_length)}
+
+
+def test_kserve_bytes_request_carries_a_real_jpeg_unchanged() -> None:
+    from benchmarks.peers import kserve
+
+    for jpeg in _cifar_jpegs(3):
+        body = kserve.bytes_request("image", jpeg, output_name="probabilities")
+        assert body.content.endswith(jpeg) and len(body.content) == body.header_length + 4 + len(jpeg)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_kserve_fp32_output_reads_binary_and_json_answers(binary: bool) -> None:
+    import numpy as np
+
+    from benchmarks.peers import kserve
+
+    row = np.array([[0.25, 0.5, 0.125, 0.125]], dtype=np.float32)
+    other = {"name": "extra", "datatype": "FP32", "shape": [1, 1]}
+    probabilities = {"name": "probabilities", "datatype": "FP32", "shape": [1, 4]}
+    if binary:  # a preceding binary output must be skipped by its size
+        other["parameters"] = {"binary_data_size": 4}
+        probabilities["parameters"] = {"binary_data_size": 16}
+        header = json.dumps({"outputs": [other, probabilities]}).encode()
+        body, length = header + np.float32(9).tobytes() + row.astype("<f4").tobytes(), len(header)
+    else:
+        other["data"], probabilities["data"] = [9.0], row.ravel().tolist()
+        body, length = json.dumps({"outputs": [other, probabilities]}).encode(), None
+    assert np.array_equal(kserve.fp32_output(body, length, "probabilities"), row)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "not JSON"),
+        (json.dumps({"error": "unknown model"}).encode(), "no output"),
+        (json.dumps({"outputs": [{"name": "probabilities", "datatype": "INT64", "shape": [1], "data": [1]}]}).encode(),
+         "datatype INT64"),
+    ],
+)
+def test_kserve_fp32_output_refuses_what_is_not_the_answer(body: bytes, message: str) -> None:
+    from benchmarks.peers import kserve
+
+    with pytest.raises(kserve.KServeError, match=message):
+        kserve.fp32_output(body, None, "probabilities")
+
+
+@pytest.mark.parametrize(
+    ("scores", "problem"),
+    [
+        ({0: 0.7, 1: 0.2, 2: 0.1}, None),  # all classes
+        ({0: 0.7, 1: 0.2}, None),  # a top-k
+        ({1: 0.7, 0: 0.2}, "top-1 differs"),
+        ({0: 0.6, 1: 0.2}, "scores differ"),
+        ({}, "no scores"),
+    ],
+)
+def test_check_scores_accepts_only_onnxruntimes_answer(scores: dict[int, float], problem: str | None) -> None:
+    import numpy as np
+
+    from benchmarks.peers.base import check_scores
+
+    found = check_scores(scores, np.array([0.7, 0.2, 0.1], dtype=np.float32))
+    assert found is None if problem is None else problem in found
+
+
+def _wrk_row(scenario: str, images_per_s: float, **extra: object) -> dict[str, object]:
+    return {"scenario": scenario, "images_per_request": 1, "images_per_s": images_per_s, "errors": {}, **extra}
+
+
+def test_headline_ratio_is_against_the_peers_best_variant_at_each_concurrency() -> None:
+    from benchmarks.headline import peer_ratios
+
+    results = {
+        "service": {"resnet20": {"runs": [_wrk_row("wrk c=1", 400.0), _wrk_row("wrk c=32", 990.0)]}},
+        "peers": {"pytriton": {"resnet20": {"runs": [
+            _wrk_row("wrk c=1", 100.0, variant="spin on"), _wrk_row("wrk c=32", 800.0, variant="spin on"),
+            _wrk_row("wrk c=1", 80.0, variant="spin off"), _wrk_row("wrk c=32", 900.0, variant="spin off"),
+        ]}}},
+    }
+    lines = {line["figure"]: line for line in peer_ratios(results)}
+    c1 = lines["service/pytriton resnet20 (wrk c=1, 1 img/req), pytriton best of [spin on]"]
+    c32 = lines["service/pytriton resnet20 (wrk c=32, 1 img/req), pytriton best of [spin off]"]
+    assert c1["value"] == pytest.approx(4.0) and c1["met"] is True
+    assert c32["value"] == pytest.approx(1.1) and c32["goal"] == ">= 1.1" and c32["met"] is True
+
+
+def test_headline_says_why_a_peer_was_not_measured() -> None:
+    from benchmarks.headline import peer_ratios
+
+    results = {
+        "service": {"resnet50": {"runs": [_wrk_row("wrk c=1", 20.0), _wrk_row("wrk c=32", 22.0)]}},
+        "peers": {"torchserve": {"resnet50": {"runs": [], "skipped": "TorchServe needs Java 17+", "failures": {}}}},
+    }
+    lines = peer_ratios(results)
+    assert len(lines) == 2
+    assert all(line["value"] is None and "TorchServe needs Java 17+" in line["figure"] for line in lines)
+
+
+def test_every_plan_gives_the_service_the_peers_wrk_phases() -> None:
+    from benchmarks.phases import PEER_CONCURRENCY, plan_for, wrk_phases
+    from benchmarks.workload import BenchModel
+
+    for kind in ("imagenet", "cifar"):
+        for quick in (True, False):
+            plan = plan_for(BenchModel("m", "resnet20", None, kind), quick=quick, duration=None)
+            phases = wrk_phases(plan)
+            assert phases[: len(PEER_CONCURRENCY)] == [(c, 1) for c in PEER_CONCURRENCY]
+            assert (plan.saturating, 1) in phases and len(phases) == len(set(phases))
+
+
+def test_a_peer_that_cannot_be_installed_is_reported_not_raised(tmp_path: Path) -> None:
+    """pip refuses a malformed requirement locally (no registry asked); the reason reaches the caller."""
+    from benchmarks.peers.venv import PeerUnavailable, ensure
+
+    with pytest.raises(PeerUnavailable, match="pip install"):
+        ensure(tmp_path / "broken-venv", ["not a valid requirement!!"], log=lambda line: None)
+    assert not (tmp_path / "broken-venv" / ".bench-requirements").exists()  # next run tries again
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peer", ["pytriton", "litserve", "torchserve"])
+def test_peer_quick_run_matches_onnxruntime_and_reports_ratios(peer: str, tmp_path: Path) -> None:
+    """Opt-in: installs the peer into .cache/bench/peers (minutes the first time) and drives it with wrk."""
+    import shutil
+
+    wanted = {name.strip() for name in os.environ.get(PEERS_ENV, "").split(",")}
+    if peer not in wanted and "all" not in wanted:
+        pytest.skip(f"opt-in: set {PEERS_ENV}={peer} (or all) to install and run the {peer} peer")
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk): peers are measured with wrk only")
+    shared_path("weights", "cifar10")
+    output = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", peer, "--quick", "--models", "resnet20", "--duration", "1.5",
+         "--output", str(output)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800,
+        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads(output.read_text())
+    figures = results["peers"][peer]["resnet20"]
+    assert figures["skipped"] is None and figures["failures"] == {}, figures
+    assert [r["scenario"] for r in figures["runs"]] == ["wrk c=1", "wrk c=32"]
+    for run in figures["runs"]:
+        assert run["errors"] == {} and run["images_per_s"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"]
+    ratios = [line for line in results["headline"] if line["figure"].startswith(f"service/{peer} resnet20")]
+    assert len(ratios) == 2 and all(line["value"] and line["value"] > 0 for line in ratios)

@@ -59,7 +59,6 @@ def ensure(
     started = time.perf_counter()
     venv.parent.mkdir(parents=True, exist_ok=True)
     _run([sys.executable, "-m", "venv", "--clear", str(venv)], timeout_s=120, what=f"creating {venv}")
-    _run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], timeout_s=300, what="upgrading pip")
     _run([str(python), "-m", "pip", "install", "--quiet", *requirements], timeout_s=timeout_s,
          what=f"pip install {' '.join(requirements)}")
     stamp.write_text(wanted)
