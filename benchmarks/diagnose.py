@@ -71,9 +71,12 @@ def process_name(pid: int) -> str:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "?"
-    names = [Path(a.decode(errors="replace")).name for a in argv[:2] if a]
-    if names and names[0].startswith("python") and len(names) > 1:
-        return names[1]
+    names = [Path(a.decode(errors="replace")).name for a in argv if a]
+    if names and names[0].startswith("python"):
+        script = next((n for n in names[1:] if not n.startswith("-")), None)
+        if "-c" in names[1:] or script is None:
+            return f"{names[0]} (helper: {' '.join(names[1:3])[:30]})"
+        return script
     return names[0] if names else "?"
 
 
@@ -422,8 +425,12 @@ def _attribute(result: Diagnosis, rows: list[tuple[int, list[str], int]], roles:
     for thread in result.threads:
         role = roles.get(thread["tid"])
         if role is None:  # no Python thread state: py-spy never sees it
-            role = ("native threads (onnxruntime intra-op pool)" if thread["pid"] in python_pids
-                    else f"{thread['process']} (native)")
+            if thread["comm"].startswith("ZMQbg"):
+                role = "zmq I/O threads"
+            elif thread["pid"] in python_pids:  # onnxruntime's pool threads keep the process's name
+                role = "native threads (onnxruntime intra-op pool)"
+            else:
+                role = f"{thread['process']} (native)"
         thread["role"] = role
         role_cpu[role] += thread["cpu_us_per_request"]
     samples_by_role: Counter[str] = Counter()

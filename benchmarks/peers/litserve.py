@@ -17,8 +17,8 @@ from benchmarks.loadgen import bodies
 from benchmarks.peers.base import Launch, Peer, PeerRequest, Variant
 from benchmarks.peers.venv import project_version, shared_requirements
 from benchmarks.server import free_port
-from benchmarks.wrk import LUA_SCRIPT
 from benchmarks.workload import REPO_ROOT, BenchModel
+from benchmarks.wrk import LUA_SCRIPT
 
 APP = Path(__file__).with_name("apps") / "litserve_app.py"
 VERSION = "0.2.19"

@@ -23,8 +23,8 @@ from benchmarks.loadgen import bodies
 from benchmarks.peers.base import Launch, Peer, PeerRequest, Variant
 from benchmarks.peers.venv import PeerUnavailable, project_version, shared_requirements
 from benchmarks.server import free_port
-from benchmarks.wrk import LUA_SCRIPT
 from benchmarks.workload import REPO_ROOT, BenchModel
+from benchmarks.wrk import LUA_SCRIPT
 
 APPS = Path(__file__).with_name("apps")
 VERSION = "0.12.0"

@@ -12,7 +12,6 @@ Run inside the peer venv::
 # No ``from __future__ import annotations``: LitServe reads decode_request's ``request`` annotation at
 # run time to build its endpoint, and a string there is not ``Request``.
 import argparse
-from typing import Any
 
 import litserve as ls
 import numpy as np
