@@ -103,16 +103,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["raw"][model.name] = raw.run(model, repos[model.name], quick=args.quick, log=log)
         if "service" in suites or peers:
             from benchmarks import service_bench
+            from benchmarks.peers import peer
+            from benchmarks.peers.runner import run as run_peer
 
             # A peer suite alone still measures the service (its wrk phases only): ratios need both.
+            # Model by model, each peer right after the service, so both see the same machine.
             only_peer_phases = "service" not in suites
             results["service"] = {}
+            results["peers"] = {name: {} for name in peers}
             for model in models:
                 log(f"service {model.name}{' (the peer phases: wrk c=1, c=32)' if only_peer_phases else ''} ...")
                 results["service"][model.name] = service_bench.run(
                     model, repos[model.name], quick=args.quick, duration=args.duration,
                     use_wrk=not args.no_wrk or only_peer_phases, log=log, peer_phases_only=only_peer_phases,
                 )
+                for name in peers:
+                    log(f"{name} {model.name} ...")
+                    results["peers"][name][model.name] = run_peer(
+                        peer(name), model, repos[model.name], cache_dir=args.cache_dir, quick=args.quick,
+                        duration=args.duration, log=log,
+                    )
+            if not peers:
+                del results["peers"]
         if "naive" in suites:
             from benchmarks import naive
 
@@ -122,19 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["naive"][model.name] = naive.run(
                     model, quick=args.quick, duration=args.duration, use_wrk=not args.no_wrk, log=log
                 )
-        if peers:
-            from benchmarks.peers import peer
-            from benchmarks.peers.runner import run as run_peer
-
-            results["peers"] = {}
-            for name in peers:
-                results["peers"][name] = {}
-                for model in models:
-                    log(f"{name} {model.name} ...")
-                    results["peers"][name][model.name] = run_peer(
-                        peer(name), model, repos[model.name], cache_dir=args.cache_dir, quick=args.quick,
-                        duration=args.duration, log=log,
-                    )
     except MissingSharedData as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -60,4 +60,5 @@ def run(
         "p90_ms": figures["p90_us"] / 1000,
         "p99_ms": figures["p99_us"] / 1000,
         "errors": errors if failed else {},
+        "load_average_1m": round(os.getloadavg()[0], 2),  # other processes on these cores show up here
     }
