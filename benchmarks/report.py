@@ -78,7 +78,7 @@ def render(results: dict[str, Any]) -> str:
                 load_rows.append(
                     [section, name, run["scenario"], run.get("images_per_request", 1), run["images_per_s"],
                      run["requests_per_s"], run["p50_ms"], run["p90_ms"], run["p99_ms"], _errors(run),
-                     run.get("mean_batch_size")]
+                     run.get("mean_batch_size"), run.get("load_average_1m")]
                 )
     for peer, by_model in results.get("peers", {}).items():
         for name, figures in by_model.items():
@@ -86,14 +86,15 @@ def render(results: dict[str, Any]) -> str:
                 scenario = run["scenario"] + (f" [{run['variant']}]" if run.get("variant") else "")
                 load_rows.append(
                     [peer, name, scenario, run.get("images_per_request", 1), run["images_per_s"], run["requests_per_s"],
-                     run["p50_ms"], run["p90_ms"], run["p99_ms"], _errors(run), run.get("mean_batch_size")]
+                     run["p50_ms"], run["p90_ms"], run["p99_ms"], _errors(run), run.get("mean_batch_size"),
+                     run.get("load_average_1m")]
                 )
     if load_rows:
         parts.append("\nLOAD over HTTP (real servers on 127.0.0.1, real JPEG uploads; peers serve the same ONNX file)")
         parts.append(
             table(
                 ["server", "model", "scenario", "img/req", "img/s", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors",
-                 "mean batch"],
+                 "mean batch", "load 1m"],
                 load_rows,
             )
         )
