@@ -385,7 +385,8 @@ def diagnose(target: str, args: argparse.Namespace, out: Path) -> Diagnosis:
                 result.files.append(str(out / f"{target}-{pid}.perf.txt"))
         roles = thread_roles(rows, names)
         svg = out / f"{target}-{args.model}-c{args.concurrency}.svg"
-        svg.write_text(flamegraph_svg(rows, f"{target} {args.model} wrk c={args.concurrency}: py-spy --native", roles))
+        svg.write_text(flamegraph_svg(
+            rows, f"{target} {args.model} wrk c={args.concurrency}: py-spy --native, every thread incl. blocked ones", roles))
         result.files.append(str(svg))
         _attribute(result, rows, roles, python_pids=python_pids)
     return result
