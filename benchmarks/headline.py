@@ -20,7 +20,7 @@ def _best(runs: list[dict[str, Any]], *, single_image: bool | None = None, close
         r for r in runs
         if (not closed_only or r["scenario"].startswith(("closed", "wrk")))
         and (single_image is None or (r.get("images_per_request", 1) == 1) == single_image)
-        and not r.get("errors")
+        and not r.get("errors") and r.get("requests_ok", 1) > 0
     ]
     return max(chosen, key=lambda r: r["images_per_s"], default=None)
 
@@ -94,7 +94,7 @@ def peer_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
                 figure = f"service/{name} {model} ({scenario}, 1 img/req)"
                 ours = _scenario(service_runs, scenario)
                 theirs = _best([r for r in peer.get("runs", []) if r["scenario"] == scenario])
-                if not ours or ours.get("errors") or not theirs:
+                if not ours or ours.get("errors") or not ours.get("requests_ok", 1) or not theirs:
                     why = peer.get("skipped") or "; ".join(peer.get("failures", {}).values()) or "no clean run"
                     lines.append({"figure": f"{figure}: not measured ({why[:120]})", "value": None, "goal": goal,
                                   "met": None})

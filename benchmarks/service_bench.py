@@ -56,6 +56,8 @@ def run(
             if not wrk.available():
                 raise RuntimeError("wrk not installed (apt-get install wrk): the peer comparison needs it")
             wrk.run(url, single[0], concurrency=max(PEER_CONCURRENCY), seconds=1.0 if quick else 3.0)  # warm-up
+            # wrk stops with requests in flight: one answered request means the queue ahead has drained.
+            loadgen.run_closed(url, single[:1], concurrency=1, seconds=0.1, warmup_s=0.0)
             for concurrency in PEER_CONCURRENCY:
                 measure(lambda c=concurrency: wrk.run(url, single[0], concurrency=c, seconds=phase_seconds(plan, c)))
             whole = batch_sizes(base, model.name)

@@ -82,6 +82,7 @@ def run(
                     if problem:
                         raise venv.PeerUnavailable(f"wrong answer: {problem}")
                     _wrk(launch.infer_url, request, concurrency=max(PEER_CONCURRENCY), seconds=warmup_seconds(quick))
+                    _check(peer, launch.infer_url, request, expected)  # answered after the warm-up's leftovers
                     for concurrency in PEER_CONCURRENCY:
                         row = _wrk(launch.infer_url, request, concurrency=concurrency,
                                    seconds=phase_seconds(plan, concurrency))
