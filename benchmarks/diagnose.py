@@ -221,6 +221,14 @@ def category(frames: list[str]) -> str:
     return "other"
 
 
+def python_function(frames: list[str]) -> str:
+    """The innermost Python frame: which line of Python code the sample is working for."""
+    for frame in reversed(frames):
+        if ".py:" in frame:
+            return frame.rsplit(":", 1)[0] + ")"
+    return "(native only)"
+
+
 def self_function(frames: list[str]) -> str:
     """The innermost named frame (unresolved addresses are skipped: libc here has no symbols)."""
     for frame in reversed(frames):
@@ -329,6 +337,7 @@ class Diagnosis:
     threads: list[dict[str, Any]] = field(default_factory=list)
     roles: dict[str, dict[str, Any]] = field(default_factory=dict)
     categories: dict[str, dict[str, float]] = field(default_factory=dict)
+    category_functions: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     top_self: list[dict[str, Any]] = field(default_factory=list)
     thread_states: dict[str, dict[str, float]] = field(default_factory=dict)
     native: dict[str, str] = field(default_factory=dict)
@@ -437,6 +446,7 @@ def _attribute(result: Diagnosis, rows: list[tuple[int, list[str], int]], roles:
     samples_by_role: Counter[str] = Counter()
     by_category: dict[str, Counter[str]] = defaultdict(Counter)
     by_self: dict[str, Counter[str]] = defaultdict(Counter)
+    by_function: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
     states: dict[str, Counter[str]] = defaultdict(Counter)
     for tid, frames, count in rows:
         role = roles.get(tid, "other")
@@ -446,6 +456,7 @@ def _attribute(result: Diagnosis, rows: list[tuple[int, list[str], int]], roles:
             continue
         samples_by_role[role] += count
         by_category[role][category(frames)] += count
+        by_function[role][category(frames)][python_function(frames)] += count
         by_self[role][self_function(frames)] += count
     for role, counts in states.items():
         total = sum(counts.values())
@@ -457,6 +468,10 @@ def _attribute(result: Diagnosis, rows: list[tuple[int, list[str], int]], roles:
         total = samples_by_role.get(role, 0)
         if total:
             result.categories[role] = {name: us * n / total for name, n in by_category[role].most_common()}
+            result.category_functions[role] = {
+                name: {fn: us * k / total for fn, k in functions.most_common(4)}
+                for name, functions in by_function[role].items()
+            }
             for name, n in by_self[role].most_common(12):
                 result.top_self.append({"role": role, "function": name, "share": n / total, "us_per_request": us * n / total})
 
@@ -475,7 +490,12 @@ def render(result: Diagnosis) -> str:
     lines.append(f"  {'total':<40} {sum(f['cpu_percent'] for f in result.roles.values()):6.1f}%  {total:8.0f} us/req")
     for role, cats in result.categories.items():
         lines.append(f"where {role} spends it (us CPU per request, from py-spy samples):")
-        lines.extend(f"    {name:<55} {us:7.0f}" for name, us in cats.items() if us >= 1)
+        for name, us in cats.items():
+            if us < 1:
+                continue
+            lines.append(f"    {name:<55} {us:7.0f}")
+            functions = result.category_functions.get(role, {}).get(name, {})
+            lines.extend(f"        {fus:6.0f}  {fn}" for fn, fus in functions.items() if fus >= max(2.0, 0.1 * us))
     lines.append("top self functions (us CPU per request):")
     for row in sorted(result.top_self, key=lambda r: -r["us_per_request"])[:30]:
         lines.append(f"    {row['us_per_request']:7.0f}  {100 * row['share']:5.1f}% of {row['role']:<18} {row['function']}")
