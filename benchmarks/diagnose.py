@@ -130,7 +130,7 @@ class Load:
 
 #: (role, pattern on the joined stack): the first match names a thread's role.
 ROLES = (
-    ("inference thread", r"_infer \(service/batcher|infer \(pytriton_app"),
+    ("inference thread", r"_infer \(service/batcher|\binfer \((?:\S*/)?pytriton_app|handle \((?:\S*/)?torchserve_handler"),
     ("decode pool", r"decode \(service/app|preprocess_image"),
     ("event loop", r"uvicorn|run_until_complete|_run_once|uvloop"),
     ("onnxruntime pool", r"onnxruntime|libonnxruntime|MlasExecuteThreaded|ThreadPoolTempl"),

@@ -245,3 +245,48 @@ def test_peer_quick_run_matches_onnxruntime_and_reports_ratios(peer: str, tmp_pa
         assert run["errors"] == {} and run["images_per_s"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"]
     ratios = [line for line in results["headline"] if line["figure"].startswith(f"service/{peer} resnet20")]
     assert len(ratios) == 2 and all(line["value"] and line["value"] > 0 for line in ratios)
+
+
+# --- diagnose: reading py-spy's collapsed stacks -----------------------------------------------------------
+
+_PYSPY_LINES = [  # the shapes py-spy 0.4 `record --native --threads -f raw` writes (trimmed stacks)
+    "thread (3002): infer-resnet20_0;thread_run (libpython3.11.so.1.0);_worker (concurrent/futures/thread.py:81);"
+    "_queue_SimpleQueue_get_impl (_queuemodule.c:253);PyThread_acquire_lock_timed (libpython3.11.so.1.0);"
+    "0x7f3f034aed90 (libc.so.6) 593",
+    "thread (3002): infer-resnet20_0;_worker (concurrent/futures/thread.py:83);Batcher._infer (service/batcher.py:174);"
+    "Session.run (onnxruntime/capi/onnxruntime_inference_collection.py:395);0x7f3ef702167b (onnxruntime/capi/x.so) 40",
+    "thread (3002): infer-resnet20_0;_worker (concurrent/futures/thread.py:81);"
+    "_queue_SimpleQueue_get_impl (_queuemodule.c:256);pthread_cond_timedwait (libc.so.6);0x7f3f034a3f16 (libc.so.6) 7",
+    "thread (2979): MainThread;Server.run (uvicorn/server.py:86);task_step_impl (_asynciomodule.c:2704);"
+    "_read_multipart (service/upload.py:205);MultipartParser._internal_write (python_multipart/multipart.py:1200) 30",
+    "thread (2979): MainThread;Server.run (uvicorn/server.py:86);uv__io_poll (linux.c:1400);epoll_pwait (libc.so.6) 20",
+    "thread (15897): MainThread;_worker (concurrent/futures/thread.py:83);"
+    "infer (benchmarks/peers/apps/pytriton_app.py:50);preprocess_image (service/preprocess.py:69) 5",
+]
+
+
+def test_diagnose_reads_thread_ids_names_states_and_categories(tmp_path: Path) -> None:
+    from benchmarks import diagnose
+
+    path = tmp_path / "stacks.txt"
+    path.write_text("\n".join(_PYSPY_LINES) + "\n")
+    rows, names = diagnose.read_collapsed(path)
+    assert [tid for tid, _, _ in rows] == [3002, 3002, 3002, 2979, 2979, 15897]
+    assert names == {3002: "infer-resnet20_0", 2979: "MainThread", 15897: "MainThread"}
+    assert [diagnose.state(frames) for _, frames, _ in rows] == ["wait", "cpu", "gil", "cpu", "wait", "cpu"]
+    assert diagnose.category(rows[1][1]) == "onnxruntime run"
+    assert diagnose.category(rows[3][1]).startswith("multipart parsing")  # innermost wins over uvicorn callers
+    assert diagnose.python_function(rows[3][1]) == "MultipartParser._internal_write (python_multipart/multipart.py)"
+    roles = diagnose.thread_roles(rows, names)
+    assert roles == {3002: "inference thread", 2979: "event loop", 15897: "inference thread"}
+
+
+def test_diagnose_flamegraph_is_svg_with_every_root(tmp_path: Path) -> None:
+    from benchmarks import diagnose
+
+    path = tmp_path / "stacks.txt"
+    path.write_text("\n".join(_PYSPY_LINES) + "\n")
+    rows, names = diagnose.read_collapsed(path)
+    svg = diagnose.flamegraph_svg(rows, "test", diagnose.thread_roles(rows, names))
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    assert "inference thread (thread 3002)" in svg and "event loop (thread 2979)" in svg and "695 samples" in svg
