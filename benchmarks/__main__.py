@@ -101,30 +101,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             for model in models:
                 log(f"raw {model.name} ...")
                 results["raw"][model.name] = raw.run(model, repos[model.name], quick=args.quick, log=log)
-        if "service" in suites or peers:
+        if "service" in suites:
             from benchmarks import service_bench
-            from benchmarks.peers import peer
-            from benchmarks.peers.runner import run as run_peer
 
-            # A peer suite alone still measures the service (its wrk phases only): ratios need both.
-            # Model by model, each peer right after the service, so both see the same machine.
-            only_peer_phases = "service" not in suites
             results["service"] = {}
+            for model in models:
+                log(f"service {model.name} ...")
+                results["service"][model.name] = service_bench.run(
+                    model, repos[model.name], quick=args.quick, duration=args.duration, use_wrk=not args.no_wrk, log=log
+                )
+        if peers:
+            from benchmarks.peers import peer
+            from benchmarks.peers.runner import Paired
+            from benchmarks.peers.runner import run as run_peer
+            from benchmarks.service_bench import serving
+
+            # The service runs beside each peer, and every phase alternates between the two (see runner).
             results["peers"] = {name: {} for name in peers}
             for model in models:
-                log(f"service {model.name}{' (the peer phases: wrk c=1, c=32)' if only_peer_phases else ''} ...")
-                results["service"][model.name] = service_bench.run(
-                    model, repos[model.name], quick=args.quick, duration=args.duration,
-                    use_wrk=not args.no_wrk or only_peer_phases, log=log, peer_phases_only=only_peer_phases,
-                )
-                for name in peers:
-                    log(f"{name} {model.name} ...")
-                    results["peers"][name][model.name] = run_peer(
-                        peer(name), model, repos[model.name], cache_dir=args.cache_dir, quick=args.quick,
-                        duration=args.duration, log=log,
-                    )
-            if not peers:
-                del results["peers"]
+                with serving(model, repos[model.name]) as (url, body):
+                    for name in peers:
+                        log(f"{name} {model.name} (interleaved with the service) ...")
+                        results["peers"][name][model.name] = run_peer(
+                            peer(name), model, repos[model.name], cache_dir=args.cache_dir, quick=args.quick,
+                            duration=args.duration, paired=Paired(url, body), log=log,
+                        )
         if "naive" in suites:
             from benchmarks import naive
 

@@ -83,12 +83,13 @@ def render(results: dict[str, Any]) -> str:
     for peer, by_model in results.get("peers", {}).items():
         for name, figures in by_model.items():
             for run in figures.get("runs", []):
-                scenario = run["scenario"] + (f" [{run['variant']}]" if run.get("variant") else "")
-                load_rows.append(
-                    [peer, name, scenario, run.get("images_per_request", 1), run["images_per_s"], run["requests_per_s"],
-                     run["p50_ms"], run["p90_ms"], run["p99_ms"], _errors(run), run.get("mean_batch_size"),
-                     run.get("load_average_1m")]
-                )
+                pairs = [("service", run["service"], f" [beside {peer} {run.get('variant', '')}]")] if run.get("service") else []
+                for server, row, note in (*pairs, (peer, run, f" [{run['variant']}]" if run.get("variant") else "")):
+                    load_rows.append(
+                        [server, name, row["scenario"] + note, row.get("images_per_request", 1), row["images_per_s"],
+                         row["requests_per_s"], row["p50_ms"], row["p90_ms"], row["p99_ms"], _errors(row),
+                         row.get("mean_batch_size"), row.get("load_average_1m")]
+                    )
     if load_rows:
         parts.append("\nLOAD over HTTP (real servers on 127.0.0.1, real JPEG uploads; peers serve the same ONNX file)")
         parts.append(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks import loadgen, wrk
-from benchmarks.phases import PEER_CONCURRENCY, phase_seconds, plan_for, wrk_phases
+from benchmarks.phases import phase_seconds, plan_for, wrk_phases
 from benchmarks.prometheus import batch_sizes, snapshot
 from benchmarks.server import free_port, python, running_server
 from benchmarks.workload import BenchModel, payloads_for
@@ -26,10 +27,8 @@ def service_env(repo: Path, port: int) -> dict[str, str]:
 
 def run(
     model: BenchModel, repo: Path, *, quick: bool, duration: float | None, use_wrk: bool,
-    log: Callable[[str], None] = print, peer_phases_only: bool = False,
+    log: Callable[[str], None] = print,
 ) -> dict[str, object]:
-    """Every phase; or, with ``peer_phases_only``, just the wrk phases the peers get (c=1, c=32)
-    after a discarded warm-up, so a peer suite run alone still prints its ratio to the service."""
     plan = plan_for(model, quick=quick, duration=duration)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -52,17 +51,6 @@ def run(
             log(_line("service", model.name, row))
             return row
 
-        if peer_phases_only:
-            if not wrk.available():
-                raise RuntimeError("wrk not installed (apt-get install wrk): the peer comparison needs it")
-            wrk.run(url, single[0], concurrency=max(PEER_CONCURRENCY), seconds=1.0 if quick else 3.0)  # warm-up
-            # wrk stops with requests in flight: one answered request means the queue ahead has drained.
-            loadgen.run_closed(url, single[:1], concurrency=1, seconds=0.1, warmup_s=0.0)
-            for concurrency in PEER_CONCURRENCY:
-                measure(lambda c=concurrency: wrk.run(url, single[0], concurrency=c, seconds=phase_seconds(plan, c)))
-            whole = batch_sizes(base, model.name)
-            return {"plan": plan.__dict__, "runs": runs, "batch_histogram": whole.per_bucket(),
-                    "mean_batch_size": whole.mean, "wrk_note": "peer phases only (c=1, c=32)"}
         saturated = None
         for concurrency in plan.single_concurrency:
             row = measure(lambda c=concurrency: loadgen.run_closed(
@@ -90,6 +78,18 @@ def run(
         "mean_batch_size": whole.mean,
         "wrk_note": wrk_note,
     }
+
+
+@contextmanager
+def serving(model: BenchModel, repo: Path) -> Iterator[tuple[str, loadgen.Body]]:
+    """The service with its defaults, running for the block: (predict URL, the single-JPEG body wrk posts).
+
+    The peers are measured against it slice by slice (``benchmarks/peers/runner.py``)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = Path(tempfile.gettempdir()) / f"bench-service-paired-{model.name}-{port}.log"
+    with running_server([python(), "-m", "service"], service_env(repo, port), f"{base}/health/ready", log_path=log_path):
+        yield f"{base}/predict?model={model.name}&top_k=5", loadgen.bodies(payloads_for(model), 1)[0]
 
 
 def _line(server: str, model: str, row: dict[str, object]) -> str:

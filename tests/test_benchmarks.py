@@ -164,22 +164,23 @@ def test_check_scores_accepts_only_onnxruntimes_answer(scores: dict[int, float],
 
 
 def _wrk_row(scenario: str, images_per_s: float, **extra: object) -> dict[str, object]:
-    return {"scenario": scenario, "images_per_request": 1, "images_per_s": images_per_s, "errors": {}, **extra}
+    return {"scenario": scenario, "images_per_request": 1, "images_per_s": images_per_s, "requests_ok": 10,
+            "errors": {}, **extra}
 
 
-def test_headline_ratio_is_against_the_peers_best_variant_at_each_concurrency() -> None:
+def test_headline_ratio_is_against_the_peers_best_variant_each_with_its_own_service_slices() -> None:
     from benchmarks.headline import peer_ratios
 
-    results = {
-        "service": {"resnet20": {"runs": [_wrk_row("wrk c=1", 400.0), _wrk_row("wrk c=32", 990.0)]}},
-        "peers": {"pytriton": {"resnet20": {"runs": [
-            _wrk_row("wrk c=1", 100.0, variant="spin on"), _wrk_row("wrk c=32", 800.0, variant="spin on"),
-            _wrk_row("wrk c=1", 80.0, variant="spin off"), _wrk_row("wrk c=32", 900.0, variant="spin off"),
-        ]}}},
-    }
+    def run(scenario: str, peer: float, service: float, variant: str) -> dict[str, object]:
+        return _wrk_row(scenario, peer, variant=variant, service=_wrk_row(scenario, service))
+
+    results = {"peers": {"pytriton": {"resnet20": {"runs": [
+        run("wrk c=1", 100.0, 400.0, "spin on"), run("wrk c=32", 800.0, 1000.0, "spin on"),
+        run("wrk c=1", 80.0, 360.0, "spin off"), run("wrk c=32", 900.0, 990.0, "spin off"),
+    ]}}}}
     lines = {line["figure"]: line for line in peer_ratios(results)}
-    c1 = lines["service/pytriton resnet20 (wrk c=1, 1 img/req), pytriton best of [spin on]"]
-    c32 = lines["service/pytriton resnet20 (wrk c=32, 1 img/req), pytriton best of [spin off]"]
+    c1 = lines["service/pytriton resnet20 (wrk c=1, 1 img/req, interleaved), vs pytriton [spin on]"]
+    c32 = lines["service/pytriton resnet20 (wrk c=32, 1 img/req, interleaved), vs pytriton [spin off]"]
     assert c1["value"] == pytest.approx(4.0) and c1["met"] is True
     assert c32["value"] == pytest.approx(1.1) and c32["goal"] == ">= 1.1" and c32["met"] is True
 
@@ -188,12 +189,30 @@ def test_headline_says_why_a_peer_was_not_measured() -> None:
     from benchmarks.headline import peer_ratios
 
     results = {
-        "service": {"resnet50": {"runs": [_wrk_row("wrk c=1", 20.0), _wrk_row("wrk c=32", 22.0)]}},
-        "peers": {"torchserve": {"resnet50": {"runs": [], "skipped": "TorchServe needs Java 17+", "failures": {}}}},
+        "peers": {"torchserve": {"resnet50": {"runs": [], "skipped": "TorchServe needs Java 17+", "failures": {}}},
+                  "litserve": {"resnet50": {"runs": [
+                      _wrk_row("wrk c=1", 0.0, requests_ok=0, variant="spin on", service=_wrk_row("wrk c=1", 20.0)),
+                  ], "skipped": None, "failures": {"spin off": "ServerFailed: exited with 1"}}}},
     }
     lines = peer_ratios(results)
-    assert len(lines) == 2
-    assert all(line["value"] is None and "TorchServe needs Java 17+" in line["figure"] for line in lines)
+    assert len(lines) == 4 and all(line["value"] is None and "not measured" in line["figure"] for line in lines)
+    assert sum("TorchServe needs Java 17+" in line["figure"] for line in lines) == 2
+    assert sum("exited with 1" in line["figure"] for line in lines) == 2  # a phase with no answer gives no ratio
+
+
+def test_interleaved_slices_merge_into_one_row() -> None:
+    from benchmarks.peers.runner import merge_slices
+
+    slices = [
+        {**_wrk_row("wrk c=32", 0.0), "seconds": 5.0, "requests_ok": 500, "requests_per_s": 100.0,
+         "p50_ms": 10.0, "p90_ms": 20.0, "p99_ms": 30.0, "load_average_1m": 1.5},
+        {**_wrk_row("wrk c=32", 0.0), "seconds": 5.0, "requests_ok": 1500, "requests_per_s": 300.0,
+         "p50_ms": 20.0, "p90_ms": 25.0, "p99_ms": 50.0, "errors": {"timeout": 2}, "load_average_1m": 2.5},
+    ]
+    row = merge_slices(slices)
+    assert row["images_per_s"] == pytest.approx(200.0) and row["requests_ok"] == 2000 and row["seconds"] == 10.0
+    assert row["p50_ms"] == 15.0 and row["p99_ms"] == 50.0 and row["errors"] == {"timeout": 2}
+    assert row["slices"] == 2 and row["load_average_1m"] == 2.5
 
 
 def test_every_plan_gives_the_service_the_peers_wrk_phases() -> None:
@@ -242,7 +261,8 @@ def test_peer_quick_run_matches_onnxruntime_and_reports_ratios(peer: str, tmp_pa
     assert figures["skipped"] is None and figures["failures"] == {}, figures
     assert [r["scenario"] for r in figures["runs"]] == ["wrk c=1", "wrk c=32"]
     for run in figures["runs"]:
-        assert run["errors"] == {} and run["images_per_s"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"]
+        for row in (run, run["service"]):  # the peer, and the service in the slices interleaved with it
+            assert row["errors"] == {} and row["images_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
     ratios = [line for line in results["headline"] if line["figure"].startswith(f"service/{peer} resnet20")]
     assert len(ratios) == 2 and all(line["value"] and line["value"] > 0 for line in ratios)
 

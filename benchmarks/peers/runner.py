@@ -1,9 +1,11 @@
-"""Drive one peer like the service: same ONNX file, same JPEG, same wrk phases, after a correctness check.
+"""Drive one peer beside the service: same ONNX file, same JPEG, same wrk phases, after a correctness check.
 
 Each variant (onnxruntime spinning on/off) gets a fresh server: start, check that one answer matches
 in-process onnxruntime on the same crop, warm up with discarded load, then ``wrk`` at concurrency 1
-and 32 with one JPEG per request. Anything that fails (install, start, a wrong answer) is recorded
-with its reason and the run carries on.
+and 32 with one JPEG per request. The service runs all along (started by the caller), and each phase
+alternates between the two in slices, service then peer, ``ROUNDS`` times: on a shared machine whose
+load drifts by the minute, both see the same machine, so the ratio compares like with like.
+Anything that fails (install, start, a wrong answer) is recorded with its reason and the run carries on.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks import wrk
+from benchmarks.loadgen import Body
 from benchmarks.peers import venv
 from benchmarks.peers.base import Peer, PeerRequest, check_scores
 from benchmarks.phases import PEER_CONCURRENCY, phase_seconds, plan_for
@@ -49,11 +53,24 @@ def warmup_seconds(quick: bool) -> float:
     return 1.0 if quick else 3.0
 
 
+#: Slices per phase and server (service, peer, service, peer): each gets the phase's length in total.
+ROUNDS = 2
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The running service the peer is measured against: its URL and the multipart body wrk posts."""
+
+    url: str
+    body: Body
+
+
 def run(
     peer: Peer, model: BenchModel, repo: Path, *, cache_dir: Path, quick: bool, duration: float | None,
-    log: Callable[[str], None] = print,
+    paired: Paired, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Figures for ``peer`` serving ``model``: {"config", "runs", "failures", "skipped"}."""
+    """Figures for ``peer`` serving ``model``: {"config", "runs", "failures", "skipped"}; each run carries
+    the service's figures from the interleaved slices as ``run["service"]``."""
     result: dict[str, Any] = {"runs": [], "failures": {}, "skipped": None, "config": {}}
     if not wrk.available():
         result["skipped"] = "wrk not installed (apt-get install wrk): peers are measured with wrk only"
@@ -81,13 +98,24 @@ def run(
                     problem = _check(peer, launch.infer_url, request, expected)
                     if problem:
                         raise venv.PeerUnavailable(f"wrong answer: {problem}")
-                    _wrk(launch.infer_url, request, concurrency=max(PEER_CONCURRENCY), seconds=warmup_seconds(quick))
-                    _check(peer, launch.infer_url, request, expected)  # answered after the warm-up's leftovers
+                    service = PeerRequest(paired.body, wrk.LUA_SCRIPT)
+                    for url, req in ((paired.url, service), (launch.infer_url, request)):
+                        _wrk(url, req, concurrency=max(PEER_CONCURRENCY), seconds=warmup_seconds(quick))
+                        _drain(url, req)
+                    rounds = 1 if quick else ROUNDS
                     for concurrency in PEER_CONCURRENCY:
-                        row = _wrk(launch.infer_url, request, concurrency=concurrency,
-                                   seconds=phase_seconds(plan, concurrency))
+                        seconds = phase_seconds(plan, concurrency) / rounds
+                        ours, theirs = [], []
+                        for _ in range(rounds):
+                            ours.append(_wrk(paired.url, service, concurrency=concurrency, seconds=seconds))
+                            _drain(paired.url, service)
+                            theirs.append(_wrk(launch.infer_url, request, concurrency=concurrency, seconds=seconds))
+                            _drain(launch.infer_url, request)
+                        row = merge_slices(theirs)
                         row["variant"] = variant.label
+                        row["service"] = merge_slices(ours)
                         result["runs"].append(row)
+                        log(line("service", model.name, {**row["service"], "variant": f"beside {variant.label}"}))
                         log(line(peer.name, model.name, row))
             except (ServerFailed, venv.PeerUnavailable, RuntimeError, httpx.HTTPError) as exc:
                 result["failures"][variant.label] = f"{type(exc).__name__}: {exc}"[-1500:]
@@ -97,6 +125,33 @@ def run(
 
 #: Statuses a peer answers while its model is still loading (TorchServe's /ping is up before its worker).
 _LOADING = frozenset({404, 503, 507})
+
+
+def merge_slices(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from a server's slices: throughput over their summed time, p50 the slices' mean, p90/p99 their
+    worst (wrk reports percentiles, not samples, so they cannot be pooled exactly)."""
+    seconds = sum(float(r["seconds"]) for r in rows)
+    ok = sum(int(r["requests_ok"]) for r in rows)
+    images = sum(int(r["requests_ok"]) * int(r["images_per_request"]) for r in rows)
+    errors: dict[str, int] = {}
+    for r in rows:
+        for name, count in (r.get("errors") or {}).items():
+            errors[name] = errors.get(name, 0) + int(count)
+    return {
+        "scenario": rows[0]["scenario"], "images_per_request": rows[0]["images_per_request"],
+        "seconds": round(seconds, 2), "requests_ok": ok,
+        "requests_per_s": ok / seconds if seconds else 0.0, "images_per_s": images / seconds if seconds else 0.0,
+        "p50_ms": sum(float(r["p50_ms"]) for r in rows) / len(rows),
+        "p90_ms": max(float(r["p90_ms"]) for r in rows), "p99_ms": max(float(r["p99_ms"]) for r in rows),
+        "errors": errors, "slices": len(rows),
+        "load_average_1m": max(float(r.get("load_average_1m") or 0.0) for r in rows),
+    }
+
+
+def _drain(url: str, request: PeerRequest) -> None:
+    """wrk stops with requests in flight; one answered request means the queue ahead of it is empty."""
+    httpx.post(url, content=request.body.content,
+               headers={"Content-Type": request.body.content_type, **request.headers}, timeout=120.0)
 
 
 def _check(peer: Peer, url: str, request: PeerRequest, expected: np.ndarray, *, wait_s: float = 120.0) -> str | None:
