@@ -1,5 +1,8 @@
-"""Benchmarks: the service against raw onnxruntime and a naive FastAPI + PyTorch baseline.
+"""Benchmarks: the service against raw onnxruntime, a naive FastAPI + PyTorch baseline and peer servers.
 
-Run ``python -m benchmarks [raw|service|naive|preprocess|all] [--quick]``. Every figure comes from
-one run on one machine, so the ratios (service/raw, service/naive) compare like with like.
+Run ``python -m benchmarks [raw|service|naive|preprocess|pytriton|litserve|torchserve|all] [--quick]``.
+Every figure comes from one run on one machine, so the ratios (service/raw, service/naive,
+service/<peer>) compare like with like; peers (``benchmarks/peers``) serve the same ONNX file with the
+same preprocessing and are measured interleaved with the service. ``python -m benchmarks.diagnose``
+says where a server spends its CPU per request.
 """

@@ -1,4 +1,5 @@
-"""``python -m benchmarks [raw|service|naive|preprocess|all] [--quick]``: one run, one table, one JSON file."""
+"""``python -m benchmarks [raw|service|naive|preprocess|pytriton|litserve|torchserve|all] [--quick]``:
+one run, one table, one JSON file."""
 
 from __future__ import annotations
 
@@ -13,17 +14,30 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
-from benchmarks.workload import DEFAULT_CACHE_DIR, REPO_ROOT, MissingSharedData, bench_models, model_repository
+from benchmarks.peers import PEER_NAMES
+from benchmarks.workload import (
+    DEFAULT_CACHE_DIR,
+    REPO_ROOT,
+    MissingSharedData,
+    bench_models,
+    model_repository,
+)
 
-SUITES = ("preprocess", "raw", "service", "naive")
+SUITES = ("preprocess", "raw", "service", "naive", "pytriton")
+#: Peers outside ``all``: each needs a venv of its own (TorchServe: torch and Java) and minutes per model.
+OPT_IN = ("litserve", "torchserve")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Benchmark the service against in-process onnxruntime (raw) and FastAPI + PyTorch eager (naive).",
+        description="Benchmark the service against in-process onnxruntime (raw), FastAPI + PyTorch eager (naive) "
+        "and peer servers (PyTriton; LitServe and TorchServe on request) serving the same ONNX file.",
     )
-    parser.add_argument("suites", nargs="*", choices=(*SUITES, "all"), default=["all"], help="what to run (default: all)")
+    parser.add_argument(
+        "suites", nargs="*", choices=(*SUITES, *OPT_IN, "all"), default=["all"],
+        help=f"what to run (default: all = {' '.join(SUITES)}; {' and '.join(OPT_IN)} only when named)",
+    )
     parser.add_argument("--quick", action="store_true", help="a one-minute smoke run: fewer sizes, shorter phases")
     parser.add_argument(
         "--models", default="resnet50,resnet20",
@@ -59,14 +73,19 @@ def environment() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    suites = SUITES if "all" in args.suites else tuple(s for s in SUITES if s in args.suites)
-    log = lambda line: print(line, flush=True)  # noqa: E731
+    chosen = set(args.suites) | (set(SUITES) if "all" in args.suites else set())
+    suites = tuple(s for s in (*SUITES, *OPT_IN) if s in chosen)
+    peers = tuple(s for s in suites if s in PEER_NAMES)
+    if peers and args.no_wrk:
+        print(f"note: --no-wrk: skipping {', '.join(peers)} (peers are measured with wrk only)", flush=True)
+        suites, peers = tuple(s for s in suites if s not in peers), ()
+    log = lambda line: print(line, flush=True)
     started = time.perf_counter()
     results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "environment": environment()}
     try:
         models = bench_models([name.strip() for name in args.models.split(",") if name.strip()])
         repos = {}
-        if set(suites) & {"raw", "service"}:
+        if set(suites) & {"raw", "service", *PEER_NAMES}:
             for model in models:
                 log(f"exporting {model.name} into {args.cache_dir} (skipped when already there) ...")
                 repos[model.name] = model_repository(model, args.cache_dir)
@@ -91,6 +110,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["service"][model.name] = service_bench.run(
                     model, repos[model.name], quick=args.quick, duration=args.duration, use_wrk=not args.no_wrk, log=log
                 )
+        if peers:
+            from benchmarks.peers import peer
+            from benchmarks.peers.runner import Paired
+            from benchmarks.peers.runner import run as run_peer
+            from benchmarks.service_bench import serving
+
+            # The service runs beside each peer, and every phase alternates between the two (see runner).
+            results["peers"] = {name: {} for name in peers}
+            for model in models:
+                with serving(model, repos[model.name]) as (url, body):
+                    for name in peers:
+                        log(f"{name} {model.name} (interleaved with the service) ...")
+                        results["peers"][name][model.name] = run_peer(
+                            peer(name), model, repos[model.name], cache_dir=args.cache_dir, quick=args.quick,
+                            duration=args.duration, paired=Paired(url, body), log=log,
+                        )
         if "naive" in suites:
             from benchmarks import naive
 

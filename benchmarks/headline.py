@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.phases import PEER_CONCURRENCY
 from benchmarks.raw import batch1_latency_ms, ceiling
 
 #: The service's default MAX_BATCH_SIZE: raw is compared at batch sizes the service can run.
@@ -19,7 +20,7 @@ def _best(runs: list[dict[str, Any]], *, single_image: bool | None = None, close
         r for r in runs
         if (not closed_only or r["scenario"].startswith(("closed", "wrk")))
         and (single_image is None or (r.get("images_per_request", 1) == 1) == single_image)
-        and not r.get("errors")
+        and not r.get("errors") and r.get("requests_ok", 1) > 0
     ]
     return max(chosen, key=lambda r: r["images_per_s"], default=None)
 
@@ -73,7 +74,46 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
             decode_ms = _pillow_decode_ms(results) if model == "resnet50" else None
             if decode_ms is not None:
                 add("  of which decoding one 500x375 JPEG (preprocess suite, ms)", decode_ms, "-", None)
+    lines.extend(peer_ratios(results))
     return lines
+
+
+#: The issue's goal: the service >= 1.1x every peer at 32 clients, and still ahead at one.
+PEER_GOALS = {1: ("> 1", lambda ratio: ratio > 1.0), 32: (">= 1.1", lambda ratio: ratio >= 1.1)}
+
+
+def peer_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """service/<peer> images/s under the same wrk load, slice by slice, against the peer's best variant.
+
+    Each peer run carries the service's figures from the slices interleaved with it; the ratio shown is
+    the lowest over the peer's variants (spinning on/off): the service against the peer at its best."""
+    lines = []
+    for name, by_model in results.get("peers", {}).items():
+        for model, peer in by_model.items():
+            for concurrency in PEER_CONCURRENCY:
+                scenario = f"wrk c={concurrency}"
+                goal, met = PEER_GOALS.get(concurrency, ("-", lambda ratio: None))
+                figure = f"service/{name} {model} ({scenario}, 1 img/req, interleaved)"
+                ratios = [
+                    (run["service"]["images_per_s"] / run["images_per_s"], run)
+                    for run in peer.get("runs", [])
+                    if run["scenario"] == scenario and run.get("service") and _clean(run) and _clean(run["service"])
+                ]
+                if not ratios:
+                    why = peer.get("skipped") or "; ".join(peer.get("failures", {}).values()) or "no clean run"
+                    lines.append({"figure": f"{figure}: not measured ({why[:120]})", "value": None, "goal": goal,
+                                  "met": None})
+                    continue
+                ratio, run = min(ratios, key=lambda pair: pair[0])
+                lines.append({
+                    "figure": f"{figure}, vs {name} [{run.get('variant', '-')}]",
+                    "value": ratio, "goal": goal, "met": met(ratio),
+                })
+    return lines
+
+
+def _clean(run: dict[str, Any]) -> bool:
+    return not run.get("errors") and run.get("requests_ok", 0) > 0 and run.get("images_per_s", 0) > 0
 
 
 def _pillow_decode_ms(results: dict[str, Any]) -> float | None:

@@ -35,6 +35,19 @@ def plan_for(model: BenchModel, *, quick: bool, duration: float | None) -> Plan:
     return plan
 
 
+#: wrk concurrencies every peer gets, and the service too (c=32 is the issue's saturation point for both models).
+PEER_CONCURRENCY = (1, 32)
+
+
+def wrk_phases(plan: Plan) -> list[tuple[int, int]]:
+    """(concurrency, images per request) for the service's wrk runs: c=1, c=32, saturation, multi-image."""
+    phases = [(concurrency, 1) for concurrency in PEER_CONCURRENCY]
+    for phase in ((plan.saturating, 1), *plan.multi):
+        if phase not in phases:
+            phases.append(phase)
+    return phases
+
+
 def phase_seconds(plan: Plan, concurrency: int) -> float:
     """Concurrency 1 needs less time for stable percentiles than a saturated queue."""
     return plan.seconds / 2 if concurrency == 1 else plan.seconds

@@ -78,14 +78,24 @@ def render(results: dict[str, Any]) -> str:
                 load_rows.append(
                     [section, name, run["scenario"], run.get("images_per_request", 1), run["images_per_s"],
                      run["requests_per_s"], run["p50_ms"], run["p90_ms"], run["p99_ms"], _errors(run),
-                     run.get("mean_batch_size")]
+                     run.get("mean_batch_size"), run.get("load_average_1m")]
                 )
+    for peer, by_model in results.get("peers", {}).items():
+        for name, figures in by_model.items():
+            for run in figures.get("runs", []):
+                pairs = [("service", run["service"], f" [beside {peer} {run.get('variant', '')}]")] if run.get("service") else []
+                for server, row, note in (*pairs, (peer, run, f" [{run['variant']}]" if run.get("variant") else "")):
+                    load_rows.append(
+                        [server, name, row["scenario"] + note, row.get("images_per_request", 1), row["images_per_s"],
+                         row["requests_per_s"], row["p50_ms"], row["p90_ms"], row["p99_ms"], _errors(row),
+                         row.get("mean_batch_size"), row.get("load_average_1m")]
+                    )
     if load_rows:
-        parts.append("\nLOAD over HTTP (real uvicorn on 127.0.0.1, real JPEG uploads)")
+        parts.append("\nLOAD over HTTP (real servers on 127.0.0.1, real JPEG uploads; peers serve the same ONNX file)")
         parts.append(
             table(
                 ["server", "model", "scenario", "img/req", "img/s", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors",
-                 "mean batch"],
+                 "mean batch", "load 1m"],
                 load_rows,
             )
         )
@@ -102,6 +112,15 @@ def render(results: dict[str, Any]) -> str:
             parts.append(f"  {name} batch sizes achieved (whole run, from /metrics): {runs['batch_histogram']}")
         if runs.get("wrk_note"):
             parts.append(f"  {name} wrk: {runs['wrk_note']}")
+    for peer, by_model in results.get("peers", {}).items():
+        configs = {label: text for figures in by_model.values() for label, text in figures.get("config", {}).items()}
+        for label, text in configs.items():
+            parts.append(f"  {peer} [{label}]: {text}")
+        for name, figures in by_model.items():
+            if figures.get("skipped"):
+                parts.append(f"  {peer} {name} skipped: {figures['skipped']}")
+            for label, why in figures.get("failures", {}).items():
+                parts.append(f"  {peer} {name} [{label}] failed: {why[-400:]}")
     if results.get("headline"):
         parts.append("\nHEADLINE (one run, same machine)")
         parts.append(table(["figure", "value", "goal", "met"], [[h["figure"], h["value"], h["goal"], h["met"]] for h in results["headline"]]))

@@ -29,13 +29,19 @@ class ServerFailed(RuntimeError):
 
 @contextmanager
 def running_server(
-    argv: list[str], env: Mapping[str, str], ready_url: str, *, log_path: Path, timeout_s: float = 180.0
+    argv: list[str], env: Mapping[str, str], ready_url: str, *, log_path: Path, timeout_s: float = 180.0,
+    cwd: Path = REPO_ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``argv`` until the block ends; ``ready_url`` must answer 200 before the block starts."""
+    """Run ``argv`` until the block ends; ``ready_url`` must answer 200 before the block starts.
+
+    The process leads its own session; stopping it stops that whole process group, so servers that
+    fork helpers (Triton's server and backend stubs, TorchServe's Java frontend and Python workers)
+    leave nothing behind.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            argv, cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT,
+            argv, cwd=cwd, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
@@ -60,14 +66,30 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout_s: float, lo
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    _stop_group(process.pid)
+
+
+def _stop_group(pgid: int) -> None:
+    """TERM, then KILL, whatever is left in the server's own process group (its helpers)."""
+    for sig, grace_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.1)
 
 
 def _tail(path: Path, lines: int = 30) -> str:

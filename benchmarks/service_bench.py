@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks import loadgen, wrk
-from benchmarks.phases import phase_seconds, plan_for
+from benchmarks.phases import phase_seconds, plan_for, wrk_phases
 from benchmarks.prometheus import batch_sizes, snapshot
 from benchmarks.server import free_port, python, running_server
 from benchmarks.workload import BenchModel, payloads_for
@@ -63,7 +64,7 @@ def run(
             rate = max(1.0, plan.open_fraction * float(saturated["requests_per_s"]))  # type: ignore[arg-type]
             measure(lambda: loadgen.run_open(url, single, rate_per_s=rate, seconds=plan.seconds, warmup_s=plan.warmup_s))
         if use_wrk:  # native client for every model: the Python client eats the cores the service needs
-            for concurrency, per_request in ((1, 1), (plan.saturating, 1), *plan.multi):
+            for concurrency, per_request in wrk_phases(plan):
                 if not wrk.available():
                     wrk_note = "wrk not installed (apt-get install wrk): native-client figures skipped"
                     break
@@ -77,6 +78,18 @@ def run(
         "mean_batch_size": whole.mean,
         "wrk_note": wrk_note,
     }
+
+
+@contextmanager
+def serving(model: BenchModel, repo: Path) -> Iterator[tuple[str, loadgen.Body]]:
+    """The service with its defaults, running for the block: (predict URL, the single-JPEG body wrk posts).
+
+    The peers are measured against it slice by slice (``benchmarks/peers/runner.py``)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = Path(tempfile.gettempdir()) / f"bench-service-paired-{model.name}-{port}.log"
+    with running_server([python(), "-m", "service"], service_env(repo, port), f"{base}/health/ready", log_path=log_path):
+        yield f"{base}/predict?model={model.name}&top_k=5", loadgen.bodies(payloads_for(model), 1)[0]
 
 
 def _line(server: str, model: str, row: dict[str, object]) -> str:

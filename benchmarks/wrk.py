@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from benchmarks.loadgen import Body
@@ -19,15 +20,23 @@ def available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run(url: str, body: Body, *, concurrency: int, seconds: float, threads: int = 1) -> dict[str, object]:
-    """Closed loop with ``concurrency`` connections for ``seconds`` (check :func:`available` first)."""
-    with tempfile.NamedTemporaryFile(suffix=".multipart") as body_file:
+def run(
+    url: str, body: Body, *, concurrency: int, seconds: float, threads: int = 1,
+    script: Path = LUA_SCRIPT, script_env: Mapping[str, str] | None = None,
+) -> dict[str, object]:
+    """Closed loop with ``concurrency`` connections for ``seconds`` (check :func:`available` first).
+
+    ``script`` posts the body file; ``script_env`` passes it what else the request needs (a peer's
+    protocol headers, see ``benchmarks/peers/kserve.lua``).
+    """
+    with tempfile.NamedTemporaryFile(suffix=".body") as body_file:
         body_file.write(body.content)
         body_file.flush()
-        env = {**os.environ, "BENCH_BODY_FILE": body_file.name, "BENCH_CONTENT_TYPE": body.content_type}
+        env = {**os.environ, **(script_env or {}), "BENCH_BODY_FILE": body_file.name,
+               "BENCH_CONTENT_TYPE": body.content_type}
         completed = subprocess.run(
             ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
-             "-s", str(LUA_SCRIPT), url],
+             "-s", str(script), url],
             env=env, capture_output=True, text=True, timeout=seconds + 60, check=False,
         )
     line = next((l for l in completed.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
@@ -51,4 +60,5 @@ def run(url: str, body: Body, *, concurrency: int, seconds: float, threads: int 
         "p90_ms": figures["p90_us"] / 1000,
         "p99_ms": figures["p99_us"] / 1000,
         "errors": errors if failed else {},
+        "load_average_1m": round(os.getloadavg()[0], 2),  # other processes on these cores show up here
     }

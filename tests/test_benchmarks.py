@@ -68,3 +68,245 @@ def test_preprocess_suite_measures_pillow_exactly(tmp_path: Path) -> None:
     assert exact["images_per_s_500x375"] > 0
     draft = by_name["pillow + draft"]
     assert 0 < draft["large_vs_exact_mean_abs"] < 1.0  # draft really decoded at reduced scale, and stayed close
+
+
+# --- peers: the KServe V2 body, answer checks, ratios; the peers themselves are opt-in ------------------
+
+PEERS_ENV = "RESNET_SERVE_BENCH_PEERS"
+
+
+def _cifar_jpegs(count: int) -> list[bytes]:
+    root = shared_path("data", "cifar10-sample")
+    return [path.read_bytes() for path in sorted(root.glob("*/*.jpg"))[:count]]
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65_536])
+def test_kserve_bytes_request_is_what_triton_parses(size: int) -> None:
+    """JSON header of the declared length, then the BYTES element: 4-byte little-endian length + data."""
+    import struct
+
+    from benchmarks.peers import kserve
+
+    data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    body = kserve.bytes_request("image", data, output_name="probabilities")
+    header = json.loads(body.content[: body.header_length])
+    (tensor,) = header["inputs"]
+    assert tensor == {"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                      "parameters": {"binary_data_size": size + 4}}
+    assert header["outputs"] == [{"name": "probabilities", "parameters": {"binary_data": True}}]
+    raw = body.content[body.header_length:]
+    assert struct.unpack("<I", raw[:4]) == (size,) and raw[4:] == data
+    assert body.headers == {"Content-Type": "application/octet-stream",
+                            "Inference-Header-Content-Length": str(body.header_length)}
+
+
+def test_kserve_bytes_request_carries_a_real_jpeg_unchanged() -> None:
+    from benchmarks.peers import kserve
+
+    for jpeg in _cifar_jpegs(3):
+        body = kserve.bytes_request("image", jpeg, output_name="probabilities")
+        assert body.content.endswith(jpeg) and len(body.content) == body.header_length + 4 + len(jpeg)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_kserve_fp32_output_reads_binary_and_json_answers(binary: bool) -> None:
+    import numpy as np
+
+    from benchmarks.peers import kserve
+
+    row = np.array([[0.25, 0.5, 0.125, 0.125]], dtype=np.float32)
+    other = {"name": "extra", "datatype": "FP32", "shape": [1, 1]}
+    probabilities = {"name": "probabilities", "datatype": "FP32", "shape": [1, 4]}
+    if binary:  # a preceding binary output must be skipped by its size
+        other["parameters"] = {"binary_data_size": 4}
+        probabilities["parameters"] = {"binary_data_size": 16}
+        header = json.dumps({"outputs": [other, probabilities]}).encode()
+        body, length = header + np.float32(9).tobytes() + row.astype("<f4").tobytes(), len(header)
+    else:
+        other["data"], probabilities["data"] = [9.0], row.ravel().tolist()
+        body, length = json.dumps({"outputs": [other, probabilities]}).encode(), None
+    assert np.array_equal(kserve.fp32_output(body, length, "probabilities"), row)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "not JSON"),
+        (json.dumps({"error": "unknown model"}).encode(), "no output"),
+        (json.dumps({"outputs": [{"name": "probabilities", "datatype": "INT64", "shape": [1], "data": [1]}]}).encode(),
+         "datatype INT64"),
+    ],
+)
+def test_kserve_fp32_output_refuses_what_is_not_the_answer(body: bytes, message: str) -> None:
+    from benchmarks.peers import kserve
+
+    with pytest.raises(kserve.KServeError, match=message):
+        kserve.fp32_output(body, None, "probabilities")
+
+
+@pytest.mark.parametrize(
+    ("scores", "problem"),
+    [
+        ({0: 0.7, 1: 0.2, 2: 0.1}, None),  # all classes
+        ({0: 0.7, 1: 0.2}, None),  # a top-k
+        ({1: 0.7, 0: 0.2}, "top-1 differs"),
+        ({0: 0.6, 1: 0.2}, "scores differ"),
+        ({}, "no scores"),
+    ],
+)
+def test_check_scores_accepts_only_onnxruntimes_answer(scores: dict[int, float], problem: str | None) -> None:
+    import numpy as np
+
+    from benchmarks.peers.base import check_scores
+
+    found = check_scores(scores, np.array([0.7, 0.2, 0.1], dtype=np.float32))
+    assert found is None if problem is None else problem in found
+
+
+def _wrk_row(scenario: str, images_per_s: float, **extra: object) -> dict[str, object]:
+    return {"scenario": scenario, "images_per_request": 1, "images_per_s": images_per_s, "requests_ok": 10,
+            "errors": {}, **extra}
+
+
+def test_headline_ratio_is_against_the_peers_best_variant_each_with_its_own_service_slices() -> None:
+    from benchmarks.headline import peer_ratios
+
+    def run(scenario: str, peer: float, service: float, variant: str) -> dict[str, object]:
+        return _wrk_row(scenario, peer, variant=variant, service=_wrk_row(scenario, service))
+
+    results = {"peers": {"pytriton": {"resnet20": {"runs": [
+        run("wrk c=1", 100.0, 400.0, "spin on"), run("wrk c=32", 800.0, 1000.0, "spin on"),
+        run("wrk c=1", 80.0, 360.0, "spin off"), run("wrk c=32", 900.0, 990.0, "spin off"),
+    ]}}}}
+    lines = {line["figure"]: line for line in peer_ratios(results)}
+    c1 = lines["service/pytriton resnet20 (wrk c=1, 1 img/req, interleaved), vs pytriton [spin on]"]
+    c32 = lines["service/pytriton resnet20 (wrk c=32, 1 img/req, interleaved), vs pytriton [spin off]"]
+    assert c1["value"] == pytest.approx(4.0) and c1["met"] is True
+    assert c32["value"] == pytest.approx(1.1) and c32["goal"] == ">= 1.1" and c32["met"] is True
+
+
+def test_headline_says_why_a_peer_was_not_measured() -> None:
+    from benchmarks.headline import peer_ratios
+
+    results = {
+        "peers": {"torchserve": {"resnet50": {"runs": [], "skipped": "TorchServe needs Java 17+", "failures": {}}},
+                  "litserve": {"resnet50": {"runs": [
+                      _wrk_row("wrk c=1", 0.0, requests_ok=0, variant="spin on", service=_wrk_row("wrk c=1", 20.0)),
+                  ], "skipped": None, "failures": {"spin off": "ServerFailed: exited with 1"}}}},
+    }
+    lines = peer_ratios(results)
+    assert len(lines) == 4 and all(line["value"] is None and "not measured" in line["figure"] for line in lines)
+    assert sum("TorchServe needs Java 17+" in line["figure"] for line in lines) == 2
+    assert sum("exited with 1" in line["figure"] for line in lines) == 2  # a phase with no answer gives no ratio
+
+
+def test_interleaved_slices_merge_into_one_row() -> None:
+    from benchmarks.peers.runner import merge_slices
+
+    slices = [
+        {**_wrk_row("wrk c=32", 0.0), "seconds": 5.0, "requests_ok": 500, "requests_per_s": 100.0,
+         "p50_ms": 10.0, "p90_ms": 20.0, "p99_ms": 30.0, "load_average_1m": 1.5},
+        {**_wrk_row("wrk c=32", 0.0), "seconds": 5.0, "requests_ok": 1500, "requests_per_s": 300.0,
+         "p50_ms": 20.0, "p90_ms": 25.0, "p99_ms": 50.0, "errors": {"timeout": 2}, "load_average_1m": 2.5},
+    ]
+    row = merge_slices(slices)
+    assert row["images_per_s"] == pytest.approx(200.0) and row["requests_ok"] == 2000 and row["seconds"] == 10.0
+    assert row["p50_ms"] == 15.0 and row["p99_ms"] == 50.0 and row["errors"] == {"timeout": 2}
+    assert row["slices"] == 2 and row["load_average_1m"] == 2.5
+
+
+def test_every_plan_gives_the_service_the_peers_wrk_phases() -> None:
+    from benchmarks.phases import PEER_CONCURRENCY, plan_for, wrk_phases
+    from benchmarks.workload import BenchModel
+
+    for kind in ("imagenet", "cifar"):
+        for quick in (True, False):
+            plan = plan_for(BenchModel("m", "resnet20", None, kind), quick=quick, duration=None)
+            phases = wrk_phases(plan)
+            assert phases[: len(PEER_CONCURRENCY)] == [(c, 1) for c in PEER_CONCURRENCY]
+            assert (plan.saturating, 1) in phases and len(phases) == len(set(phases))
+
+
+def test_a_peer_that_cannot_be_installed_is_reported_not_raised(tmp_path: Path) -> None:
+    """pip refuses a malformed requirement locally (no registry asked); the reason reaches the caller."""
+    from benchmarks.peers.venv import PeerUnavailable, ensure
+
+    with pytest.raises(PeerUnavailable, match="pip install"):
+        ensure(tmp_path / "broken-venv", ["not a valid requirement!!"], log=lambda line: None)
+    assert not (tmp_path / "broken-venv" / ".bench-requirements").exists()  # next run tries again
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peer", ["pytriton", "litserve", "torchserve"])
+def test_peer_quick_run_matches_onnxruntime_and_reports_ratios(peer: str, tmp_path: Path) -> None:
+    """Opt-in: installs the peer into .cache/bench/peers (minutes the first time) and drives it with wrk."""
+    import shutil
+
+    wanted = {name.strip() for name in os.environ.get(PEERS_ENV, "").split(",")}
+    if peer not in wanted and "all" not in wanted:
+        pytest.skip(f"opt-in: set {PEERS_ENV}={peer} (or all) to install and run the {peer} peer")
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk): peers are measured with wrk only")
+    shared_path("weights", "cifar10")
+    output = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", peer, "--quick", "--models", "resnet20", "--duration", "1.5",
+         "--output", str(output)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800,
+        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads(output.read_text())
+    figures = results["peers"][peer]["resnet20"]
+    assert figures["skipped"] is None and figures["failures"] == {}, figures
+    assert [r["scenario"] for r in figures["runs"]] == ["wrk c=1", "wrk c=32"]
+    for run in figures["runs"]:
+        for row in (run, run["service"]):  # the peer, and the service in the slices interleaved with it
+            assert row["errors"] == {} and row["images_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+    ratios = [line for line in results["headline"] if line["figure"].startswith(f"service/{peer} resnet20")]
+    assert len(ratios) == 2 and all(line["value"] and line["value"] > 0 for line in ratios)
+
+
+# --- diagnose: reading py-spy's collapsed stacks -----------------------------------------------------------
+
+_PYSPY_LINES = [  # the shapes py-spy 0.4 `record --native --threads -f raw` writes (trimmed stacks)
+    "thread (3002): infer-resnet20_0;thread_run (libpython3.11.so.1.0);_worker (concurrent/futures/thread.py:81);"
+    "_queue_SimpleQueue_get_impl (_queuemodule.c:253);PyThread_acquire_lock_timed (libpython3.11.so.1.0);"
+    "0x7f3f034aed90 (libc.so.6) 593",
+    "thread (3002): infer-resnet20_0;_worker (concurrent/futures/thread.py:83);Batcher._infer (service/batcher.py:174);"
+    "Session.run (onnxruntime/capi/onnxruntime_inference_collection.py:395);0x7f3ef702167b (onnxruntime/capi/x.so) 40",
+    "thread (3002): infer-resnet20_0;_worker (concurrent/futures/thread.py:81);"
+    "_queue_SimpleQueue_get_impl (_queuemodule.c:256);pthread_cond_timedwait (libc.so.6);0x7f3f034a3f16 (libc.so.6) 7",
+    "thread (2979): MainThread;Server.run (uvicorn/server.py:86);task_step_impl (_asynciomodule.c:2704);"
+    "_read_multipart (service/upload.py:205);MultipartParser._internal_write (python_multipart/multipart.py:1200) 30",
+    "thread (2979): MainThread;Server.run (uvicorn/server.py:86);uv__io_poll (linux.c:1400);epoll_pwait (libc.so.6) 20",
+    "thread (15897): MainThread;_worker (concurrent/futures/thread.py:83);"
+    "infer (benchmarks/peers/apps/pytriton_app.py:50);preprocess_image (service/preprocess.py:69) 5",
+]
+
+
+def test_diagnose_reads_thread_ids_names_states_and_categories(tmp_path: Path) -> None:
+    from benchmarks import diagnose
+
+    path = tmp_path / "stacks.txt"
+    path.write_text("\n".join(_PYSPY_LINES) + "\n")
+    rows, names = diagnose.read_collapsed(path)
+    assert [tid for tid, _, _ in rows] == [3002, 3002, 3002, 2979, 2979, 15897]
+    assert names == {3002: "infer-resnet20_0", 2979: "MainThread", 15897: "MainThread"}
+    assert [diagnose.state(frames) for _, frames, _ in rows] == ["wait", "cpu", "gil", "cpu", "wait", "cpu"]
+    assert diagnose.category(rows[1][1]) == "onnxruntime run"
+    assert diagnose.category(rows[3][1]).startswith("multipart parsing")  # innermost wins over uvicorn callers
+    assert diagnose.python_function(rows[3][1]) == "MultipartParser._internal_write (python_multipart/multipart.py)"
+    roles = diagnose.thread_roles(rows, names)
+    assert roles == {3002: "inference thread", 2979: "event loop", 15897: "inference thread"}
+
+
+def test_diagnose_flamegraph_is_svg_with_every_root(tmp_path: Path) -> None:
+    from benchmarks import diagnose
+
+    path = tmp_path / "stacks.txt"
+    path.write_text("\n".join(_PYSPY_LINES) + "\n")
+    rows, names = diagnose.read_collapsed(path)
+    svg = diagnose.flamegraph_svg(rows, "test", diagnose.thread_roles(rows, names))
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    assert "inference thread (thread 3002)" in svg and "event loop (thread 2979)" in svg and "695 samples" in svg
