@@ -25,7 +25,8 @@ QUICK_BATCHES = (1, 8, 32)
 
 def open_model(repo: Path, *, max_batch_size: int = 64) -> LoadedModel:
     """The one model in ``repo``, with the service's session builder (no warm-up: we time it ourselves)."""
-    (entry,) = scan_repository(repo)
+    (folder,) = scan_repository(repo).values()
+    entry = folder.versions[max(folder.versions)]
     return load_model(entry, Settings(model_dir=repo, max_batch_size=max_batch_size, warmup=False, providers="auto"))
 
 
