@@ -69,6 +69,17 @@ _CODE_BY_STATUS = {
 }
 
 
+def error_response(request: Any, exc: Exception) -> Any:
+    """The JSON answer for ``exc`` (a ServiceError, or anything unexpected: 500 that leaks nothing)."""
+    from fastapi.responses import JSONResponse
+
+    v2 = _is_v2(request)
+    if isinstance(exc, ServiceError):
+        return JSONResponse(error_body(exc.code, exc.message, v2=v2), status_code=exc.status, headers=exc.headers)
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(error_body("internal_error", "internal server error", v2=v2), 500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register handlers so no response leaves the app in any other error shape."""
     from fastapi.exceptions import RequestValidationError
@@ -78,8 +89,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        body = error_body(exc.code, exc.message, v2=_is_v2(request))
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+        return error_response(request, exc)  # type: ignore[no-any-return]
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -97,8 +107,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(code, message, v2=_is_v2(request)), exc.status_code, headers=exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(error_body("internal_error", "internal server error", v2=_is_v2(request)), 500)
+        return error_response(request, exc)  # type: ignore[no-any-return]
 
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -200,6 +200,11 @@ async def _small_json(request: Request) -> dict[str, Any]:
     return document
 
 
+async def infer_request(pipeline: Pipeline, request: Request, model_name: str, version: str | None) -> Response:
+    """One V2 infer request (``model_name`` and ``version`` from the path, already percent-decoded)."""
+    return await _infer(pipeline, request, model_name, version)
+
+
 async def _infer(pipeline: Pipeline, request: Request, model_name: str, version: str | None) -> Response:
     settings = pipeline.settings
     with pipeline.request(V2_REST) as scope:
