@@ -359,16 +359,21 @@ def predict_query_cases(jpeg: bytes) -> list[HostileCase]:
     """Hostile ``model``, ``version`` and ``top_k`` values (each given at most once, else 422)."""
     body, headers = as_file(jpeg)
 
-    def query_case(name: str, query: str, status: int, code: str | None, why: str, words: str | None = None,
+    def query_case(name: str, query: str, status: int, code: str | None, why: str, words: str | None = None
                    ) -> HostileCase:
         return HostileCase(name, status, code, why, body, headers, query=query, words=words)
 
+    def over_socket(name: str, target: str, status: int, code: str | None, why: str) -> HostileCase:
+        """The same upload with a request target no HTTP client would send, written over a raw socket."""
+        raw = socket_request(target, body, [f"Content-Length: {len(body)}", f"Content-Type: {headers['content-type']}"])
+        path, mark, query = target.partition("?")
+        shape = HTTP_SHAPE if status == 400 else PREDICT_SHAPE
+        return HostileCase(name, status, code, why, raw, kind="socket", query=mark + query, path=path, shape=shape)
+
     def too_long(name: str, query: str, why: str) -> HostileCase:
-        """A request target past httptools' 64 KiB: refused by the HTTP layer, sent over a raw socket."""
+        """A request target past httptools' 64 KiB: refused by the HTTP layer."""
         assert len("/predict" + query) > MAX_TARGET_BYTES
-        content_type = headers["content-type"]
-        raw = socket_request("/predict" + query, body, [f"Content-Length: {len(body)}", f"Content-Type: {content_type}"])
-        return HostileCase(name, 400, None, why, raw, kind="socket", query=query, shape=HTTP_SHAPE)
+        return over_socket(name, "/predict" + query, 400, None, why)
 
     q = MODEL_QUERY
     bad_int = "invalid_request"
@@ -415,16 +420,11 @@ def predict_query_cases(jpeg: bytes) -> list[HostileCase]:
         query_case("model empty", "?model=", 200, None, "empty means the default model"),
         query_case("unknown parameter", q + "&colour=red", 200, None, "unknown parameters are ignored"),
         query_case("2,000 unknown parameters", q + "".join(f"&p{i}=x" for i in range(2000)), 200, None, "ignored"),
-        HostileCase("raw utf-8 in the target", 400, None, "non-ASCII bytes in the request line: the HTTP layer refuses",
-                    socket_request("/predict?model=\u732b", body, [f"Content-Length: {len(body)}",
-                                                                    f"Content-Type: {headers['content-type']}"]),
-                    kind="socket", query="?model=\u732b", shape=HTTP_SHAPE),
-        HostileCase("broken percent-escape", 422, bad_int, "'%zz' stays literal", socket_request(
-            "/predict" + q + "&top_k=%zz", body, [f"Content-Length: {len(body)}", f"Content-Type: {headers['content-type']}"]),
-            kind="socket", query=q + "&top_k=%zz"),
-        HostileCase("absolute-form target", 200, None, "http://host/predict: the host part is not used", socket_request(
-            "http://evil.example/predict" + q, body, [f"Content-Length: {len(body)}",
-                                                      f"Content-Type: {headers['content-type']}"]), kind="socket"),
+        over_socket("raw utf-8 in the target", "/predict?model=\u732b", 400, None,
+                    "non-ASCII bytes in the request line: the HTTP layer refuses"),
+        over_socket("broken percent-escape", "/predict" + q + "&top_k=%zz", 422, bad_int, "'%zz' stays literal"),
+        over_socket("absolute-form target", "http://evil.example/predict" + q, 200, None,
+                    "http://host/predict: the host part is not used"),
         too_long("top_k 100 KB", q + "&top_k=" + "7" * 100_000, "a 100 KB target: refused by the HTTP layer"),
         too_long("model 100 KB", "?model=" + "m" * 100_000, "a 100 KB target: refused by the HTTP layer"),
         too_long("version 100 KB", q + "&version=" + "1" * 100_000, "a 100 KB target: refused by the HTTP layer"),
@@ -1035,7 +1035,8 @@ def describe(case: HostileCase) -> str:
     """One listing line: name, where it goes, size, how it is sent, what it gets and why."""
     target = case.target if len(case.target) <= 44 else case.target[:30] + f"...({len(case.target)} chars)"
     expected = case.code or (f"{case.shape}: {case.words!r}" if case.words else case.shape if case.status != 200 else "")
-    return f"{case.name:50} {target:48} {len(case.body):>9} B {case.kind:8} -> {case.status} {expected}: {case.why}"
+    answer = f"{case.status} {expected}" if expected else str(case.status)
+    return f"{case.name:50} {target:48} {len(case.body):>9} B {case.kind:8} -> {answer}: {case.why}"
 
 
 if __name__ == "__main__":
