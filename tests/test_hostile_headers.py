@@ -1,0 +1,207 @@
+"""Hostile request headers on a real server with an API key: Authorization values no client sends,
+repeated credentials, and a header far larger than any request needs.
+
+test_hostile_auth.py covers wrong keys and schemes; this covers what an attacker writes on the wire:
+100 KB and 1 MB credentials, bytes that are not UTF-8 or not ASCII, 10,000 Authorization headers,
+NUL and obsolete line folding (refused by the HTTP layer), gRPC metadata past grpc's 16 KiB limit.
+Each gets a 4xx (401 with ``WWW-Authenticate: Bearer`` once the application sees it), never a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from hostile_corpus import (
+    HTTP_SHAPE,
+    PREDICT_SHAPE,
+    V2_SHAPE,
+    LivenessProbe,
+    RawAnswer,
+    RssSampler,
+    as_file,
+    encode,
+    error_problem,
+    gradient,
+    rss_bytes,
+    send_early,
+)
+from server import RunningServer, free_port, link_repository, run_server
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+KEY = "hostile-headers-key-0123456789"
+PIXELS = bytes(32 * 32 * 3)
+V2_HEADER = (b'{"inputs":[{"name":"images","datatype":"UINT8","shape":[1,32,32,3],'
+             b'"parameters":{"binary_data_size":3072}}]}')
+
+
+@dataclass
+class KeyedServer:
+    server: RunningServer
+    grpc_port: int
+
+    def __post_init__(self) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+
+@pytest.fixture(scope="module")
+def keyed(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedServer]:
+    repo = link_repository(model_repo, tmp_path_factory.mktemp("hostile_headers"), "resnet20")
+    port = free_port()
+    with run_server(repo, "--grpc-port", str(port), env={"RESNET_SERVE_API_KEY": KEY}) as server:
+        running = KeyedServer(server, port)
+        yield running
+        running.channel.close()
+
+
+def request(door: str, header_lines: list[bytes]) -> bytes:
+    """A whole POST to /predict (a small JPEG) or V2 infer (one image of pixels) with these extra header lines."""
+    if door == "predict":
+        body, headers = as_file(encode(gradient(40, 40), "JPEG"))
+        target, content_type = b"/predict", headers["content-type"].encode()
+    else:
+        body, target, content_type = V2_HEADER + PIXELS, b"/v2/models/resnet20/infer", b"application/octet-stream"
+        header_lines = [b"Inference-Header-Content-Length: %d" % len(V2_HEADER), *header_lines]
+    head = [b"POST " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close",
+            b"Content-Length: %d" % len(body), b"Content-Type: " + content_type, *header_lines]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def send(server: KeyedServer, door: str, header_lines: list[bytes]) -> RawAnswer:
+    return asyncio.run(send_early(server.server.port, request(door, header_lines), 60))
+
+
+def parsed(answer: RawAnswer) -> object:
+    try:
+        return json.loads(answer.body)
+    except ValueError:
+        return None
+
+
+def auth(value: bytes) -> list[bytes]:
+    return [b"Authorization: " + value]
+
+
+#: Authorization values the application sees: each is a wrong credential (401).
+WRONG = {
+    "100 KB bearer": auth(b"Bearer " + b"a" * 100_000),
+    "1 MB bearer": auth(b"Bearer " + b"a" * 1_000_000),
+    "invalid utf-8": auth(b"Bearer \xff\xfe\xfd"),
+    "latin-1 byte in the key": auth(b"Bearer " + KEY.encode()[:-1] + b"\xe9"),
+    "the key and a latin-1 byte": auth(b"Bearer " + KEY.encode() + b"\xe9"),
+    "empty value": auth(b""),
+    "the key without a scheme": auth(KEY.encode()),
+    "tab instead of a space": auth(b"Bearer\t" + KEY.encode()),
+    "10,000 wrong Authorization headers": auth(b"Bearer wrong") * 10_000,
+}
+#: Header bytes the HTTP layer refuses before the application runs (its plain-text 400).
+MALFORMED = {
+    "NUL in the value": auth(b"Bearer " + KEY.encode()[:4] + b"\x00" + KEY.encode()[4:]),
+    "obsolete line folding": [b"Authorization: Bearer", b" " + KEY.encode()],
+    "no colon": [b"Authorization Bearer " + KEY.encode()],
+}
+
+
+@pytest.mark.parametrize("door", ["predict", "v2"])
+@pytest.mark.parametrize("lines", WRONG.values(), ids=list(WRONG))
+def test_hostile_credentials_get_401(keyed: KeyedServer, door: str, lines: list[bytes]) -> None:
+    answer = send(keyed, door, lines)
+    assert answer.status == 401, (answer.status, answer.error, answer.body[:200])
+    assert answer.headers.get("www-authenticate") == "Bearer"
+    assert error_problem(PREDICT_SHAPE if door == "predict" else V2_SHAPE, parsed(answer), answer.body) is None
+    assert KEY.encode() not in answer.body
+
+
+@pytest.mark.parametrize("door", ["predict", "v2"])
+@pytest.mark.parametrize("lines", MALFORMED.values(), ids=list(MALFORMED))
+def test_malformed_header_lines_are_refused_by_the_http_layer(keyed: KeyedServer, door: str, lines: list[bytes]) -> None:
+    answer = send(keyed, door, lines)
+    assert answer.status == 400, (answer.status, answer.error, answer.body[:200])
+    assert error_problem(HTTP_SHAPE, parsed(answer), answer.body) is None
+
+
+def test_the_right_key_still_works_on_both_transports(keyed: KeyedServer) -> None:
+    for door in ("predict", "v2"):
+        assert send(keyed, door, auth(b"Bearer " + KEY.encode())).status == 200, door
+    assert infer_over_grpc(keyed, (("authorization", f"Bearer {KEY}"),)) == grpc.StatusCode.OK
+
+
+def infer_over_grpc(keyed: KeyedServer, metadata: tuple[tuple[str, str | bytes], ...]) -> grpc.StatusCode:
+    message = service_pb2.ModelInferRequest(model_name="resnet20")
+    message.inputs.add(name="images", datatype="UINT8", shape=[1, 32, 32, 3])
+    message.raw_input_contents.append(PIXELS)
+    try:
+        keyed.stub.ModelInfer(message, metadata=metadata, timeout=30)
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+GRPC_METADATA = {
+    "7 KB wrong key": ((("authorization", "Bearer " + "a" * 7000),), grpc.StatusCode.UNAUTHENTICATED),
+    "100 KB key": ((("authorization", "Bearer " + "a" * 100_000),), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    "binary metadata": ((("authorization-bin", b"\xff\xfe" + KEY.encode()),), grpc.StatusCode.UNAUTHENTICATED),
+    "no scheme": ((("authorization", KEY),), grpc.StatusCode.UNAUTHENTICATED),
+}
+
+
+@pytest.mark.parametrize(("metadata", "expected"), GRPC_METADATA.values(), ids=list(GRPC_METADATA))
+def test_hostile_grpc_credentials_are_refused(keyed: KeyedServer, metadata: tuple, expected: grpc.StatusCode) -> None:
+    """100 KB of metadata is refused by grpc itself (16 KiB hard limit); the rest by the API key check."""
+    assert infer_over_grpc(keyed, metadata) == expected
+    assert keyed.server.alive()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="two credentials are ambiguous (RFC 9110: Authorization is not a list header), yet each door takes one: "
+    "REST the first header (Starlette's headers.get), gRPC the last (service/v2/grpc.py _authorize builds a dict). "
+    "'Bearer <key>' then 'Bearer wrong' gets 200 on REST; 'Bearer wrong' then 'Bearer <key>' gets OK on gRPC. "
+    "Fix: refuse (401) a request with more than one Authorization value on both doors",
+)
+@pytest.mark.parametrize("door", ["rest", "grpc"])
+def test_repeated_credentials_are_refused(keyed: KeyedServer, door: str) -> None:
+    if door == "rest":
+        answer = send(keyed, "predict", auth(b"Bearer " + KEY.encode()) + auth(b"Bearer wrong"))
+        assert answer.status == 401, answer.body[:200]
+    else:
+        metadata = (("authorization", "Bearer wrong"), ("authorization", f"Bearer {KEY}"))
+        assert infer_over_grpc(keyed, metadata) == grpc.StatusCode.UNAUTHENTICATED
+
+
+HEADER_BYTES = 48_000_000
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="uvicorn with httptools sets no limit on request header size (h11_max_incomplete_event_size applies "
+    "to h11 only) and accumulates a long header on the event loop in superlinear time: one unauthenticated "
+    "client's 48 MB header added 91 MB of RSS and stalled /health/live 1.2 s (32 MB: 1.7 s on a busier box; "
+    "100 MB: 24 s, ~200 MB); N such connections hold N times that. "
+    "Fix (service/__main__.py or the deployment): http='h11' with h11_max_incomplete_event_size, or a front "
+    "proxy with a header limit (e.g. 64 KiB)",
+)
+def test_a_huge_header_is_refused_without_being_buffered(keyed: KeyedServer) -> None:
+    pid = keyed.server.process.pid
+    before = rss_bytes(pid)
+    sampler = RssSampler(pid)
+    probe = LivenessProbe(keyed.server.base_url)
+    sampler.start()
+    probe.start()
+    try:
+        answer = send(keyed, "predict", [b"X-Padding: " + b"p" * HEADER_BYTES])
+    finally:
+        stall = probe.stop()
+        peak = sampler.stop()
+    print(f"\n{HEADER_BYTES / 1e6:.0f} MB header: status {answer.status}, RSS +{(peak - before) / 1e6:.0f} MB, "
+          f"/health/live waited up to {stall * 1000:.0f} ms")
+    assert keyed.server.alive()
+    assert answer.status == 0 or 400 <= answer.status < 500, answer.status  # refused, or the connection closed
+    assert stall < 1.0, f"the event loop was unavailable for {stall:.1f} s"
+    assert peak - before < 16_000_000, f"RSS grew {(peak - before) / 1e6:.0f} MB"
