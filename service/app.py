@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Served models: versions, input, preprocessing, precision, providers, effective settings.",
     )
     async def models(request: Request) -> Response:
-        pipeline.authorize(request.headers.get("authorization"))
+        pipeline.authorize(request.headers.getlist("authorization"))
         return JSONResponse(models_body(state))
 
     @app.get("/metrics", summary="Prometheus text exposition.", response_class=Response)

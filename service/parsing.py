@@ -18,11 +18,16 @@ MAX_INT_DIGITS = 19
 
 
 def shown(value: object, limit: int = MAX_ECHO_CHARS) -> str:
-    """``repr`` of client input, cut to ``limit`` characters (saying how long it was when cut)."""
-    is_text = isinstance(value, str)
-    text = value if isinstance(value, str) else repr(value)
-    out = repr(text[:limit]) if is_text else text[:limit]
-    return out if len(text) <= limit else f"{out}... ({len(text)} characters)"
+    """``repr`` of client input, at most ``limit`` characters of it after escaping.
+
+    Cutting before escaping is not enough: ``repr`` turns one unprintable character into up to ten
+    (``'\\U00018cd6'``), so 200 characters of input could echo as 2,000.
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    length = len(value) if isinstance(value, (str, bytes)) else len(text)
+    return f"{text[:limit]}... ({length} characters)"
 
 
 def parse_int(

@@ -67,14 +67,22 @@ class Pipeline:
 
     # --- access and accounting -----------------------------------------------------------------
 
-    def authorize(self, authorization: str | None) -> None:
+    def authorize(self, authorization: str | list[str] | None) -> None:
         """Check ``Authorization: Bearer <key>`` (HTTP header or gRPC metadata) when a key is set.
 
         The scheme is case-insensitive (RFC 7235); the key is compared in constant time, as the raw
-        header bytes (Starlette decodes headers as latin-1) against the key's UTF-8 bytes.
+        header bytes (Starlette decodes headers as latin-1) against the key's UTF-8 bytes. Several
+        Authorization values are refused: which one a proxy or a door would pick is ambiguous.
         """
         if self._api_key is None:
             return
+        if isinstance(authorization, list):
+            if len(authorization) != 1:
+                raise ServiceError(
+                    401, "unauthorized", "missing or wrong API key (give one Authorization value)",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+            authorization = authorization[0]
         scheme, _, supplied = (authorization or "").partition(" ")
         try:
             raw = supplied.strip().encode("latin-1")

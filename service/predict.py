@@ -64,7 +64,7 @@ async def predict(pipeline: Pipeline, request: Request) -> Response:
     """Classify the uploaded image(s) with the requested (or default) model."""
     settings = pipeline.settings
     with pipeline.request(PREDICT) as scope:
-        pipeline.authorize(request.headers.get("authorization"))
+        pipeline.authorize(request.headers.getlist("authorization"))
         params = request.query_params
         model = single(params, "model") or None
         raw_version = single(params, "version")

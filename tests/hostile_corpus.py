@@ -514,7 +514,10 @@ def v2_cases() -> list[HostileCase]:
         return v2_binary(name, status, words, why, one_input(encoded_tensor(shape, len(data))), data, model=V2_ENCODED)
 
     def json_pixels(name: str, words: str, why: str, data: object, datatype: str = "UINT8",
-                    shape: tuple[int, ...] = (1, 1, 1, 3)) -> HostileCase:
+                    shape: tuple[int, ...] = (1, 32, 32, 3)) -> HostileCase:
+        """The model's own shape (checked first) with hostile values among 3,072 (a flat list is padded)."""
+        if isinstance(data, list) and all(not isinstance(v, list) for v in data):
+            data = data + [0] * (3072 - len(data))
         return v2_json(name, 400, words, why, one_input(v2_tensor(datatype=datatype, shape=shape, data=data)))
 
     def raw_json(name: str, status: int, words: str, why: str, text: bytes, model: str = V2_MODEL) -> HostileCase:
@@ -579,18 +582,18 @@ def v2_cases() -> list[HostileCase]:
                 framed(b"abc", b"def")),
         encoded("v2 bytes 262,144 empty elements", 413, "images in one request", "1 MiB of zero-length prefixes",
                 bytes(4 * bytes_flood), shape=(bytes_flood, 1)),
-        encoded("v2 bytes shape of 8 x 2^31-1", 400, "BYTES elements for a shape of", "a 76-digit element count",
+        encoded("v2 bytes shape of 8 x 2^31-1", 400, "expected [N] or [N, 1]", "a 76-digit element count",
                 framed(b"abc"), shape=(2**31 - 1,) * 8),
         # shapes
         v2_binary("v2 shape negative", 400, "outside 0..2147483647", "-1 as a dimension",
                   one_input(v2_tensor(shape=(-1, 32, 32, 3), parameters=size)), pixels),
         v2_binary("v2 shape 2^63", 400, "outside 0..2147483647", "above int64",
                   one_input(v2_tensor(shape=(2**63, 32, 32, 3), parameters=size)), pixels),
-        v2_binary("v2 shape 10^9 elements", 400, "bytes of data for shape", "refused from the shape, nothing allocated",
+        v2_binary("v2 shape 10^9 elements", 400, "expected [N, 32, 32, 3]", "refused from the shape, nothing allocated",
                   one_input(v2_tensor(shape=(10**9, 1, 1, 1), parameters=size)), pixels),
-        v2_json("v2 json shape 10^9 elements", 400, "more than the request can carry", "3 values for 10^9",
+        v2_json("v2 json shape 10^9 elements", 400, "expected [N, 32, 32, 3]", "3 values for 10^9",
                 one_input(v2_tensor(shape=(1000, 1000, 1000, 1), data=[1, 2, 3]))),
-        v2_binary("v2 shape 8 x 2^31-1", 400, "bytes of data for shape", "a 76-digit element count",
+        v2_binary("v2 shape 8 x 2^31-1", 400, "expected [N, 32, 32, 3]", "a 76-digit element count",
                   one_input(v2_tensor(shape=(2**31 - 1,) * 8, parameters=size)), pixels),
         v2_binary("v2 shape 9 dimensions", 400, "9 dimensions", "at most 8",
                   one_input(v2_tensor(shape=(1,) * 9, parameters=sized(1))), b"\x00"),
@@ -607,7 +610,7 @@ def v2_cases() -> list[HostileCase]:
         # datatypes
         v2_binary("v2 wrong datatype", 400, "expects UINT8", "FP32 pixels",
                   one_input(v2_tensor(datatype="FP32", parameters=sized(4 * 3072))), bytes(4 * 3072)),
-        v2_binary("v2 BF16", 400, "not supported", "a protocol datatype with no NumPy dtype",
+        v2_binary("v2 BF16", 400, "expects UINT8", "a protocol datatype the model does not take",
                   one_input(v2_tensor(datatype="BF16", parameters=sized(2 * 3072))), bytes(2 * 3072)),
         v2_binary("v2 unknown datatype", 400, "unknown datatype", "UINT7",
                   one_input(v2_tensor(datatype="UINT7", parameters=size)), pixels),
@@ -620,29 +623,31 @@ def v2_cases() -> list[HostileCase]:
         v2_binary("v2 pixels to the encoded model", 400, "expects BYTES", "UINT8 to resnet20-encoded",
                   one_input(v2_tensor("image_bytes", parameters=size)), pixels, model=V2_ENCODED),
         # JSON data
-        json_pixels("v2 json ragged data", "rectangular", "[[1, 2], [3]]", [[1, 2], [3]]),
+        json_pixels("v2 json ragged data", "rectangular", "3,071 values, then 1", [[0] * 3071, [0]]),
         json_pixels("v2 json strings as UINT8", "must be integers", "'a'", ["a", "b", "c"]),
         json_pixels("v2 json floats as UINT8", "must be integers", "no silent truncation", [1.5, 2, 3]),
         json_pixels("v2 json 256 as UINT8", "outside the range of UINT8", "no wrap-around", [1, 2, 256]),
         json_pixels("v2 json -1 as UINT8", "outside the range of UINT8", "no wrap-around", [1, 2, -1]),
         json_pixels("v2 json 2^70 as UINT8", "must be integers", "beyond int64: an object array", [1, 2, 2**70]),
         json_pixels("v2 json nulls", "must be integers", "null", [1, 2, None]),
-        json_pixels("v2 json booleans as UINT8", "must be integers", "true is not 1 here", [True, False, True]),
+        json_pixels("v2 json booleans as UINT8", "not true/false", "true is not 1 here", [True, False, True]),
         json_pixels("v2 json objects", "must be integers", "{}", [{}, {}, {}]),
         raw_json("v2 json NaN as FP32", 400, "expects UINT8", "NaN parses; FP32 is refused by the model",
                  b'{"inputs":[{"name":"images","datatype":"FP32","shape":[1],"data":[NaN]}]}'),
         raw_json("v2 json Infinity as UINT8", 400, "must be integers", "Infinity is a float",
-                 b'{"inputs":[{"name":"images","datatype":"UINT8","shape":[1],"data":[Infinity]}]}'),
+                 b'{"inputs":[{"name":"images","datatype":"UINT8","shape":[1,32,32,3],"data":[Infinity' + b",0" * 3071
+                 + b"]}]}"),
         raw_json("v2 json nested 100,000 levels", 400, "not valid JSON", "json.loads' recursion limit",
                  b'{"inputs":[{"name":"images","datatype":"UINT8","shape":[1],"data":'
                  + b"[" * 100_000 + b"1" + b"]" * 100_000 + b"}]}"),
         raw_json("v2 json data nested 900 levels", 400, "rectangular", "deeper than NumPy's 64 dimensions",
-                 b'{"inputs":[{"name":"images","datatype":"UINT8","shape":[1],"data":' + b"[" * 900 + b"1"
-                 + b"]" * 900 + b"}]}"),
+                 b'{"inputs":[{"name":"images","datatype":"UINT8","shape":[1,32,32,3],"data":' + b"[" * 900
+                 + b"1" + b",0" * 3071 + b"]" * 900 + b"}]}"),
         raw_json("v2 json 100,000-digit integer", 400, "not valid JSON", "beyond int()'s 4,300-digit limit",
                  b'{"inputs":[{"name":"images","datatype":"UINT8","shape":[1],"data":[' + b"9" * 100_000 + b"]}]}"),
         raw_json("v2 json 4,000-digit integer", 400, "must be integers", "parses; refused as data",
-                 b'{"inputs":[{"name":"images","datatype":"UINT8","shape":[1],"data":[' + b"9" * 4000 + b"]}]}"),
+                 b'{"inputs":[{"name":"images","datatype":"UINT8","shape":[1,32,32,3],"data":[' + b"9" * 4000
+                 + b",0" * 3071 + b"]}]}"),
         raw_json("v2 json not an object", 400, "must be a JSON object", "null", b"null"),
         raw_json("v2 json empty body", 400, "not valid JSON", "no body", b""),
         raw_json("v2 json invalid utf-8", 400, "not valid JSON", "\\xff in a name",

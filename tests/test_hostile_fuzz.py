@@ -58,11 +58,8 @@ MAX_INT64 = 2**63 - 1
 ASCII_DIGITS = re.compile(r"[0-9]+")
 PIXELS = bytes(32 * 32 * 3)
 
-#: The message bound the fuzz holds the service to today. Echoes are cut to 200 characters of input, but
-#: ``service.parsing.shown`` escapes after cutting: 200 unprintable characters (NUL, U+18CD6, ...) come back as
-#: up to 2,000 (``\U00018cd6`` each). test_hostile.py::test_escaped_echoes_are_short (xfail, strict) pins the
-#: 400-character bound; once shown() cuts after escaping, this becomes MAX_MESSAGE_CHARS.
-ESCAPED_ECHO_LIMIT = 2_500
+#: The message bound the fuzz holds the service to: echoes are cut after escaping (service.parsing.shown).
+ESCAPED_ECHO_LIMIT = 400
 
 Deserved = set[tuple[int, str]]
 

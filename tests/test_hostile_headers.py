@@ -158,13 +158,7 @@ def test_hostile_grpc_credentials_are_refused(keyed: KeyedServer, metadata: tupl
     assert keyed.server.alive()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two credentials are ambiguous (RFC 9110: Authorization is not a list header), yet each door takes one: "
-    "REST the first header (Starlette's headers.get), gRPC the last (service/v2/grpc.py _authorize builds a dict). "
-    "'Bearer <key>' then 'Bearer wrong' gets 200 on REST; 'Bearer wrong' then 'Bearer <key>' gets OK on gRPC. "
-    "Fix: refuse (401) a request with more than one Authorization value on both doors",
-)
+# Two credentials are ambiguous (RFC 9110: Authorization is not a list header): both doors refuse them.
 @pytest.mark.parametrize("door", ["rest", "grpc"])
 def test_repeated_credentials_are_refused(keyed: KeyedServer, door: str) -> None:
     if door == "rest":

@@ -38,6 +38,7 @@ from server import RunningServer, free_port, link_repository, run_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.budget import BODY_OVERHEAD
+from service.v2.grpc import TYPED_ELEMENT_BYTES
 from service.v2.rest import JSON_EXPANSION
 
 MAX_UPLOAD = 8 * 1024 * 1024
@@ -108,19 +109,20 @@ GRPC_CASES: list[tuple[str, Request, grpc.StatusCode, str]] = [
     ("typed: 2^32-1 as UINT8", infer(uint_contents=[2**32 - 1] * 3072), INVALID, "outside the range of UINT8"),
     ("typed: the wrong contents field", infer(fp32_contents=[0.5] * 3072), INVALID, "0 uint_contents"),
     ("typed: 2^64-1 as UINT64", infer(datatype="UINT64", uint64_contents=[2**64 - 1] * 3072), INVALID,
-     "outside the range of UINT64"),
+     "expects UINT8"),  # refused from its declared datatype, before 3,072 values are converted
     ("typed: NaN FP32 pixels", infer(datatype="FP32", fp32_contents=[float("nan")] * 3072), INVALID, "expects UINT8"),
     ("typed: 1 bytes_contents for 2", infer("resnet20-encoded", "image_bytes", "BYTES", (2, 1), bytes_contents=[b"x"]),
      INVALID, "1 bytes_contents for a shape of 2"),
     ("typed: 100,000 empty images", infer("resnet20-encoded", "image_bytes", "BYTES", (100_000, 1),
                                           bytes_contents=[b""] * 100_000), INVALID, "more than 16 images"),
-    ("shape 10^9 images, raw", infer(shape=(10**9, 32, 32, 3), raw=[PIXELS]), INVALID, "bytes of data for shape"),
+    # Shapes are checked against the model before any data is looked at.
+    ("shape 10^9 images, raw", infer(shape=(10**9, 32, 32, 3), raw=[PIXELS]), INVALID, "exceed the queue size"),
     ("shape 10^9 elements, typed", infer(shape=(10**9, 1, 1, 1), uint_contents=[1]), INVALID,
-     "1 uint_contents for a shape of 1000000000"),
-    ("shape 8 x (2^31-1), raw", infer(shape=MAX_DIMS, raw=[PIXELS]), INVALID, "bytes of data for shape"),
-    ("shape 8 x (2^31-1), typed", infer(shape=MAX_DIMS, uint_contents=[1]), INVALID, "1 uint_contents"),
+     "expected [N, 32, 32, 3]"),
+    ("shape 8 x (2^31-1), raw", infer(shape=MAX_DIMS, raw=[PIXELS]), INVALID, "expected [N, 32, 32, 3]"),
+    ("shape 8 x (2^31-1), typed", infer(shape=MAX_DIMS, uint_contents=[1]), INVALID, "expected [N, 32, 32, 3]"),
     ("shape 8 x (2^31-1), bytes", infer("resnet20-encoded", "image_bytes", "BYTES", MAX_DIMS, bytes_contents=[b"x"]),
-     INVALID, "1 bytes_contents"),
+     INVALID, "expected [N] or [N, 1]"),
     ("shape negative", infer(shape=(-1, 32, 32, 3), raw=[PIXELS]), INVALID, "outside 0..2147483647"),
     ("shape int64 max", infer(shape=(2**63 - 1, 32, 32, 3), raw=[PIXELS]), INVALID, "outside 0..2147483647"),
     ("shape 9 dimensions", infer(shape=(1,) * 9, raw=[b"\x00"]), INVALID, "9 dimensions"),
@@ -200,13 +202,7 @@ UNDECODABLE = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpc.aio decodes the request (request_deserializer=ModelInferRequest.FromString) before the handler's "
-    "error mapping runs: a DecodeError becomes UNKNOWN 'Unexpected <class DecodeError>' and an ERROR traceback in "
-    "the log. Fix (service/v2/grpc.py): register an identity deserializer and parse inside _guarded, mapping "
-    "DecodeError to INVALID_ARGUMENT",
-)
+# Requests are parsed inside the handler's error mapping: undecodable bytes are INVALID_ARGUMENT.
 @pytest.mark.parametrize("wire", UNDECODABLE.values(), ids=list(UNDECODABLE))
 def test_undecodable_messages_are_invalid_argument(v2: V2Server, wire: bytes) -> None:
     raw_infer = v2.channel.unary_unary(
@@ -261,34 +257,19 @@ BYTES_BODY, BYTES_HEADER = binary({
 TYPED_ZEROS = infer(shape=(2604, 32, 32, 3), uint_contents=[0] * (2604 * 3072))
 GRPC_EMPTY = infer("resnet20-encoded", "image_bytes", "BYTES", (EMPTY_ELEMENTS, 1), raw=[bytes(4 * EMPTY_ELEMENTS)])
 
-AMPLIFICATION_BUG = (
-    "BYTES framing is split on the event loop into one memoryview per element (~220 bytes of Python objects per "
-    "4-byte prefix, charged 4 bytes): 4 MiB of empty elements held +230 MB (8 MiB: +446 MB) and blocked the loop "
-    "2-3 s (8 MiB: 6 s; /health/live waited as long). Fix (service/v2/tensors.py split_bytes_elements / from_raw, "
-    "protocol.infer): check the element count against the model (MAX_FILES for the encoded form; at most "
-    "len(raw) // 4) before splitting, so the split never builds more than a few elements"
-)
 COSTLY = [
     Costly("REST JSON 4 MiB of [[],[],...]", rest("/v2/models/resnet20/infer", EMPTY_LISTS), JSON_EXPANSION * len(
         EMPTY_LISTS)),
     Costly("REST JSON 2 M zero pixels", rest("/v2/models/resnet20/infer", JSON_ZEROS), JSON_EXPANSION * len(JSON_ZEROS)),
     Costly("REST binary 4 MiB of pixels", rest("/v2/models/resnet20/infer", PIXEL_BODY, PIXEL_HEADER),
            JSON_EXPANSION * PIXEL_HEADER + len(PIXEL_BODY) - PIXEL_HEADER),
-    pytest.param(Costly("REST binary 1 M empty BYTES elements", rest("/v2/models/resnet20-encoded/infer", BYTES_BODY,
-                                                                     BYTES_HEADER),
-                        JSON_EXPANSION * BYTES_HEADER + len(BYTES_BODY) - BYTES_HEADER, bounded_stall=True),
-                 marks=pytest.mark.xfail(strict=True, reason=AMPLIFICATION_BUG)),
-    pytest.param(Costly("gRPC raw 1 M empty BYTES elements", grpc_send(GRPC_EMPTY), 4 * EMPTY_ELEMENTS,
-                        bounded_stall=True),
-                 marks=pytest.mark.xfail(strict=True, reason=AMPLIFICATION_BUG)),
-    pytest.param(Costly("gRPC typed 8 M zero pixels", grpc_send(TYPED_ZEROS), TYPED_ZEROS.ByteSize()),
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "typed contents are charged their wire size (1 byte per packed zero) but become a uint32 "
-                     "repeated field (4 B each), an int64 array (8 B) and a uint8 copy before the shape is checked "
-                     "against the model: 8.0 MB charged, +150 MB held. Fix (service/v2/grpc.py model_infer / "
-                     "tensors.py from_contents): charge what typed contents expand to (about 12 B per element) "
-                     "and check the shape against the model before converting")
-                 )),
+    # Input shapes are checked against the model before BYTES are split or typed contents converted.
+    Costly("REST binary 1 M empty BYTES elements", rest("/v2/models/resnet20-encoded/infer", BYTES_BODY, BYTES_HEADER),
+           JSON_EXPANSION * BYTES_HEADER + len(BYTES_BODY) - BYTES_HEADER, bounded_stall=True),
+    Costly("gRPC raw 1 M empty BYTES elements", grpc_send(GRPC_EMPTY), 4 * EMPTY_ELEMENTS, bounded_stall=True),
+    # Typed contents are charged per value (TYPED_ELEMENT_BYTES) on top of the message's bytes.
+    Costly("gRPC typed 8 M zero pixels", grpc_send(TYPED_ZEROS),
+           TYPED_ZEROS.ByteSize() + TYPED_ELEMENT_BYTES * len(TYPED_ZEROS.inputs[0].contents.uint_contents)),
 ]
 
 

@@ -93,7 +93,7 @@ CASES = [
     Case("unknown output", 400, INVALID, "unknown output", outputs=(("scores", 0),)),
     Case("classification beyond the classes", 400, INVALID, "classification must be between 1 and 10",
          outputs=(("probabilities", 11),)),
-    Case("huge shape", 400, INVALID, "shape", inputs=(("images", "UINT8", (10**9, 32, 32, 3), PIXELS),)),
+    Case("huge shape", 413, INVALID, "exceed the queue size", inputs=(("images", "UINT8", (10**9, 32, 32, 3), PIXELS),)),
     Case("negative-looking dimension", 400, INVALID, "shape", inputs=(("images", "UINT8", (2**40, 1, 1, 3), PIXELS),)),
     Case("BYTES prefix past the end", 400, INVALID, "claims", model="resnet20-encoded",
          inputs=(("image_bytes", "BYTES", (1, 1), struct.pack("<I", 999) + b"abc"),)),

@@ -18,12 +18,14 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from service.errors import ServiceError
-from service.pipeline import V2_GRPC, Pipeline
+from service.budget import BodyLease
+from service.pipeline import V2_GRPC, Pipeline, RequestScope
 from service.v2 import protocol
 from service.v2.proto import inference_pb2 as pb
-from service.v2.protocol import InferCall, RequestedOutput
+from service.v2.protocol import InferCall, InputCheck, RequestedOutput
 from service.v2.tensors import Tensor, from_contents, from_raw, parse_datatype, parse_shape, to_raw
 
 log = logging.getLogger("service.v2.grpc")
@@ -31,6 +33,8 @@ log = logging.getLogger("service.v2.grpc")
 SERVICE = "inference.GRPCInferenceService"
 #: Room for the message envelope (names, shapes, parameters) around the largest tensor payload.
 ENVELOPE_BYTES = 64 * 1024
+#: Budget charge per value of typed contents (the protobuf container's slot, then an int64/float64 copy).
+TYPED_ELEMENT_BYTES = 12
 
 _BY_STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -99,23 +103,24 @@ class GrpcDoor:
             "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
             "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
             "ModelConfig": (self.model_config, pb.ModelConfigRequest),
-            "ModelInfer": (self.model_infer, pb.ModelInferRequest),
+            "ModelInfer": (self.model_infer, None),  # parses its own bytes, after taking their budget
             "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest),
             "RepositoryModelLoad": (self.repository_load, pb.RepositoryModelLoadRequest),
             "RepositoryModelUnload": (self.repository_unload, pb.RepositoryModelUnloadRequest),
         }
+        # Requests arrive as bytes and are parsed inside the guard: a message protobuf cannot decode is
+        # then INVALID_ARGUMENT like any other bad input (grpc's own deserializer would answer UNKNOWN).
         return {
             name: grpc.unary_unary_rpc_method_handler(
-                _guarded(handler), request_deserializer=message.FromString,
+                _guarded(handler, message), request_deserializer=None,
                 response_serializer=lambda response: response.SerializeToString(),
             )
             for name, (handler, message) in table.items()
         }
 
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        metadata = {key: value for key, value in (context.invocation_metadata() or ())}
-        value = metadata.get("authorization")
-        self.pipeline.authorize(value if isinstance(value, str) else None)
+        values = [value for key, value in (context.invocation_metadata() or ()) if key == "authorization"]
+        self.pipeline.authorize([value if isinstance(value, str) else "" for value in values])
 
     # --- health and metadata ---------------------------------------------------------------------
 
@@ -168,35 +173,47 @@ class GrpcDoor:
 
     # --- inference --------------------------------------------------------------------------------
 
-    async def model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         pipeline = self.pipeline
         with pipeline.request(V2_GRPC) as scope:
             self._authorize(context)
-            target = protocol.lookup(self.manager, request.model_name)
-            pinned = protocol.parse_version(request.model_version)
-            with pipeline.open(scope, target.base, pinned) as served:
-                deadline = pipeline.deadline(scope)
-                body = pipeline.body_lease()
-                try:
-                    # The message is already in memory (grpc read it, within the size limit): holding
-                    # its size in the budget still bounds how many are processed at once.
-                    body.take(sum(len(raw) for raw in request.raw_input_contents) or request.ByteSize())
-                    call = parse_infer_request(request)
-                    outputs = await protocol.infer(pipeline, served, target, call, deadline, body)
-                finally:
-                    body.release()
-                response = pb.ModelInferResponse(model_name=target.name, model_version=str(served.version))
-                if call.id:
-                    response.id = call.id
-                for tensor, _ in outputs:
-                    response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
-                    response.raw_output_contents.append(to_raw(tensor))
-                scope.status = 200
-                return response
+            body = pipeline.body_lease()
+            try:
+                # The message is in memory already (grpc read it, within the size limit); holding its
+                # bytes in the budget before parsing still bounds how many are decoded at once. Parsing
+                # is synchronous, so at most one message at a time exists beyond its charge: typed
+                # contents (a packed 1-byte varint becomes an 8-byte number to convert) are charged
+                # per value right after.
+                body.take(len(raw))
+                request = parse_message(pb.ModelInferRequest, raw)
+                body.take(TYPED_ELEMENT_BYTES * _typed_elements(request))
+                response = await self._infer(scope, request, body)
+            finally:
+                body.release()
+            scope.status = 200
+            return response
+
+    async def _infer(self, scope: RequestScope, request: Any, body: BodyLease) -> Any:
+        pipeline = self.pipeline
+        target = protocol.lookup(self.manager, request.model_name)
+        pinned = protocol.parse_version(request.model_version)
+        with pipeline.open(scope, target.base, pinned) as served:
+            call = parse_infer_request(request, protocol.input_check(target, served, self.settings.max_files))
+            outputs = await protocol.infer(pipeline, served, target, call, pipeline.deadline(scope), body)
+            response = pb.ModelInferResponse(model_name=target.name, model_version=str(served.version))
+        if call.id:
+            response.id = call.id
+        for tensor, _ in outputs:
+            response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
+            response.raw_output_contents.append(to_raw(tensor))
+        return response
 
 
-def parse_infer_request(request: Any) -> InferCall:
-    """A ``ModelInferRequest`` -> :class:`InferCall`: raw contents (in input order) or typed contents."""
+def parse_infer_request(request: Any, check: InputCheck | None = None) -> InferCall:
+    """A ``ModelInferRequest`` -> :class:`InferCall`: raw contents (in input order) or typed contents.
+
+    ``check(index, name, datatype, shape)`` vets each input against the model before its data is converted.
+    """
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise ServiceError(
@@ -207,6 +224,8 @@ def parse_infer_request(request: Any) -> InferCall:
         where = f"inputs[{index}]"
         datatype = parse_datatype(item.datatype, where=f"{where}.datatype")
         shape = parse_shape(list(item.shape), where=where)
+        if check is not None:
+            check(index, item.name, datatype, shape)
         if raw:
             inputs.append(from_raw(item.name, datatype, shape, raw[index], where=where))
         else:
@@ -226,6 +245,19 @@ def parse_infer_request(request: Any) -> InferCall:
                     raise ServiceError(400, "invalid_request", f"outputs[{index}].classification must be positive")
             outputs.append(RequestedOutput(item.name, classification))
     return InferCall(inputs, outputs, request.id or None)
+
+
+def _typed_elements(request: Any) -> int:
+    """Values in the request's typed ``contents`` fields (len() of repeated fields: nothing is copied)."""
+    return sum(
+        len(getattr(tensor.contents, field)) for tensor in request.inputs for field in _CONTENT_FIELDS
+    )
+
+
+_CONTENT_FIELDS = (
+    "bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents", "fp32_contents",
+    "fp64_contents", "bytes_contents",
+)
 
 
 def _config_message(config: dict[str, Any]) -> Any:
@@ -260,12 +292,21 @@ def _config_message(config: dict[str, Any]) -> Any:
     )
 
 
-def _guarded(handler: Handler) -> Handler:
-    """Every ServiceError becomes its gRPC status; anything else is INTERNAL with nothing leaked."""
+def parse_message(message: Any, raw: bytes) -> Any:
+    """``message.FromString(raw)``; a message protobuf cannot decode is a 400 like any other bad input."""
+    try:
+        return message.FromString(raw)
+    except DecodeError as exc:
+        raise ServiceError(400, "invalid_request", f"the {message.__name__} message does not decode: {str(exc)[:200]}") from None
 
-    async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+
+def _guarded(handler: Handler, message: Any) -> Handler:
+    """Parse the request (``message`` None: the handler takes the bytes), run the handler; every
+    ServiceError becomes its gRPC status, anything else INTERNAL with nothing leaked."""
+
+    async def run(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await handler(request, context)
+            return await handler(raw if message is None else parse_message(message, raw), context)
         except ServiceError as error:
             metadata: tuple[tuple[str, str], ...] = ()
             if error.headers and "Retry-After" in error.headers:

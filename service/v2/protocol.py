@@ -16,6 +16,7 @@ classification extension on the output: ``classification: k`` returns BYTES [N, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,11 +226,10 @@ async def infer(
             raise ServiceError(
                 400, "invalid_request", f"classification must be between 1 and {classes}, got {output.classification}"
             )
+    input_check(target, served, pipeline.settings.max_files)(0, tensor.name, tensor.datatype, tensor.shape)
     if target.encoded:
         assert tensor.elements is not None
         count = len(tensor.elements)
-        if count > pipeline.settings.max_files:
-            raise ServiceError(413, "too_many_files", f"more than {pipeline.settings.max_files} images in one request")
         images = EncodedImages([f"{ENCODED_INPUT}[{i}]" for i in range(count)], list(tensor.elements))
         tensor.elements = None
         rows = await pipeline.classify_encoded(served, images, deadline, body=body)
@@ -251,34 +251,58 @@ async def infer(
     return results
 
 
+InputCheck = Callable[[int, str, str, tuple[int, ...]], None]
+
+
+def input_check(target: V2Model, served: ServedVersion, max_files: int) -> InputCheck:
+    """What a door calls with each input's declared name, datatype and shape, before decoding its data.
+
+    A tensor the model cannot take is refused from its header: a million empty BYTES elements or a
+    huge pixel shape never get split or converted (that would cost many times their bytes).
+    """
+    expected = _inputs(target, served)[0]
+    max_images = max_files if target.encoded else served.batcher.max_queue_size
+
+    def check(index: int, name: str, datatype: str, shape: tuple[int, ...]) -> None:
+        if index > 0:
+            raise ServiceError(
+                400, "invalid_request", f"model {target.name!r} takes exactly one input {target.input_name!r}"
+            )
+        if name != target.input_name:
+            hint = f"; send encoded images to {target.base + ENCODED_SUFFIX!r}" if datatype == BYTES and not target.encoded else ""
+            raise ServiceError(
+                400, "invalid_request",
+                f"unknown input {shown(name, 60)}: model {target.name!r} takes {target.input_name!r}{hint}",
+            )
+        if datatype != expected["datatype"]:
+            hint = f"; send encoded images to {target.base + ENCODED_SUFFIX!r}" if datatype == BYTES else ""
+            raise ServiceError(
+                400, "invalid_request",
+                f"input {name!r} has datatype {datatype}, model {target.name!r} expects {expected['datatype']}{hint}",
+            )
+        dims = list(shape)
+        if target.encoded:
+            fits = len(dims) in (1, 2) and dims[0] >= 1 and (len(dims) == 1 or dims[1] == 1)
+        else:
+            fits = len(dims) == 4 and dims[0] >= 1 and dims[1:] == expected["shape"][1:]
+        if not fits:
+            want = "[N] or [N, 1]" if target.encoded else str(["N", *expected["shape"][1:]]).replace("'", "")
+            raise ServiceError(400, "invalid_request", f"input {name!r} has shape {dims}, expected {want}")
+        if dims[0] > max_images:
+            if target.encoded:
+                raise ServiceError(413, "too_many_files", f"more than {max_files} images in one request")
+            raise ServiceError(
+                413, "too_many_images", f"{dims[0]} images in one request exceed the queue size {max_images}"
+            )
+
+    return check
+
+
 def _the_input(target: V2Model, served: ServedVersion, inputs: list[Tensor]) -> Tensor:
-    """Exactly the one input this model form declares, with its datatype and shape."""
+    """Exactly the one input this model form declares (its datatype and shape were checked from the header)."""
     if len(inputs) != 1:
         names = ", ".join(shown(t.name, 40) for t in inputs) or "none"
         raise ServiceError(
             400, "invalid_request", f"model {target.name!r} takes exactly one input {target.input_name!r}; got {names}"
         )
-    tensor = inputs[0]
-    if tensor.name != target.input_name:
-        hint = f"; send encoded images to {target.base + ENCODED_SUFFIX!r}" if not target.encoded and tensor.datatype == BYTES else ""
-        raise ServiceError(
-            400, "invalid_request",
-            f"unknown input {shown(tensor.name, 60)}: model {target.name!r} takes {target.input_name!r}{hint}",
-        )
-    expected = _inputs(target, served)[0]
-    if tensor.datatype != expected["datatype"]:
-        hint = f"; send encoded images to {target.base + ENCODED_SUFFIX!r}" if tensor.datatype == BYTES else ""
-        raise ServiceError(
-            400, "invalid_request",
-            f"input {tensor.name!r} has datatype {tensor.datatype}, model {target.name!r} expects "
-            f"{expected['datatype']}{hint}",
-        )
-    shape = list(tensor.shape)
-    if target.encoded:
-        fits = len(shape) in (1, 2) and shape[0] >= 1 and (len(shape) == 1 or shape[1] == 1)
-    else:
-        fits = len(shape) == 4 and shape[0] >= 1 and shape[1:] == expected["shape"][1:]
-    if not fits:
-        want = "[N] or [N, 1]" if target.encoded else str(["N", *expected["shape"][1:]]).replace("'", "")
-        raise ServiceError(400, "invalid_request", f"input {tensor.name!r} has shape {shape}, expected {want}")
-    return tensor
+    return inputs[0]

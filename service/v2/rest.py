@@ -9,6 +9,7 @@ the Python objects parsing creates: :data:`JSON_EXPANSION`), the shared batcher 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from service.parsing import MAX_INT_DIGITS, json_int, shown
 from service.pipeline import V2_REST, Pipeline
 from service.upload import read_body
 from service.v2 import protocol
-from service.v2.protocol import InferCall, RequestedOutput
+from service.v2.protocol import InferCall, InputCheck, RequestedOutput
 from service.v2.tensors import (
     Tensor,
     check_count,
@@ -39,6 +40,8 @@ HEADER_LENGTH = "inference-header-content-length"
 #: 24x for lists of empty lists or dicts, 8x floats, 2x lists of small ints); tests/test_v2_codec.py
 #: checks hostile shapes against it.
 JSON_EXPANSION = 32
+#: A JSON header larger than this is parsed on a worker thread (measured: 8 MiB stalled the loop 2.2 s).
+JSON_ON_THREAD_BYTES = 256 * 1024
 _REQUEST_KEYS = frozenset({"id", "inputs", "outputs", "parameters"})
 
 _TENSOR_SCHEMA = {
@@ -120,7 +123,7 @@ def router(pipeline: Pipeline) -> APIRouter:
     @api.get("/models/{model_name}/versions/{version}", summary="Model metadata of one version.",
              openapi_extra=_VERSION_PARAMETER)
     async def model_metadata(request: Request, model_name: str) -> Response:
-        pipeline.authorize(request.headers.get("authorization"))
+        pipeline.authorize(request.headers.getlist("authorization"))
         target = protocol.lookup(manager, model_name)
         return JSONResponse(protocol.model_metadata(manager, target, protocol.parse_version(_version(request))))
 
@@ -128,7 +131,7 @@ def router(pipeline: Pipeline) -> APIRouter:
     @api.get("/models/{model_name}/versions/{version}/ready", summary="200 when that version is ready.",
              openapi_extra=_VERSION_PARAMETER)
     async def model_ready(request: Request, model_name: str) -> Response:
-        pipeline.authorize(request.headers.get("authorization"))
+        pipeline.authorize(request.headers.getlist("authorization"))
         target = protocol.lookup(manager, model_name)
         ready = protocol.model_ready(manager, target, protocol.parse_version(_version(request)))
         return JSONResponse({"name": target.name, "ready": ready}, status_code=200 if ready else 400)
@@ -137,7 +140,7 @@ def router(pipeline: Pipeline) -> APIRouter:
     @api.get("/models/{model_name}/versions/{version}/config", summary="Triton model configuration of one version.",
              openapi_extra=_VERSION_PARAMETER)
     async def model_config(request: Request, model_name: str) -> Response:
-        pipeline.authorize(request.headers.get("authorization"))
+        pipeline.authorize(request.headers.getlist("authorization"))
         target = protocol.lookup(manager, model_name)
         return JSONResponse(protocol.model_config(manager, target, protocol.parse_version(_version(request))))
 
@@ -146,7 +149,7 @@ def router(pipeline: Pipeline) -> APIRouter:
         openapi_extra=_INDEX_OPENAPI,
     )
     async def repository_index(request: Request) -> Response:
-        pipeline.authorize(request.headers.get("authorization"))
+        pipeline.authorize(request.headers.getlist("authorization"))
         body = await _small_json(request)
         ready_only = body.get("ready", False)
         if not isinstance(ready_only, bool):
@@ -178,7 +181,7 @@ def _version(request: Request) -> str | None:
 
 def _control(pipeline: Pipeline, action: str) -> Callable[[Request, str], Awaitable[Response]]:
     async def control(request: Request, model_name: str) -> Response:
-        pipeline.authorize(request.headers.get("authorization"))
+        pipeline.authorize(request.headers.getlist("authorization"))
         await _small_json(request)
         await protocol.repository_control(pipeline.state.manager, pipeline.settings.model_control, action, model_name)
         return JSONResponse({})
@@ -208,7 +211,7 @@ async def infer_request(pipeline: Pipeline, request: Request, model_name: str, v
 async def _infer(pipeline: Pipeline, request: Request, model_name: str, version: str | None) -> Response:
     settings = pipeline.settings
     with pipeline.request(V2_REST) as scope:
-        pipeline.authorize(request.headers.get("authorization"))
+        pipeline.authorize(request.headers.getlist("authorization"))
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise ServiceError(415, "unsupported_encoding", f"Content-Encoding {shown(encoding, 40)} is not accepted")
@@ -237,7 +240,14 @@ async def _infer(pipeline: Pipeline, request: Request, model_name: str, version:
                     lease=body,
                     charge=charge,
                 )
-                call = parse_infer_request(raw, header_length)
+                check = protocol.input_check(target, served, settings.max_files)
+                json_bytes = len(raw) if header_length is None else header_length
+                if json_bytes > JSON_ON_THREAD_BYTES:
+                    # Parsing megabytes of JSON takes the event loop's time in seconds; on a thread it
+                    # takes turns with it (the GIL switches every few ms), so probes stay answered.
+                    call = await asyncio.to_thread(parse_infer_request, raw, header_length, check)
+                else:
+                    call = parse_infer_request(raw, header_length, check)
                 del raw
                 outputs = await protocol.infer(pipeline, served, target, call, deadline, body)
             finally:
@@ -247,10 +257,12 @@ async def _infer(pipeline: Pipeline, request: Request, model_name: str, version:
 
 
 def _header_length(request: Request) -> int | None:
-    raw = request.headers.get(HEADER_LENGTH)
-    if raw is None:
+    values = request.headers.getlist(HEADER_LENGTH)
+    if not values:
         return None
-    raw = raw.strip()
+    if len(values) > 1:
+        raise ServiceError(400, "invalid_request", f"{HEADER_LENGTH} given {len(values)} times; give it once")
+    raw = values[0].strip()
     if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_INT_DIGITS):
         raise ServiceError(400, "invalid_request", f"{HEADER_LENGTH} must be a decimal number of bytes")
     return int(raw)
@@ -263,8 +275,13 @@ def _parse_json(raw: bytes | bytearray | memoryview, where: str) -> Any:
         raise ServiceError(400, "invalid_request", f"{where} is not valid JSON: {str(exc)[:200]}") from None
 
 
-def parse_infer_request(raw: bytes | bytearray, header_length: int | None) -> InferCall:
-    """The JSON header and its binary tensor data -> an :class:`InferCall` (every field checked)."""
+def parse_infer_request(
+    raw: bytes | bytearray, header_length: int | None, check: InputCheck | None = None
+) -> InferCall:
+    """The JSON header and its binary tensor data -> an :class:`InferCall` (every field checked).
+
+    ``check(index, name, datatype, shape)`` vets each input against the model before its data is decoded.
+    """
     if header_length is not None and header_length > len(raw):
         raise ServiceError(
             400, "invalid_request", f"{HEADER_LENGTH} is {header_length} but the body has only {len(raw)} bytes"
@@ -288,7 +305,7 @@ def parse_infer_request(raw: bytes | bytearray, header_length: int | None) -> In
     inputs: list[Tensor] = []
     offset = 0
     for index, item in enumerate(raw_inputs):
-        tensor, used = _input(item, binary[offset:], f"inputs[{index}]", json_budget=split)
+        tensor, used = _input(item, binary[offset:], f"inputs[{index}]", json_budget=split, check=check, index=index)
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
@@ -316,7 +333,9 @@ def _parameters(raw: object, where: str) -> dict[str, Any]:
     return raw
 
 
-def _input(item: object, binary: memoryview, where: str, *, json_budget: int) -> tuple[Tensor, int]:
+def _input(
+    item: object, binary: memoryview, where: str, *, json_budget: int, check: InputCheck | None, index: int
+) -> tuple[Tensor, int]:
     """One entry of ``inputs``; returns it and how many binary bytes it took."""
     if not isinstance(item, dict):
         raise ServiceError(400, "invalid_request", f"{where} must be an object")
@@ -325,6 +344,8 @@ def _input(item: object, binary: memoryview, where: str, *, json_budget: int) ->
         raise ServiceError(400, "invalid_request", f"{where}.name must be a string")
     datatype = parse_datatype(item.get("datatype"), where=f"{where}.datatype")
     shape = parse_shape(item.get("shape"), where=where)
+    if check is not None:
+        check(index, name, datatype, shape)
     parameters = _parameters(item.get("parameters"), f"{where}.parameters")
     if "binary_data_size" in parameters:
         if "data" in item:

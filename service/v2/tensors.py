@@ -144,6 +144,8 @@ def from_json(
             raise ServiceError(400, "invalid_request", f"{where}: {len(flat)} elements for a shape of {count}")
         return Tensor(name, datatype, shape, elements=[_text_element(item, where, base64_bytes) for item in flat])
     dtype = _numeric(datatype, where)
+    if dtype.kind != "b" and _has_booleans(data):
+        raise ServiceError(400, "invalid_request", f"{where}: {datatype} data must be numbers, not true/false")
     try:
         values = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
@@ -225,6 +227,18 @@ def _cast(values: np.ndarray, dtype: np.dtype, datatype: str, where: str) -> np.
     if kind not in "iuf":
         raise ServiceError(400, "invalid_request", f"{where}: {datatype} data must be numbers")
     return values.astype(dtype)
+
+
+def _has_booleans(data: object) -> bool:
+    """JSON true/false among numbers: NumPy would silently read them as 1 and 0."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if item is True or item is False:
+            return True
+        if isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _flatten(data: object, where: str) -> list[object]:
