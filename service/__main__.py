@@ -82,6 +82,15 @@ class GracefulServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def _http_protocol() -> type | str:
+    """httptools (C, the fast parser) with a bound on the request head; h11 where httptools is missing."""
+    try:
+        from service.http import BoundedHttpToolsProtocol
+    except ImportError:  # uvicorn without its [standard] extras: h11 bounds heads itself
+        return "h11"
+    return BoundedHttpToolsProtocol
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     settings = settings_from(argv)
     configure_logging(settings.log_level, settings.log_format)
@@ -97,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s + 0.999),
         limit_concurrency=settings.limit_concurrency,
         backlog=settings.backlog,
+        http=_http_protocol(),
         lifespan="on",
     )
     GracefulServer(config, app.state.service, shutdown_delay_s=settings.shutdown_delay_s).run()
