@@ -14,6 +14,7 @@ chunk as it arrives when the length is not declared. A body that does not fit ge
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -24,11 +25,16 @@ from starlette.requests import ClientDisconnect, Request
 from service.aio import within
 from service.budget import BodyLease
 from service.errors import ServiceError
-from service.parsing import MAX_INT_DIGITS
+from service.parsing import MAX_INT_DIGITS, shown
 
 SINGLE_FIELD = "file"
 MULTI_FIELD = "files"
 RAW_BODY_NAME = "body"
+#: Header field names the fast multipart path accepts as they are (anything else: the streaming parser).
+_TOKEN = re.compile(rb"[A-Za-z0-9-]+")
+#: Below python-multipart's own limits (8 headers, 4,224 bytes a line) so both paths judge alike.
+_PLAIN_HEADER_COUNT = 6
+_PLAIN_HEADER_BYTES = 4000
 #: Longest filename echoed back in responses and errors.
 MAX_FILENAME_CHARS = 200
 
@@ -221,6 +227,23 @@ async def _read_all(chunk_stream: AsyncIterator[bytes], max_bytes: int, declared
     return grown
 
 
+def describe_part(headers: dict[str, bytes], index: int, max_files: int) -> tuple[str, str]:
+    """(field name, filename to report) of the ``index``-th part, or the 4xx its headers deserve."""
+    disposition, params = parse_options_header(headers.get("content-disposition"))
+    if disposition != b"form-data" or b"name" not in params:
+        raise ServiceError(422, "bad_multipart", "a multipart part lacks 'Content-Disposition: form-data; name=...'")
+    name = _text(params[b"name"])
+    if name not in (SINGLE_FIELD, MULTI_FIELD):
+        raise ServiceError(
+            422, "unexpected_field",
+            f"unexpected form field {shown(name, 60)}: send images as '{SINGLE_FIELD}' or '{MULTI_FIELD}'",
+        )
+    if index >= max_files:
+        raise ServiceError(413, "too_many_files", f"more than {max_files} images in one request")
+    filename = _text(params.get(b"filename", b"")) or f"{name}[{index}]"
+    return name, filename[:MAX_FILENAME_CHARS]
+
+
 class _PartCollector:
     """python-multipart callbacks that keep each part's name, filename and bytes."""
 
@@ -257,19 +280,9 @@ class _PartCollector:
         self._header_value.clear()
 
     def _headers_finished(self) -> None:
-        disposition, params = parse_options_header(self._headers.get("content-disposition"))
-        if disposition != b"form-data" or b"name" not in params:
-            raise ServiceError(422, "bad_multipart", "a multipart part lacks 'Content-Disposition: form-data; name=...'")
-        name = _text(params[b"name"])
-        if name not in (SINGLE_FIELD, MULTI_FIELD):
-            raise ServiceError(
-                422, "unexpected_field", f"unexpected form field {name!r}: send images as '{SINGLE_FIELD}' or '{MULTI_FIELD}'"
-            )
-        if len(self.field_names) >= self.max_files:
-            raise ServiceError(413, "too_many_files", f"more than {self.max_files} images in one request")
+        name, filename = describe_part(self._headers, len(self.field_names), self.max_files)
         self.field_names.append(name)
-        filename = _text(params.get(b"filename", b"")) or f"{name}[{len(self.field_names) - 1}]"
-        self._current_filename = filename[:MAX_FILENAME_CHARS]
+        self._current_filename = filename
 
     def _part_end(self) -> None:
         self.files.append(Upload(self._current_filename, self._data))  # the buffer itself: no second copy
@@ -284,6 +297,17 @@ async def _read_multipart(
 ) -> Uploads:
     if not boundary:
         raise ServiceError(422, "bad_multipart", "multipart/form-data without a boundary parameter")
+    first = await anext(chunk_stream, b"")
+    second = await anext(chunk_stream, None) if first else None
+    if second is None and len(first) <= max_bytes:
+        # The whole body came in one piece (every small upload does): split it with a few bytes.find
+        # calls instead of python-multipart's per-event Python callbacks (72 us -> 14 us for a 1 KB JPEG).
+        # Anything not plainly formed falls through to the streaming parser, which says what is wrong.
+        parts = _split_complete(first, boundary)
+        if parts is not None and len(parts) <= max_files:
+            described = [describe_part(headers, index, max_files) for index, (headers, _) in enumerate(parts)]
+            files = [Upload(filename, data) for (_, filename), (_, data) in zip(described, parts, strict=True)]
+            return _finish([name for name, _ in described], files)
     collector = _PartCollector(max_files)
     try:
         parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
@@ -291,6 +315,12 @@ async def _read_multipart(
         raise ServiceError(422, "bad_multipart", f"invalid multipart boundary: {exc}") from None
     received = 0
     try:
+        for chunk in (first, second):
+            if chunk:
+                received += len(chunk)
+                if received > max_bytes:
+                    raise too_large(max_bytes)
+                parser.write(chunk)
         async for chunk in chunk_stream:
             received += len(chunk)
             if received > max_bytes:
@@ -302,14 +332,57 @@ async def _read_multipart(
         raise ServiceError(422, "bad_multipart", f"malformed multipart body: {exc}") from None
     if not collector.finished:
         raise ServiceError(422, "bad_multipart", "the multipart body ends before its closing boundary")
-    if not collector.files:
+    return _finish(collector.field_names, collector.files)
+
+
+def _finish(field_names: list[str], files: list[Upload]) -> Uploads:
+    if not files:
         raise ServiceError(422, "no_image", f"no image: send field '{SINGLE_FIELD}' or '{MULTI_FIELD}'")
-    multiple = MULTI_FIELD in collector.field_names
-    if not multiple and len(collector.files) > 1:
+    multiple = MULTI_FIELD in field_names
+    if not multiple and len(files) > 1:
         raise ServiceError(
             422, "bad_form", f"field '{SINGLE_FIELD}' takes one image; send several as repeated '{MULTI_FIELD}'"
         )
-    return Uploads(collector.files, multiple=multiple)
+    return Uploads(files, multiple=multiple)
+
+
+def _split_complete(body: bytes | bytearray, boundary: bytes) -> list[tuple[dict[str, bytes], bytearray]] | None:
+    """A complete, plainly formed multipart body as (headers, data) parts; None for anything unusual.
+
+    Plain means: no preamble, CRLF line ends, ``Name: value`` header lines, a closing delimiter
+    followed by at most one CRLF. The streaming parser handles (and judges) everything else.
+    """
+    opening = b"--" + boundary + b"\r\n"
+    delimiter = b"\r\n--" + boundary
+    if not body.startswith(opening):
+        return None
+    parts: list[tuple[dict[str, bytes], bytearray]] = []
+    position = len(opening)
+    while True:
+        head_end = body.find(b"\r\n\r\n", position)
+        if head_end < 0:
+            return None
+        headers: dict[str, bytes] = {}
+        lines = bytes(body[position:head_end]).split(b"\r\n")
+        if len(lines) > _PLAIN_HEADER_COUNT or any(len(line) > _PLAIN_HEADER_BYTES for line in lines):
+            return None  # near python-multipart's per-part limits: let it judge
+        for line in lines:
+            field, colon, value = line.partition(b":")
+            if not colon or not _TOKEN.fullmatch(field) or b"\r" in value or b"\n" in value:
+                return None
+            headers[field.decode("ascii").lower()] = value.strip(b" \t")
+        start = head_end + 4
+        end = body.find(delimiter, start)
+        if end < 0:
+            return None
+        parts.append((headers, bytearray(body[start:end])))
+        position = end + len(delimiter)
+        after = bytes(body[position : position + 2])
+        if after == b"--":
+            return parts if bytes(body[position + 2 :]) in (b"", b"\r\n") else None
+        if after != b"\r\n":
+            return None
+        position += 2
 
 
 def _text(raw: bytes) -> str:
