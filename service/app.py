@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 
 from service import predict as predict_door
 from service.errors import install_error_handlers
-from service.hot import HotDoors
+from service.hot import ServiceApp
 from service.manager import ServedModel, ServedVersion
 from service.metrics import CONTENT_TYPE, Metrics
 from service.model_card import ModelCard
@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if grpc_door is not None:
                 await grpc_door.stop()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="resnet-serve",
         version="0.2.0",
         summary="Image classification with the ResNet family: dynamic batching on onnxruntime, "
@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     app.include_router(v2_rest.router(pipeline))
-    app.add_middleware(HotDoors, pipeline=pipeline)  # /predict and V2 infer skip FastAPI's per-request work
+    app.pipeline = pipeline  # from now on /predict and V2 infer skip FastAPI's per-request work
     return app
 
 

@@ -158,6 +158,8 @@ def _readable(data: bytes | bytearray | memoryview) -> IO[bytes]:
 
 def apply_exif_orientation(image: Image.Image) -> Image.Image:
     """Rotate/flip as the EXIF orientation tag says (phones store pixels sideways)."""
+    if image.format in ("JPEG", "MPO") and "exif" not in image.info:
+        return image  # a JPEG's EXIF is its APP1 segment, read with the header: none, nothing to parse (~50 us)
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # A broken EXIF block is not worth refusing the pixels for.

@@ -22,6 +22,7 @@ import pytest
 from conftest import shared_path
 from hostile_corpus import (
     BODY_TIMEOUT_S,
+    HTTP_SHAPE,
     MAX_FILES,
     MAX_INFLIGHT_BYTES,
     MAX_MESSAGE_CHARS,
@@ -70,7 +71,9 @@ def hostile_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 def check_answer(case: HostileCase, answer: Answer) -> str | None:
     """Why ``answer`` is not what ``case`` documents, or None when it is."""
-    if answer.status != case.status:
+    # A head past 64 KiB is refused by httptools (400) or by service/http.py (431), whichever sees it first.
+    head_refusal = case.shape == HTTP_SHAPE and case.status == 400 and answer.status == 431
+    if answer.status != case.status and not head_refusal:
         return f"status {answer.status}, expected {case.status}: {answer.raw[:300]!r}"
     body = answer.body
     if case.status == 200:

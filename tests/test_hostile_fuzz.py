@@ -257,7 +257,8 @@ def assert_refused_by_the_http_layer(client: httpx.Client, method: str, target: 
     lines += [f"{name}: {value}" for name, value in headers.items()]
     port = int(str(client.base_url).rstrip("/").rsplit(":", 1)[1])
     answer = asyncio.run(send_early(port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body, 30))
-    assert answer.status == 400, (answer.status, answer.error, answer.body[:200])
+    # httptools' own URL limit (400) or service/http.py's head limit (431), whichever sees it first.
+    assert answer.status in (400, 431), (answer.status, answer.error, answer.body[:200])
     assert error_problem(HTTP_SHAPE, None, answer.body) is None
 
 
