@@ -66,7 +66,17 @@ def preprocess_image(
     ``hold(pixels)`` is entered with the header's pixel count around the decode (the service's
     budget of decoded pixels in flight across threads).
     """
-    image = open_image(data, max_pixels=max_pixels)
+    return decode_opened(open_image(data, max_pixels=max_pixels), p, jpeg_draft=jpeg_draft, hold=hold)
+
+
+def decode_opened(
+    image: Image.Image,
+    p: Preprocessing,
+    *,
+    jpeg_draft: bool = False,
+    hold: Callable[[int], AbstractContextManager[object]] | None = None,
+) -> np.ndarray:
+    """The second half of :func:`preprocess_image`: decode an image :func:`open_image` has checked."""
     try:
         with hold(image.width * image.height) if hold is not None else nullcontext():
             if jpeg_draft and image.format in ("JPEG", "MPO"):
