@@ -16,6 +16,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.peers import PEER_NAMES
 from benchmarks.workload import (
+    BENCH_MODEL_NAMES,
     DEFAULT_CACHE_DIR,
     REPO_ROOT,
     MissingSharedData,
@@ -40,9 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true", help="a one-minute smoke run: fewer sizes, shorter phases")
     parser.add_argument(
-        "--models", default="resnet50,resnet20",
-        help="comma-separated: resnet50 (224x224 fp32, random weights) and/or resnet20 (real CIFAR-10 weights)",
+        "--models", default=",".join(BENCH_MODEL_NAMES),
+        help="comma-separated: resnet50 (224x224, random weights), resnet20 (real CIFAR-10 weights), and their "
+        "-int8 exports (default: all four; naive and peers run the fp32 ones)",
     )
+    parser.add_argument("--no-perf-analyzer", action="store_true",
+                        help="skip V2 gRPC (Triton's perf_analyzer, installed into the cache dir on first use)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="exported models are kept here")
     parser.add_argument("--output", type=Path, default=None, help="JSON file (default bench-results/bench-<time>.json)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per load phase (overrides the mode)")
@@ -84,6 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "environment": environment()}
     try:
         models = bench_models([name.strip() for name in args.models.split(",") if name.strip()])
+        # PyTorch eager has no INT8 counterpart of the file, and the peers are compared on fp32.
+        fp32_models = [model for model in models if not model.int8]
+        results["models"] = {
+            model.name: {"arch": model.arch, "precision": model.precision, "weights": model.weights_note}
+            for model in models
+        }
         repos = {}
         if set(suites) & {"raw", "service", *PEER_NAMES}:
             for model in models:
@@ -104,11 +114,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "service" in suites:
             from benchmarks import service_bench
 
+            analyzer: Path | str = "skipped (--no-perf-analyzer or --no-wrk)"
+            if not args.no_perf_analyzer and not args.no_wrk:
+                from benchmarks import perf_analyzer
+
+                analyzer = perf_analyzer.ensure_installed(args.cache_dir, log)
             results["service"] = {}
             for model in models:
                 log(f"service {model.name} ...")
                 results["service"][model.name] = service_bench.run(
-                    model, repos[model.name], quick=args.quick, duration=args.duration, use_wrk=not args.no_wrk, log=log
+                    model, repos[model.name], quick=args.quick, duration=args.duration, use_wrk=not args.no_wrk,
+                    perf_analyzer=analyzer, log=log,
                 )
         if peers:
             from benchmarks.peers import peer
@@ -118,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             # The service runs beside each peer, and every phase alternates between the two (see runner).
             results["peers"] = {name: {} for name in peers}
-            for model in models:
+            for model in fp32_models:
                 with serving(model, repos[model.name]) as (url, body):
                     for name in peers:
                         log(f"{name} {model.name} (interleaved with the service) ...")
@@ -130,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from benchmarks import naive
 
             results["naive"] = {}
-            for model in models:
+            for model in fp32_models:
                 log(f"naive {model.name} ...")
                 results["naive"][model.name] = naive.run(
                     model, quick=args.quick, duration=args.duration, use_wrk=not args.no_wrk, log=log

@@ -76,6 +76,7 @@ def run(model: BenchModel, repo: Path, *, quick: bool, log: Callable[[str], None
         )
     return {
         "model": model.name,
+        "precision": model.precision,
         "weights": model.weights_note,
         "providers": loaded.active_providers,
         "intra_op_threads": Settings(model_dir=repo).inference_threads,

@@ -63,20 +63,28 @@ def render(results: dict[str, Any]) -> str:
         )
         for name, why in pre.get("skipped", {}).items():
             parts.append(f"  skipped {name}: {why}")
+
+    def precision(name: str) -> str:
+        return str(results.get("models", {}).get(name, {}).get("precision", "fp32"))
+
     for name, raw in results.get("raw", {}).items():
-        parts.append(f"\nRAW onnxruntime in process: {name} ({raw['weights']} weights), providers {raw['providers']}")
+        parts.append(
+            f"\nRAW onnxruntime in process: {name} ({precision(name)}, {raw['weights']} weights), "
+            f"providers {raw['providers']}"
+        )
         parts.append(
             table(
                 ["batch", "img/s", "ms/call mean", "ms/call p50", "runs"],
                 [[r["batch"], r["images_per_s"], r["latency_ms_mean"], r["latency_ms_p50"], r["runs"]] for r in raw["batches"]],
             )
         )
+    parts.extend(precision_side_by_side(results))
     load_rows = []
     for section in ("service", "naive"):
         for name, runs in results.get(section, {}).items():
             for run in runs.get("runs", []):
                 load_rows.append(
-                    [section, name, run["scenario"], run.get("images_per_request", 1), run["images_per_s"],
+                    [section, name, precision(name), run["scenario"], run.get("images_per_request", 1), run["images_per_s"],
                      run["requests_per_s"], run["p50_ms"], run["p90_ms"], run["p99_ms"], _errors(run),
                      run.get("mean_batch_size"), run.get("load_average_1m")]
                 )
@@ -86,7 +94,8 @@ def render(results: dict[str, Any]) -> str:
                 pairs = [("service", run["service"], f" [beside {peer} {run.get('variant', '')}]")] if run.get("service") else []
                 for server, row, note in (*pairs, (peer, run, f" [{run['variant']}]" if run.get("variant") else "")):
                     load_rows.append(
-                        [server, name, row["scenario"] + note, row.get("images_per_request", 1), row["images_per_s"],
+                        [server, name, precision(name), row["scenario"] + note, row.get("images_per_request", 1),
+                         row["images_per_s"],
                          row["requests_per_s"], row["p50_ms"], row["p90_ms"], row["p99_ms"], _errors(row),
                          row.get("mean_batch_size"), row.get("load_average_1m")]
                     )
@@ -94,7 +103,7 @@ def render(results: dict[str, Any]) -> str:
         parts.append("\nLOAD over HTTP (real servers on 127.0.0.1, real JPEG uploads; peers serve the same ONNX file)")
         parts.append(
             table(
-                ["server", "model", "scenario", "img/req", "img/s", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors",
+                ["server", "model", "precision", "scenario", "img/req", "img/s", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors",
                  "mean batch", "load 1m"],
                 load_rows,
             )
@@ -112,6 +121,8 @@ def render(results: dict[str, Any]) -> str:
             parts.append(f"  {name} batch sizes achieved (whole run, from /metrics): {runs['batch_histogram']}")
         if runs.get("wrk_note"):
             parts.append(f"  {name} wrk: {runs['wrk_note']}")
+        if runs.get("v2_note"):
+            parts.append(f"  {name} V2: {runs['v2_note']}")
     for peer, by_model in results.get("peers", {}).items():
         configs = {label: text for figures in by_model.values() for label, text in figures.get("config", {}).items()}
         for label, text in configs.items():
@@ -125,6 +136,40 @@ def render(results: dict[str, Any]) -> str:
         parts.append("\nHEADLINE (one run, same machine)")
         parts.append(table(["figure", "value", "goal", "met"], [[h["figure"], h["value"], h["goal"], h["met"]] for h in results["headline"]]))
     return "\n".join(parts)
+
+
+def precision_side_by_side(results: dict[str, Any]) -> list[str]:
+    """fp32 and INT8 of one architecture in one table: raw per batch size, then the service's best."""
+    parts: list[str] = []
+    models = results.get("models", {})
+    for int8_name, spec in models.items():
+        fp32_name = next((n for n, s in models.items() if s["arch"] == spec["arch"] and s["precision"] == "fp32"), None)
+        if spec["precision"] != "int8" or fp32_name is None:
+            continue
+        rows: list[list[Any]] = []
+        raw = results.get("raw", {})
+        if fp32_name in raw and int8_name in raw:
+            int8_rows = {r["batch"]: r for r in raw[int8_name]["batches"]}
+            for r in raw[fp32_name]["batches"]:
+                q = int8_rows.get(r["batch"])
+                if q:
+                    rows.append([f"raw batch {r['batch']}", r["images_per_s"], q["images_per_s"],
+                                 q["images_per_s"] / r["images_per_s"]])
+        service = results.get("service", {})
+        for scenario in ("wrk c=1", "wrk c=32", "v2 rest wrk c=32"):
+            pair = [_single(service.get(name, {}).get("runs", []), scenario) for name in (fp32_name, int8_name)]
+            if all(pair):
+                rows.append([f"service {scenario}, 1 JPEG/req", pair[0]["images_per_s"], pair[1]["images_per_s"],
+                             pair[1]["images_per_s"] / pair[0]["images_per_s"]])
+        if rows:
+            parts.append(f"\nPRECISION {spec['arch']}: {fp32_name} (fp32) vs {int8_name} (int8), images/s, one run")
+            parts.append(table(["what", "fp32 img/s", "int8 img/s", "int8/fp32"], rows))
+    return parts
+
+
+def _single(runs: list[dict[str, Any]], scenario: str) -> dict[str, Any] | None:
+    return next((r for r in runs if r["scenario"] == scenario and r.get("images_per_request", 1) == 1
+                 and not r.get("errors")), None)
 
 
 def _errors(run: dict[str, Any]) -> str:

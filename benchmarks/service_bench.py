@@ -8,18 +8,26 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks import loadgen, wrk
-from benchmarks.phases import phase_seconds, plan_for, wrk_phases
+from benchmarks.peers import kserve
+from benchmarks.phases import Plan, phase_seconds, plan_for, wrk_phases
 from benchmarks.prometheus import batch_sizes, snapshot
 from benchmarks.server import free_port, python, running_server
 from benchmarks.workload import BenchModel, payloads_for
+from service.model_card import OUTPUT_NAME
+from service.v2.protocol import ENCODED_INPUT, ENCODED_SUFFIX
+
+KSERVE_LUA = Path(kserve.__file__).with_name("kserve.lua")
 
 
-def service_env(repo: Path, port: int) -> dict[str, str]:
-    """The service with its defaults, except quiet logs (the benchmark is not about log I/O)."""
+def service_env(repo: Path, port: int, grpc_port: int | None = None) -> dict[str, str]:
+    """The service with its defaults, except quiet logs (the benchmark is not about log I/O).
+
+    gRPC gets a free port of its own: its default, 8001, is also Triton's (a PyTriton peer may hold it)."""
     return {
         "RESNET_SERVE_MODEL_DIR": str(repo),
         "RESNET_SERVE_HOST": "127.0.0.1",
         "RESNET_SERVE_PORT": str(port),
+        "RESNET_SERVE_GRPC_PORT": str(grpc_port if grpc_port is not None else free_port()),
         "RESNET_SERVE_LOG_LEVEL": "WARNING",
         "RESNET_SERVE_ACCESS_LOG": "false",
     }
@@ -27,17 +35,20 @@ def service_env(repo: Path, port: int) -> dict[str, str]:
 
 def run(
     model: BenchModel, repo: Path, *, quick: bool, duration: float | None, use_wrk: bool,
-    log: Callable[[str], None] = print,
+    perf_analyzer: Path | str | None = None, log: Callable[[str], None] = print,
 ) -> dict[str, object]:
+    """Every load phase against one service process; ``perf_analyzer`` is its binary, or why it is absent."""
     plan = plan_for(model, quick=quick, duration=duration)
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     url = f"{base}/predict?model={model.name}&top_k=5"
     payloads = payloads_for(model)
     runs: list[dict[str, object]] = []
     log_path = Path(tempfile.gettempdir()) / f"bench-service-{model.name}-{port}.log"
     wrk_note = None
-    with running_server([python(), "-m", "service"], service_env(repo, port), f"{base}/health/ready", log_path=log_path):
+    v2_note = None
+    env = service_env(repo, port, grpc_port)
+    with running_server([python(), "-m", "service"], env, f"{base}/health/ready", log_path=log_path):
         single = loadgen.bodies(payloads, 1)
 
         def measure(row_of: Callable[[], dict[str, object]]) -> dict[str, object]:
@@ -70,14 +81,54 @@ def run(
                     break
                 body = loadgen.bodies(payloads, per_request)[0]
                 measure(lambda c=concurrency, b=body: wrk.run(url, b, concurrency=c, seconds=phase_seconds(plan, c)))
+        if use_wrk and wrk_note is None:
+            v2_note = _v2_phases(model, base, grpc_port, payloads[0][1], plan, perf_analyzer, measure)
         whole = batch_sizes(base, model.name)
     return {
         "plan": plan.__dict__,
+        "precision": model.precision,
         "runs": runs,
         "batch_histogram": whole.per_bucket(),
         "mean_batch_size": whole.mean,
         "wrk_note": wrk_note,
+        "v2_note": v2_note,
     }
+
+
+#: The V2 doors are compared with ``/predict`` at the peers' saturation point, one JPEG per request.
+V2_CONCURRENCY = 32
+
+
+def _v2_phases(
+    model: BenchModel, base: str, grpc_port: int, jpeg: bytes, plan: Plan, perf_analyzer: Path | str | None,
+    measure: Callable[[Callable[[], dict[str, object]]], dict[str, object]],
+) -> str | None:
+    """The same JPEG through V2 REST (wrk, binary tensor extension) and V2 gRPC (Triton's perf_analyzer).
+
+    The request is PyTriton's: the encoded image as a [1, 1] BYTES tensor of the ``-encoded`` companion
+    model, FP32 probabilities back in binary. wrk drives REST as it drives ``/predict``, so that ratio
+    compares doors only; gRPC needs perf_analyzer (a C++ client: a Python one would eat the cores the
+    service needs), which also drives REST once so its two figures compare transports with one client.
+    Returns why a phase was skipped, or None."""
+    seconds = phase_seconds(plan, V2_CONCURRENCY)
+    encoded = f"{model.name}{ENCODED_SUFFIX}"
+    v2 = kserve.bytes_request(ENCODED_INPUT, jpeg, output_name=OUTPUT_NAME)
+    body = loadgen.Body(v2.content, kserve.CONTENT_TYPE, 1)
+    url = f"{base}/v2/models/{encoded}/infer"
+    headers = {"BENCH_INFERENCE_HEADER_LENGTH": str(v2.header_length)}
+    measure(lambda: {
+        **wrk.run(url, body, concurrency=V2_CONCURRENCY, seconds=seconds, script=KSERVE_LUA, script_env=headers),
+        "scenario": f"v2 rest wrk c={V2_CONCURRENCY}",
+    })
+    if not isinstance(perf_analyzer, Path):
+        return f"V2 gRPC not measured: {perf_analyzer or 'perf_analyzer not requested'}"
+    from benchmarks import perf_analyzer as perf_analyzer_client
+
+    for protocol, target in (("grpc", f"127.0.0.1:{grpc_port}"), ("http", base.removeprefix("http://"))):
+        measure(lambda p=protocol, t=target: perf_analyzer_client.run(
+            perf_analyzer, url=t, protocol=p, model=encoded, jpeg=jpeg, concurrency=V2_CONCURRENCY,
+            seconds=seconds))
+    return None
 
 
 @contextmanager

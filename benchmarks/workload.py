@@ -6,6 +6,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -26,6 +27,11 @@ class BenchModel:
     arch: str
     weights: str | None  # checkpoint path, or None for the exporter's seeded random init
     kind: str  # "imagenet" (500x375 photos) or "cifar" (32x32 CIFAR sample JPEGs)
+    int8: bool = False  # static INT8 (QDQ) export of the same weights, behind the exporter's accuracy gate
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 else "fp32"
 
     @property
     def weights_note(self) -> str:
@@ -51,11 +57,17 @@ def cifar_checkpoint(arch: str) -> str:
     return str(matches[0])
 
 
+#: Every model a run may cover, fp32 first: a ``-int8`` name is the same weights through ``--int8``.
+BENCH_MODEL_NAMES = ("resnet50", "resnet20", "resnet50-int8", "resnet20-int8")
+
+
 def bench_models(names: list[str]) -> list[BenchModel]:
-    """The models a run covers: resnet50 (224x224, fp32, random weights) and the real CIFAR resnet20."""
+    """resnet50 (224x224, random weights) and the real CIFAR resnet20, each in fp32 and INT8."""
     known = {
         "resnet50": lambda: BenchModel("resnet50", "resnet50", None, "imagenet"),
         "resnet20": lambda: BenchModel("resnet20", "resnet20", cifar_checkpoint("resnet20"), "cifar"),
+        "resnet50-int8": lambda: BenchModel("resnet50-int8", "resnet50", None, "imagenet", int8=True),
+        "resnet20-int8": lambda: BenchModel("resnet20-int8", "resnet20", cifar_checkpoint("resnet20"), "cifar", int8=True),
     }
     unknown = [name for name in names if name not in known]
     if unknown:
@@ -69,8 +81,24 @@ def model_repository(model: BenchModel, cache_dir: Path) -> Path:
 
     repo = cache_dir / "repos" / model.name
     repo.mkdir(parents=True, exist_ok=True)
-    export_model(model.arch, model.weights, model_dir=repo, name=model.name, log=lambda line: None)
+    export_model(model.arch, model.weights, model_dir=repo, name=model.name, log=lambda line: None,
+                 **_int8_options(model))
     return repo
+
+
+def _int8_options(model: BenchModel) -> dict[str, Any]:
+    """How the INT8 file is calibrated and gated (the same recipe as export/README.md's table).
+
+    CIFAR: the first 300 sample JPEGs calibrate, the other 700 are the held-out gate (>= 98 % top-1
+    agreement with fp32). resnet50 has random weights here (no internet for torchvision's), whose
+    near-uniform outputs make agreement meaningless, so the gate is off and the card says so: the
+    file is only for speed.
+    """
+    if not model.int8:
+        return {}
+    if model.kind == "cifar":
+        return {"int8": True, "calibration": shared_path("data", "cifar10-sample")}
+    return {"int8": True, "calibration": shared_path("data", "photos"), "min_agreement": 0.0}
 
 
 def photo_jpegs(size: tuple[int, int] = IMAGENET_PHOTO_SIZE, quality: int = 90) -> list[tuple[str, bytes]]:

@@ -13,7 +13,7 @@ Each family is an architecture module (``models/resnet.py``, ``preact_resnet.py`
 ``inception_resnet.py``) plus its registry data in ``models/zoo/``; importing ``models`` registers them.
 """
 
-import models.zoo  # noqa: F401 (registers every family's names)
+import models.zoo
 from models.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint
 from models.config import ModelConfig, Preprocessing, PublishedCheckpoint
 from models.densenet import DenseNet

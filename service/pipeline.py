@@ -67,6 +67,9 @@ class Pipeline:
         self.metrics = state.metrics
         key = self.settings.api_key
         self._api_key = key.encode() if key is not None else None
+        # Label values are served model names (or "-"), statuses and protocols: a bounded set.
+        self._request_counters: dict[tuple[str, int, str], Any] = {}
+        self._latency: dict[str, Any] = {}
 
     # --- access and accounting -----------------------------------------------------------------
 
@@ -105,8 +108,21 @@ class Pipeline:
             self.metrics.rejections.labels(scope.model, error.code).inc()
             raise
         finally:
-            self.metrics.requests.labels(scope.model, str(scope.status), protocol).inc()
-            self.metrics.request_latency.labels(scope.model).observe(time.perf_counter() - scope.started)
+            self._count(scope, time.perf_counter() - scope.started)
+
+    def _count(self, scope: RequestScope, seconds: float) -> None:
+        """Per-request series through cached children: ``labels()`` takes a lock and builds a key each call."""
+        key = (scope.model, scope.status, scope.protocol)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.metrics.requests.labels(
+                scope.model, str(scope.status), scope.protocol
+            )
+        counter.inc()
+        latency = self._latency.get(scope.model)
+        if latency is None:
+            latency = self._latency[scope.model] = self.metrics.request_latency.labels(scope.model)
+        latency.observe(seconds)
 
     def deadline(self, scope: RequestScope) -> float:
         return scope.started + self.settings.request_timeout_s

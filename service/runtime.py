@@ -45,7 +45,7 @@ def tensorrt_loadable() -> bool:
         except OSError:
             continue
     try:
-        import tensorrt  # noqa: F401  (pip wheels put libnvinfer beside the module)
+        import tensorrt
 
         return True
     except Exception:

@@ -33,10 +33,9 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hostile_corpus import (  # noqa: E402
+from hostile_corpus import (
     MODEL_QUERY,
     as_file,
     build_corpus,
@@ -45,7 +44,7 @@ from hostile_corpus import (  # noqa: E402
     rss_bytes,
     send_raw,
 )
-from server import run_server  # noqa: E402
+from server import run_server
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT, SHARED_DIR, shared_path
 
 
@@ -50,7 +49,36 @@ def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path) -> None:
 
     figures = {line["figure"]: line for line in results["headline"]}
     assert any(name.startswith("service/naive resnet20") for name in figures)
-    assert "resnet20 img/s through /predict (best)" in figures
+    assert any(name.startswith("resnet20 img/s through /predict (best: resnet20,") for name in figures)
+    assert results["models"]["resnet20"]["precision"] == "fp32" and results["raw"]["resnet20"]["precision"] == "fp32"
+
+
+@pytest.mark.slow
+def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path: Path) -> None:
+    """The INT8 export behind its gate, served, and the same JPEG through /predict and V2 REST (wrk)."""
+    from benchmarks import wrk
+
+    if not wrk.available():
+        pytest.skip("wrk is not installed (apt-get install wrk): the V2 REST phase is driven by it")
+    shared_path("weights", "cifar10")
+    output = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "raw", "service", "--quick", "--models", "resnet20,resnet20-int8",
+         "--duration", "1.5", "--no-perf-analyzer", "--cache-dir", str(tmp_path / "cache"), "--output", str(output)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "PRECISION resnet20: resnet20 (fp32) vs resnet20-int8 (int8)" in completed.stdout
+    results = json.loads(output.read_text())
+    assert results["models"]["resnet20-int8"]["precision"] == "int8"
+    runs = {run["scenario"]: run for run in results["service"]["resnet20-int8"]["runs"]}
+    for scenario in ("wrk c=32", "v2 rest wrk c=32"):
+        assert runs[scenario]["errors"] == {} and runs[scenario]["requests_ok"] > 0, runs[scenario]
+    assert "V2 gRPC not measured" in results["service"]["resnet20-int8"]["v2_note"]
+    figures = {line["figure"] for line in results["headline"]}
+    assert "raw resnet20-int8/resnet20 img/s (best batch of each)" in figures
+    assert "V2 REST (wrk)/predict resnet20-int8 (c=32, 1 JPEG/req)" in figures
 
 
 def test_preprocess_suite_measures_pillow_exactly(tmp_path: Path) -> None:
@@ -183,6 +211,63 @@ def test_headline_ratio_is_against_the_peers_best_variant_each_with_its_own_serv
     c32 = lines["service/pytriton resnet20 (wrk c=32, 1 img/req, interleaved), vs pytriton [spin off]"]
     assert c1["value"] == pytest.approx(4.0) and c1["met"] is True
     assert c32["value"] == pytest.approx(1.1) and c32["goal"] == ">= 1.1" and c32["met"] is True
+
+
+def _raw(*rates: tuple[int, float]) -> dict[str, object]:
+    return {"batches": [{"batch": batch, "images_per_s": rate, "latency_ms_p50": 1000 * batch / rate}
+                         for batch, rate in rates]}
+
+
+def test_headline_int8_v2_and_resnet20_goals_come_from_the_same_runs() -> None:
+    from benchmarks.headline import headline
+
+    predict = _wrk_row("wrk c=32", 20.0, requests_per_s=20.0, p50_ms=5.0)
+    results = {
+        "models": {"resnet50": {"arch": "resnet50", "precision": "fp32"},
+                   "resnet50-int8": {"arch": "resnet50", "precision": "int8"}},
+        "raw": {"resnet50": _raw((1, 15.0), (32, 22.0)), "resnet50-int8": _raw((1, 40.0), (32, 60.0)),
+                "resnet20": _raw((1, 900.0), (32, 1900.0)), "resnet20-int8": _raw((1, 1200.0), (32, 2600.0))},
+        "service": {
+            "resnet50-int8": {"runs": [
+                {**predict, "images_per_s": 55.0}, _wrk_row("v2 rest wrk c=32", 53.0),
+                _wrk_row("perf_analyzer grpc c=32", 50.0),
+            ]},
+            "resnet20": {"runs": [_wrk_row("wrk c=32", 700.0, requests_per_s=700.0),
+                                  _wrk_row("wrk c=4", 1600.0, requests_per_s=100.0, images_per_request=16)]},
+            "resnet20-int8": {"runs": [_wrk_row("wrk c=32", 800.0, requests_per_s=800.0),
+                                       _wrk_row("wrk c=4", 1400.0, requests_per_s=90.0, images_per_request=16)]},
+        },
+    }
+    lines = {line["figure"]: line for line in headline(results)}
+    int8 = lines["raw resnet50-int8/resnet50 img/s (best batch of each)"]
+    assert int8["value"] == pytest.approx(60 / 22) and int8["goal"] == ">= 2.5" and int8["met"] is True
+    assert lines["raw resnet20-int8/resnet20 img/s (best batch of each)"]["met"] is None
+    served = lines["service/raw resnet50-int8 (wrk c=32, JPEG, 1 img/req)"]
+    assert served["value"] == pytest.approx(55 / 60) and served["met"] is True
+    rest = lines["V2 REST (wrk)/predict resnet50-int8 (c=32, 1 JPEG/req)"]
+    assert rest["value"] == pytest.approx(53 / 55) and rest["goal"] == ">= 0.95" and rest["met"] is True
+    grpc = lines["V2 gRPC (perf_analyzer)/predict resnet50-int8 (c=32, 1 JPEG/req)"]
+    assert grpc["value"] == pytest.approx(50 / 55) and grpc["met"] is False
+    best = lines["resnet20 img/s through /predict (best: resnet20, wrk c=4, 16 img/req)"]
+    assert best["value"] == 1600.0 and best["met"] is True
+    rps = lines["resnet20 req/s through /predict (wrk c=32, 1 JPEG/req, best: resnet20-int8)"]
+    assert rps["value"] == 800.0 and rps["met"] is True
+
+
+def test_report_puts_fp32_and_int8_side_by_side() -> None:
+    from benchmarks.report import precision_side_by_side
+
+    results = {
+        "models": {"resnet20": {"arch": "resnet20", "precision": "fp32"},
+                   "resnet20-int8": {"arch": "resnet20", "precision": "int8"}},
+        "raw": {"resnet20": _raw((1, 1000.0), (8, 2000.0)), "resnet20-int8": _raw((1, 1500.0), (8, 3000.0))},
+        "service": {"resnet20": {"runs": [_wrk_row("wrk c=32", 800.0)]},
+                    "resnet20-int8": {"runs": [_wrk_row("wrk c=32", 1000.0)]}},
+    }
+    text = "\n".join(precision_side_by_side(results))
+    assert "resnet20 (fp32) vs resnet20-int8 (int8)" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith(("raw", "service"))]
+    assert [row[-1] for row in rows] == ["1.50", "1.50", "1.25"]
 
 
 def test_headline_says_why_a_peer_was_not_measured() -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cifar_checkpoint, shared_path
 from safetensors.torch import save_file
 
 import models
-from conftest import cifar_checkpoint, shared_path
 from models import CheckpointError
 
 # --- fixtures ------------------------------------------------------------------------------------------
@@ -49,7 +49,7 @@ def file_server() -> Iterator[FileServer]:
     hits: dict[str, int] = {}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             hits[self.path] = hits.get(self.path, 0) + 1
             route = routes.get(self.path)
             if route is None:
@@ -62,7 +62,7 @@ def file_server() -> Iterator[FileServer]:
             self.wfile.write(route.body)
             self.close_connection = True
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (signature from http.server)
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

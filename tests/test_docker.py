@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
-from packaging.requirements import Requirement
-
 from conftest import REPO_ROOT, shared_path
+from packaging.requirements import Requirement
 
 DOCKER_DIR = REPO_ROOT / "docker"
 SMOKE_SCRIPT = DOCKER_DIR / "smoke-test.sh"

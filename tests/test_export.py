@@ -9,13 +9,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import CIFAR_SAMPLE_ACCURACY, cifar_checkpoint, cifar_sample, shared_path
 from PIL import Image
 
 import export.verify
 import models
 from export import ExportError, export_model
 from service.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
-from conftest import CIFAR_SAMPLE_ACCURACY, cifar_checkpoint, cifar_sample, shared_path
 
 IMAGENET_SHAPED = ["resnet50", "resnext50_32x4d", "seresnet50"]
 

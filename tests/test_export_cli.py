@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, cifar_checkpoint
 
 from export import ExportError
 from export.config import load_config
-from conftest import REPO_ROOT, cifar_checkpoint
 
 
 def run_export(*args: str) -> subprocess.CompletedProcess[str]:

@@ -21,11 +21,11 @@ import httpx
 import numpy as np
 import onnx
 import pytest
+from hostile_corpus import copy_model
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-
-from hostile_corpus import copy_model
 from server import run_server
+
 from service.model_card import INPUT_NAME, OUTPUT_NAME
 
 #: Classes of the CIFAR card the broken model borrows.

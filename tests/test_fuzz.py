@@ -19,12 +19,12 @@ import os
 
 import numpy as np
 import pytest
+from conftest import shared_path
+from hostile_corpus import encode, gradient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import shared_path
-from hostile_corpus import encode, gradient
 from service.errors import ServiceError
 from service.model_card import Preprocessing
 from service.preprocess import preprocess_image
@@ -59,7 +59,7 @@ def seeds() -> tuple[bytes, ...]:
         encode(photo, "JPEG", progressive=True),
         encode(photo, "PNG"),
         encode(picture.convert("P"), "PNG", transparency=3),
-        encode(Image.fromarray((np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50)), "PNG"),
+        encode(Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50), "PNG"),
         encode(picture, "WEBP"),
         encode(frames[0], "GIF", save_all=True, append_images=frames[1:]),
         encode(frames[0], "TIFF", save_all=True, append_images=frames[1:]),

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+from hostile_corpus import copy_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-
-from hostile_corpus import copy_model
 from server import RunningServer, run_server
 
 EXAMPLES = 40

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from hostile_corpus import as_file, copy_model, encode, gradient
 from server import RunningServer, run_server
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import tomllib
-
 from deploy_support import (
     KUBERNETES_DIR,
     KUBERNETES_VERSIONS,

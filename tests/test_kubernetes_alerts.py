@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from deploy_support import KUBERNETES_DIR, by_kind, kubectl_problem, one, promtool, promtool_problem, render
 
 

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from server import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "docker" / "build-base-debian.sh"

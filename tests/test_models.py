@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import cifar_checkpoint, shared_path
 
 import models
 from models.checkpoints import expected_shapes
 from models.resnet import ZeroPadShortcut, se_reduced_channels
-from conftest import cifar_checkpoint, shared_path
 
 ALL = models.list_models()
 TORCHVISION = models.list_models(layout="torchvision")

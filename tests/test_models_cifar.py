@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CIFAR_SAMPLE_ACCURACY, cifar_checkpoint, cifar_sample
 from PIL import Image
 
 import models
-from conftest import CIFAR_SAMPLE_ACCURACY, cifar_checkpoint, cifar_sample
 
 
 @lru_cache(maxsize=1)

@@ -14,9 +14,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import shared_path
 
 import models
-from conftest import shared_path
 from export import export_model
 from export.exporter import RANDOM_INIT_SEED
 from service.model_card import INPUT_NAME, ModelCard

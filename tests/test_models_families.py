@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 from safetensors.torch import save_file
 
 import models
@@ -24,7 +25,6 @@ from models.config import ModelConfig
 from models.densenet import rename_legacy_keys
 from models.preact_resnet import PreActBasic, PreActBottleneck
 from models.registry import register
-from conftest import REPO_ROOT
 
 
 def logits(model: torch.nn.Module, side: int, batch: int = 2) -> torch.Tensor:

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
-
 from conftest import shared_path
 from hostile_corpus import as_file, copy_model, raw_http_request, send_raw
+from PIL import Image
 from server import RunningServer, run_server
 
 FLOOD_S = 12.0

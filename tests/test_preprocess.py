@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -14,7 +15,6 @@ from PIL import Image
 from service.errors import ServiceError
 from service.model_card import Preprocessing
 from service.preprocess import preprocess_image, resized_size
-from conftest import shared_path
 
 IMAGENET = Preprocessing(resize_size=256, crop_size=224, interpolation="bilinear")
 

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from conftest import shared_path
 from deploy_support import HAProxy, haproxy_problem, percentile, start_haproxy
 from server import RunningServer, free_port, link_repository, run_server

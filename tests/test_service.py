@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import CIFAR_SAMPLE_ACCURACY, cifar_sample, shared_path
 from fastapi.testclient import TestClient
 from PIL import Image
-
-from conftest import CIFAR_SAMPLE_ACCURACY, cifar_sample, shared_path
 from server import link_repository
+
 from service.app import create_app
 from service.settings import Settings
 

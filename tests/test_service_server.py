@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import shared_path
 from server import RunningServer, link_repository, run_server
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-
 from conftest import shared_path
 from hostile_corpus import copy_model
 from server import run_server

@@ -131,7 +131,7 @@ def _download(remote: Remote) -> str:
         received = 0
         with os.fdopen(descriptor, "wb") as out:
             try:
-                with urllib.request.urlopen(request, timeout=_timeout_s()) as response:  # noqa: S310 (http(s) only)
+                with urllib.request.urlopen(request, timeout=_timeout_s()) as response:
                     announced = response.headers.get("Content-Length")
                     while chunk := response.read(_CHUNK):
                         digest.update(chunk)

@@ -20,8 +20,8 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from service.errors import ServiceError
 from service.budget import BodyLease
+from service.errors import ServiceError
 from service.pipeline import V2_GRPC, Pipeline, RequestScope
 from service.v2 import protocol
 from service.v2.proto import inference_pb2 as pb
