@@ -5,16 +5,28 @@ value by concatenation on the event loop: one unauthenticated client's 48 MB hea
 and stalled /health/live for 1.2 s (100 MB: 24 s). This subclass counts the bytes of a head that has
 not completed yet and answers 431 (and closes) once it passes :data:`MAX_HEAD_BYTES`, so the parser
 never holds more than that plus one read.
+
+A refusal (this 431, or httptools' 400 for a request it cannot parse) is closed *lingering*, as nginx
+does: answer, shut the write side, then read and discard for up to :data:`LINGER_S` or
+:data:`LINGER_MAX_BYTES`. Closing a socket with unread input makes the kernel send a reset, which
+destroys the answer before the client reads it: a client that sent a 100 KB URL and a 3 MB body saw
+the 400 in 17 of 150 tries with a plain close, 150 of 150 with the lingering one (no bytes are kept).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 #: The most bytes a request line plus headers may take (nginx's default large_client_header_buffers is 4 x 8k).
 MAX_HEAD_BYTES = 64 * 1024
+
+#: How long, and how much, a refused connection is still read (and discarded) so its answer arrives.
+LINGER_S = 2.0
+LINGER_MAX_BYTES = 64 * 1024 * 1024
 
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -22,16 +34,34 @@ _TOO_LARGE = (
 )
 
 
+class _HeadTooLarge(httptools.HttpParserError):
+    """Raised from a parser callback: uvicorn's handler of parser errors then refuses the request."""
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """A head that grows past :data:`MAX_HEAD_BYTES` without completing is refused with 431."""
+    """A head past :data:`MAX_HEAD_BYTES` is refused with 431, whether it completes or not.
+
+    Two counts, because reads do not line up with heads: bytes of reads in which a head stayed
+    incomplete (one header value that never ends is buffered by httptools), and the URL and header
+    bytes the parser hands over (a 100 KB head that arrives in one read completes in that read).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_open = True
         self._head_bytes = 0
         self._heads_done = 0
+        self._parsed_head = 0
+        self._too_large = False
+        self._lingering: asyncio.TimerHandle | None = None
+        self._discarded = 0
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:  # refused: the rest of the request is read only to be dropped
+            self._discarded += len(data)
+            if self._discarded > LINGER_MAX_BYTES:
+                self.transport.close()
+            return
         was_open, heads_done = self._head_open, self._heads_done
         super().data_received(data)
         # Count a read only when all of it belonged to one head that is still incomplete: it was open
@@ -41,8 +71,62 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
             self.logger.warning("request head over %d bytes: 431", MAX_HEAD_BYTES)
-            self.transport.write(_TOO_LARGE)
+            self._refuse(_TOO_LARGE)
+
+    def on_message_begin(self) -> None:
+        self._parsed_head = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._parsed_head += size
+        if self._parsed_head > MAX_HEAD_BYTES:
+            self._too_large = True
+            raise _HeadTooLarge("request head too large")  # before the application sees the request
+
+    def send_400_response(self, msg: str) -> None:
+        """httptools could not parse the request (or a callback refused it): closed lingering."""
+        if self._too_large:
+            self.logger.warning("request head over %d bytes: 431", MAX_HEAD_BYTES)
+            self._refuse(_TOO_LARGE)
+            return
+        body = msg.encode("ascii", "replace")
+        self._refuse(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+        )
+
+    def _refuse(self, answer: bytes) -> None:
+        """Send ``answer``, stop writing, and close after :data:`LINGER_S` (or when the client does)."""
+        if self.transport.is_closing() or self._lingering is not None:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # a request already running sends nothing after this answer
+            self.cycle.message_event.set()
+        self.transport.write(answer)
+        if not self.transport.can_write_eof():
             self.transport.close()
+            return
+        self.transport.write_eof()
+        self._lingering = asyncio.get_running_loop().call_later(LINGER_S, self.transport.close)
+
+    def eof_received(self) -> bool | None:
+        if self._lingering is not None:
+            self.transport.close()  # the client is done sending: nothing left to drop
+            return None
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lingering is not None:
+            self._lingering.cancel()
+        super().connection_lost(exc)
 
     def on_headers_complete(self) -> None:
         self._head_open = False
