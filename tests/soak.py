@@ -1,4 +1,4 @@
-"""Soak test, run by hand: hours-long behaviour in 30 minutes at 80 % of the measured capacity.
+"""Soak test, run by hand: hours-long behaviour in 30 minutes at 70 % of the measured capacity.
 
     .venv/bin/python tests/soak.py --model-dir model_repository --model resnet20            # 30 min
     .venv/bin/python tests/soak.py --model-dir model_repository --model resnet20 --minutes 3
@@ -12,9 +12,9 @@ the live repository must switch every time with no failed request and flat RSS.
 
 With ``--model-dir`` it starts ``python -m service`` itself (on a free port); with ``--url`` it
 drives a running server (``--pid`` lets it read that process's RSS from /proc). It measures the
-capacity with a closed loop, then sends an open-loop load at ``--fraction`` of it, mixing valid
-images with a slice of hostile ones (``--hostile-every``), and prints one line per minute plus a
-summary: requests, errors by status, latency percentiles and RSS growth (first minute to last).
+capacity with a closed loop (the median of three 5 s rounds), then sends an open-loop load at
+``--fraction`` of it, mixing valid images with a slice of hostile ones (``--hostile-every``), and
+prints one line per minute (that minute's statuses, latency, RSS) plus a summary: requests, errors by status, latency percentiles and RSS growth (first minute to last).
 Exit status 1 when a valid request failed, a 5xx appeared or RSS grew by more than ``--max-growth-mb``.
 """
 
@@ -101,10 +101,13 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
         if case.kind == "raw" and case.status != 200 and len(case.body) < 200_000 and case.query == MODEL_QUERY
         and getattr(case, "path", "/predict") == "/predict"
     ]
-    # Best of three rounds: on a shared machine one round can land on someone else's busy moment.
-    capacity = max([await measure_capacity(port, valid, args.concurrency, 5.0) for _ in range(3)])
+    # The median of three rounds: the best one overstated what the box sustains (494.8 against 415.9 req/s
+    # on the same code and box, and 70 % of the best gave queue_full bursts in a 30-minute soak).
+    rounds = sorted([await measure_capacity(port, valid, args.concurrency, 5.0) for _ in range(3)])
+    capacity = rounds[1]
     rate = args.fraction * capacity
-    print(f"capacity {capacity:.1f} req/s; soaking at {rate:.1f} req/s for {args.minutes:g} min", flush=True)
+    print(f"capacity {capacity:.1f} req/s (median of {', '.join(f'{r:.1f}' for r in rounds)}); soaking at "
+          f"{rate:.1f} req/s for {args.minutes:g} min", flush=True)
 
     statuses: Counter[str] = Counter()
     valid_failures: Counter[str] = Counter()
@@ -113,6 +116,7 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
     published: list[int] = []
     latencies: list[float] = []
     minute_latencies: list[float] = []
+    reported: Counter[str] = Counter()
     rss_samples: list[int] = []
 
     async def one(index: int) -> None:
@@ -154,13 +158,15 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
             rss = rss_bytes(pid) if pid else 0
             rss_samples.append(rss)
             print(
-                f"{(time.perf_counter() - started) / 60:5.1f} min  sent {index}  statuses {dict(statuses)}  "
+                f"{(time.perf_counter() - started) / 60:5.1f} min  sent {index}  this minute {dict(statuses - reported)}  "
+                f"valid failures so far {sum(valid_failures.values())}  "
                 f"p50 {percentile(minute_latencies, 0.5) * 1000:.0f} ms  p99 {percentile(minute_latencies, 0.99) * 1000:.0f} ms"
                 f"  RSS {rss / 1e6:.0f} MB" + (f"  versions {sorted(minute_versions)}" if every else ""),
                 flush=True,
             )
             minute_latencies.clear()
             minute_versions.clear()
+            reported = statuses.copy()
             next_report += 60
     await asyncio.gather(*tasks)
     if pid:
@@ -192,7 +198,7 @@ def main() -> int:
     parser.add_argument("--pid", type=int, help="with --url: the server's process id (for RSS)")
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--fraction", type=float, default=0.8, help="share of the measured capacity to send")
+    parser.add_argument("--fraction", type=float, default=0.7, help="share of the measured capacity to send")
     parser.add_argument("--concurrency", type=int, default=16, help="clients of the capacity measurement")
     parser.add_argument("--hostile-every", type=int, default=20, help="every Nth request is hostile (0: none)")
     parser.add_argument("--max-growth-mb", type=float, default=100.0)

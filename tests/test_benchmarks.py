@@ -395,3 +395,26 @@ def test_diagnose_flamegraph_is_svg_with_every_root(tmp_path: Path) -> None:
     svg = diagnose.flamegraph_svg(rows, "test", diagnose.thread_roles(rows, names))
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     assert "inference thread (thread 3002)" in svg and "event loop (thread 2979)" in svg and "695 samples" in svg
+
+
+def test_perf_analyzer_input_is_a_length_prefixed_bytes_element_and_the_run_is_bounded(tmp_path: Path) -> None:
+    """perf_analyzer sends ``b64`` content as the tensor's raw wire bytes: the element needs its own length."""
+    import base64
+    import struct
+
+    from benchmarks import perf_analyzer
+
+    jpeg = (SHARED_DIR / "data" / "photos" / "chelsea.jpg").read_bytes() if SHARED_DIR.exists() else b"\xff\xd8x"
+    (element,) = perf_analyzer.input_data("image_bytes", jpeg)["data"]
+    wire = base64.b64decode(element["image_bytes"]["b64"])
+    assert wire[:4] == struct.pack("<I", len(jpeg)) and wire[4:] == jpeg
+    argv = perf_analyzer.command(tmp_path / "perf_analyzer", url="http://127.0.0.1:8001", protocol="grpc",
+                                 model="resnet20-encoded", input_file=tmp_path / "in.json",
+                                 csv_file=tmp_path / "out.csv", concurrency=32, seconds=10.0)
+    assert argv[argv.index("-u") + 1] == "127.0.0.1:8001" and argv[argv.index("-i") + 1] == "grpc"
+    assert argv[argv.index("--concurrency-range") + 1] == "32:32" and "--shape" in argv
+    windows = int(argv[argv.index("--max-trials") + 1])
+    window_ms = int(argv[argv.index("-p") + 1])
+    assert 8_000 <= windows * window_ms * perf_analyzer.WINDOW_STRETCH <= 12_000  # about the phase asked for
+    assert perf_analyzer.run(tmp_path / "missing", url="127.0.0.1:1", protocol="grpc", model="m", jpeg=jpeg,
+                             concurrency=1, seconds=1.0)["errors"]  # a binary that is not there: a row, no raise
