@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from benchmarks.peers.venv import PeerUnavailable, ensure, run_checked
+
 #: The last tritonclient wheel on PyPI with ``bin/perf_analyzer``; the runtime pin is the one tried here.
 REQUIREMENTS = ("tritonclient==2.50.0", "nvidia-cuda-runtime-cu12==12.9.79")
 DEBIAN_PACKAGE = "libb64-0d"
@@ -65,68 +67,43 @@ def ensure_installed(cache_dir: Path, log: Callable[[str], None] = print) -> Pat
                f"{platform.machine()})"
     venv = venv_dir(cache_dir)
     binary = venv / "bin" / "perf_analyzer"
-    stamp = venv / ".bench-requirements"
-    wanted = "\n".join(REQUIREMENTS) + "\n"
     try:
-        if not (binary.exists() and stamp.exists() and stamp.read_text() == wanted):
-            log(f"  installing perf_analyzer into {venv} (first use, under a minute): {' '.join(REQUIREMENTS)}")
-            venv.parent.mkdir(parents=True, exist_ok=True)
-            _run([sys.executable, "-m", "venv", "--clear", str(venv)], what=f"creating {venv}")
-            # --no-deps: only the binary is wanted, not tritonclient's Python side (numpy, grpcio, ...).
-            _run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", *REQUIREMENTS],
-                 what=f"pip install {' '.join(REQUIREMENTS)}")
-            if not binary.exists():
-                return f"not available: {REQUIREMENTS[0]} installed no {binary}"
-            stamp.write_text(wanted)
+        # --no-deps: only the binary is wanted, not tritonclient's Python side (numpy, grpcio, ...).
+        ensure(venv, ["--no-deps", *REQUIREMENTS], log=log, timeout_s=INSTALL_TIMEOUT_S)
+        if not binary.exists():
+            return f"not available: {REQUIREMENTS[0]} installed no {binary}"
         missing = _missing_libraries(binary)
         if any("libb64" in name for name in missing):
             _install_libb64(log)
             missing = _missing_libraries(binary)
         if missing:
             return f"not available: {binary} cannot load {', '.join(missing)}"
-        _run([str(binary), "--version"], what="perf_analyzer --version", env=_environment(binary), timeout_s=30)
-    except _Unavailable as exc:
+        run_checked([str(binary), "--version"], what="perf_analyzer --version", env=_environment(binary), timeout_s=30)
+    except PeerUnavailable as exc:
         return f"not available: {exc}"
     return binary
-
-
-class _Unavailable(Exception):
-    """An install or probe step failed; the message says which and why."""
-
-
-def _run(argv: list[str], *, what: str, env: dict[str, str] | None = None, timeout_s: float = INSTALL_TIMEOUT_S) -> str:
-    try:
-        completed = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False, env=env)
-    except subprocess.TimeoutExpired:
-        raise _Unavailable(f"{what}: no result after {timeout_s:.0f} s") from None
-    except OSError as exc:
-        raise _Unavailable(f"{what}: {exc}") from None
-    if completed.returncode != 0:
-        lines = [line for line in (completed.stdout + completed.stderr).splitlines() if "WARNING: Location" not in line]
-        tail = " | ".join(line[:160] for line in lines[-4:])  # pip's "from versions: ..." line runs long
-        raise _Unavailable(f"{what} failed (exit {completed.returncode}): {tail}")
-    return completed.stdout
 
 
 def _missing_libraries(binary: Path) -> list[str]:
     """Shared libraries the dynamic loader cannot find for ``binary`` (``ldd``'s "not found" lines)."""
     if shutil.which("ldd") is None:
         return []  # the --version probe will tell
-    output = _run(["ldd", str(binary)], what="ldd perf_analyzer", env=_environment(binary), timeout_s=30)
+    output = run_checked(["ldd", str(binary)], what="ldd perf_analyzer", env=_environment(binary), timeout_s=30)
     return [line.split("=>")[0].strip() for line in output.splitlines() if "not found" in line]
 
 
 def _install_libb64(log: Callable[[str], None]) -> None:
     """Debian's libb64 through apt, the one system package perf_analyzer needs (root only)."""
     if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise _Unavailable(f"perf_analyzer needs libb64.so.0d: run `apt-get install -y {DEBIAN_PACKAGE}` as root")
+        raise PeerUnavailable(f"perf_analyzer needs libb64.so.0d: run `apt-get install -y {DEBIAN_PACKAGE}` as root")
     log(f"  apt-get install -y {DEBIAN_PACKAGE} (perf_analyzer links libb64)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", DEBIAN_PACKAGE]
     try:
-        _run(["apt-get", "install", "-y", DEBIAN_PACKAGE], what=f"apt-get install {DEBIAN_PACKAGE}", env=env)
-    except _Unavailable:  # a fresh image has no package lists yet
-        _run(["apt-get", "update"], what="apt-get update", env=env)
-        _run(["apt-get", "install", "-y", DEBIAN_PACKAGE], what=f"apt-get install {DEBIAN_PACKAGE}", env=env)
+        run_checked(install, what=f"apt-get install {DEBIAN_PACKAGE}", env=env, timeout_s=INSTALL_TIMEOUT_S)
+    except PeerUnavailable:  # a fresh image has no package lists yet
+        run_checked(["apt-get", "update"], what="apt-get update", env=env, timeout_s=INSTALL_TIMEOUT_S)
+        run_checked(install, what=f"apt-get install {DEBIAN_PACKAGE}", env=env, timeout_s=INSTALL_TIMEOUT_S)
 
 
 def input_data(input_name: str, jpeg: bytes) -> dict[str, object]:

@@ -58,21 +58,26 @@ def ensure(
     log(f"  installing {venv.name} (first use, a few minutes): {' '.join(requirements)}")
     started = time.perf_counter()
     venv.parent.mkdir(parents=True, exist_ok=True)
-    _run([sys.executable, "-m", "venv", "--clear", str(venv)], timeout_s=120, what=f"creating {venv}")
-    _run([str(python), "-m", "pip", "install", "--quiet", *requirements], timeout_s=timeout_s,
-         what=f"pip install {' '.join(requirements)}")
+    run_checked([sys.executable, "-m", "venv", "--clear", str(venv)], timeout_s=120, what=f"creating {venv}")
+    run_checked([str(python), "-m", "pip", "install", "--quiet", *requirements], timeout_s=timeout_s,
+                what=f"pip install {' '.join(requirements)}")
     stamp.write_text(wanted)
     log(f"  installed {venv.name} in {time.perf_counter() - started:.0f} s")
     return python
 
 
-def _run(argv: list[str], *, timeout_s: float, what: str) -> None:
+def run_checked(
+    argv: list[str], *, timeout_s: float, what: str, env: dict[str, str] | None = None, tail_lines: int = 8
+) -> str:
+    """``argv``'s stdout, or :class:`PeerUnavailable` saying ``what`` failed and pip's (or the tool's) last lines."""
     try:
-        completed = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+        completed = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False, env=env)
     except subprocess.TimeoutExpired:
         raise PeerUnavailable(f"{what}: no result after {timeout_s:.0f} s") from None
     except OSError as exc:
         raise PeerUnavailable(f"{what}: {exc}") from None
     if completed.returncode != 0:
         lines = [line for line in (completed.stdout + completed.stderr).splitlines() if "WARNING: Location" not in line]
-        raise PeerUnavailable(f"{what} failed (exit {completed.returncode}): " + " | ".join(lines[-8:]))
+        tail = " | ".join(line[:160] for line in lines[-tail_lines:])  # pip's "from versions: ..." line runs long
+        raise PeerUnavailable(f"{what} failed (exit {completed.returncode}): {tail}")
+    return completed.stdout
