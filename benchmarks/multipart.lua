@@ -1,9 +1,15 @@
--- wrk script: POST one prebuilt multipart body (file named by BENCH_BODY_FILE) and print a JSON summary.
+-- wrk script: POST one prebuilt body (file named by BENCH_BODY_FILE) and print a JSON summary.
+-- The body is a multipart upload, or a KServe V2 binary-tensor request whose JSON header length travels in
+-- Inference-Header-Content-Length (BENCH_INFERENCE_HEADER_LENGTH, set only for those).
 wrk.method = "POST"
 local file = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 wrk.body = file:read("*a")
 file:close()
 wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
+local header_length = os.getenv("BENCH_INFERENCE_HEADER_LENGTH")
+if header_length then
+  wrk.headers["Inference-Header-Content-Length"] = header_length
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

@@ -16,8 +16,6 @@ from benchmarks.workload import BenchModel, payloads_for
 from service.model_card import OUTPUT_NAME
 from service.v2.protocol import ENCODED_INPUT, ENCODED_SUFFIX
 
-KSERVE_LUA = Path(kserve.__file__).with_name("kserve.lua")
-
 
 def service_env(repo: Path, port: int, grpc_port: int | None = None) -> dict[str, str]:
     """The service with its defaults, except quiet logs (the benchmark is not about log I/O).
@@ -113,11 +111,9 @@ def _v2_phases(
     seconds = phase_seconds(plan, V2_CONCURRENCY)
     encoded = f"{model.name}{ENCODED_SUFFIX}"
     v2 = kserve.bytes_request(ENCODED_INPUT, jpeg, output_name=OUTPUT_NAME)
-    body = loadgen.Body(v2.content, kserve.CONTENT_TYPE, 1)
     url = f"{base}/v2/models/{encoded}/infer"
-    headers = {"BENCH_INFERENCE_HEADER_LENGTH": str(v2.header_length)}
     measure(lambda: {
-        **wrk.run(url, body, concurrency=V2_CONCURRENCY, seconds=seconds, script=KSERVE_LUA, script_env=headers),
+        **wrk.run(url, v2.body, concurrency=V2_CONCURRENCY, seconds=seconds, script_env=v2.wrk_env),
         "scenario": f"v2 rest wrk c={V2_CONCURRENCY}",
     })
     if not isinstance(perf_analyzer, Path):

@@ -27,7 +27,7 @@ def run(
     """Closed loop with ``concurrency`` connections for ``seconds`` (check :func:`available` first).
 
     ``script`` posts the body file; ``script_env`` passes it what else the request needs (a peer's
-    protocol headers, see ``benchmarks/peers/kserve.lua``).
+    protocol headers: ``BENCH_INFERENCE_HEADER_LENGTH`` for a KServe V2 binary body).
     """
     with tempfile.NamedTemporaryFile(suffix=".body") as body_file:
         body_file.write(body.content)

@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.loadgen import Body
+from benchmarks.loadgen import Body, bodies
 from benchmarks.workload import BenchModel
+from benchmarks.wrk import LUA_SCRIPT
 
 #: Every peer's server process gets at most this long to load the model and answer its ready URL.
 START_TIMEOUT_S = 240.0
@@ -76,6 +77,17 @@ class Peer(ABC):
     @abstractmethod
     def config(self, variant: Variant) -> str:
         """What the peer was configured with, in words (printed and stored with its figures)."""
+
+
+class MultipartPeer(Peer, ABC):
+    """A peer that takes the service's own multipart upload and answers its top-5 JSON (LitServe, TorchServe)."""
+
+    def request(self, model: BenchModel, jpeg: tuple[str, bytes]) -> PeerRequest:
+        (body,) = bodies([jpeg], 1)
+        return PeerRequest(body, LUA_SCRIPT)
+
+    def scores(self, response: httpx.Response) -> dict[int, float]:
+        return {int(p["index"]): float(p["score"]) for p in response.json()["predictions"]}
 
 
 def check_scores(scores: dict[int, float], expected: np.ndarray, *, tolerance: float = 1e-3) -> str | None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks.loadgen import Body
+
 HEADER_LENGTH = "Inference-Header-Content-Length"
 CONTENT_TYPE = "application/octet-stream"
 
@@ -30,6 +32,16 @@ class V2Body:
     @property
     def headers(self) -> dict[str, str]:
         return {"Content-Type": CONTENT_TYPE, HEADER_LENGTH: str(self.header_length)}
+
+    @property
+    def body(self) -> Body:
+        """What wrk posts (``benchmarks/multipart.lua`` sends any prebuilt body)."""
+        return Body(self.content, CONTENT_TYPE, self.images)
+
+    @property
+    def wrk_env(self) -> dict[str, str]:
+        """The script's environment for the header the binary extension needs."""
+        return {"BENCH_INFERENCE_HEADER_LENGTH": str(self.header_length)}
 
 
 def bytes_request(input_name: str, data: bytes, *, output_name: str, binary_output: bool = True) -> V2Body:

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
-
-from benchmarks.loadgen import bodies
-from benchmarks.peers.base import Launch, Peer, PeerRequest, Variant
+from benchmarks.peers.base import Launch, MultipartPeer, Variant
 from benchmarks.peers.venv import project_version, shared_requirements
 from benchmarks.server import free_port
 from benchmarks.workload import REPO_ROOT, BenchModel
-from benchmarks.wrk import LUA_SCRIPT
 
 APP = Path(__file__).with_name("apps") / "litserve_app.py"
 VERSION = "0.2.19"
@@ -26,7 +22,7 @@ MAX_BATCH_SIZE = 32
 BATCH_TIMEOUT_MS = 3.0
 
 
-class LitServe(Peer):
+class LitServe(MultipartPeer):
     name = "litserve"
 
     def requirements(self) -> list[str]:
@@ -42,13 +38,6 @@ class LitServe(Peer):
         env = {**variant.env, "PYTHONPATH": str(REPO_ROOT)}
         base = f"http://127.0.0.1:{port}"
         return Launch(argv, env, f"{base}/health", f"{base}/predict", cwd=workdir)
-
-    def request(self, model: BenchModel, jpeg: tuple[str, bytes]) -> PeerRequest:
-        (body,) = bodies([jpeg], 1)
-        return PeerRequest(body, LUA_SCRIPT)
-
-    def scores(self, response: httpx.Response) -> dict[int, float]:
-        return {int(p["index"]): float(p["score"]) for p in response.json()["predictions"]}
 
     def config(self, variant: Variant) -> str:
         return (

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.loadgen import Body
 from benchmarks.peers import kserve
 from benchmarks.peers.base import Launch, Peer, PeerRequest, Variant
 from benchmarks.peers.venv import shared_requirements
 from benchmarks.server import free_port
 from benchmarks.workload import REPO_ROOT, BenchModel
+from benchmarks.wrk import LUA_SCRIPT
 
 APP = Path(__file__).with_name("apps") / "pytriton_app.py"
-LUA_SCRIPT = Path(__file__).with_name("kserve.lua")
 INPUT = "image"
 OUTPUT = "probabilities"
 MAX_BATCH_SIZE = 32
@@ -57,8 +56,7 @@ class PyTriton(Peer):
     def request(self, model: BenchModel, jpeg: tuple[str, bytes]) -> PeerRequest:
         v2 = kserve.bytes_request(INPUT, jpeg[1], output_name=OUTPUT)
         return PeerRequest(
-            Body(v2.content, kserve.CONTENT_TYPE, 1), LUA_SCRIPT,
-            {"BENCH_INFERENCE_HEADER_LENGTH": str(v2.header_length)}, v2.headers,
+            v2.body, LUA_SCRIPT, v2.wrk_env, v2.headers,
         )
 
     def scores(self, response: httpx.Response) -> dict[int, float]:

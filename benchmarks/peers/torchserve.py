@@ -17,14 +17,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import httpx
-
-from benchmarks.loadgen import bodies
-from benchmarks.peers.base import Launch, Peer, PeerRequest, Variant
+from benchmarks.peers.base import Launch, MultipartPeer, Variant
 from benchmarks.peers.venv import PeerUnavailable, project_version, shared_requirements
 from benchmarks.server import free_port
 from benchmarks.workload import REPO_ROOT, BenchModel
-from benchmarks.wrk import LUA_SCRIPT
 
 APPS = Path(__file__).with_name("apps")
 VERSION = "0.12.0"
@@ -33,7 +29,7 @@ MAX_BATCH_SIZE = 32
 MAX_BATCH_DELAY_MS = 3
 
 
-class TorchServe(Peer):
+class TorchServe(MultipartPeer):
     name = "torchserve"
 
     def requirements(self) -> list[str]:
@@ -85,13 +81,6 @@ class TorchServe(Peer):
         env = {**variant.env, "PATH": f"{python.parent}:{_path()}"}
         base = f"http://127.0.0.1:{inference}"
         return Launch(argv, env, f"{base}/ping", f"{base}/predictions/{model.name}", cwd=workdir)
-
-    def request(self, model: BenchModel, jpeg: tuple[str, bytes]) -> PeerRequest:
-        (body,) = bodies([jpeg], 1)
-        return PeerRequest(body, LUA_SCRIPT)
-
-    def scores(self, response: httpx.Response) -> dict[int, float]:
-        return {int(p["index"]): float(p["score"]) for p in response.json()["predictions"]}
 
     def config(self, variant: Variant) -> str:
         return (
