@@ -14,7 +14,14 @@ With ``--model-dir`` it starts ``python -m service`` itself (on a free port); wi
 drives a running server (``--pid`` lets it read that process's RSS from /proc). It measures the
 capacity with a closed loop (the median of three 5 s rounds), then sends an open-loop load at
 ``--fraction`` of it, mixing valid images with a slice of hostile ones (``--hostile-every``), and
-prints one line per minute (that minute's statuses, latency, RSS) plus a summary: requests, errors by status, latency percentiles and RSS growth (first minute to last).
+prints one line per minute (that minute's statuses, latency, RSS, and what the machine did: how late the
+generator itself sent, the CPU the hypervisor stole and the CPU other processes took) plus a summary:
+requests, errors by status, latency percentiles and RSS growth (first minute to last).
+
+The generator is open-loop: a request that it could not send on time (its own process stalled) goes
+out as soon as it can, so a stall of the generator becomes a burst at the server. The per-minute
+``late`` column (the worst lateness of a send) and ``others`` (CPU taken by processes other than the
+server and the generator, in cores) tell a burst the machine made from one the service caused.
 Exit status 1 when a valid request failed, a 5xx appeared or RSS grew by more than ``--max-growth-mb``.
 """
 
@@ -62,6 +69,46 @@ def publish_next_version(model_folder: Path) -> int:
     for old in versions[:-1]:
         shutil.rmtree(model_folder / str(old), ignore_errors=True)
     return target
+
+
+class MachineClock:
+    """CPU time of the whole machine, of the server and of this process, between two readings (Linux)."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.last = self._read()
+
+    def _read(self) -> tuple[float, list[int], float, float]:
+        with open("/proc/stat") as stat:
+            jiffies = [int(v) for v in stat.readline().split()[1:]]
+        server = 0.0
+        if self.server_pid:
+            try:
+                with open(f"/proc/{self.server_pid}/stat") as proc_stat:
+                    fields = proc_stat.read().rsplit(")", 1)[1].split()
+                server = (int(fields[11]) + int(fields[12])) / self.tick
+            except OSError:
+                pass
+        own = time.process_time()
+        return time.monotonic(), jiffies, server, own
+
+    def since_last(self) -> dict[str, float]:
+        """steal % of all CPUs, and cores used by the server, by the generator and by everything else."""
+        now = self._read()
+        (t0, j0, server0, own0), (t1, j1, server1, own1) = self.last, now
+        self.last = now
+        wall = max(1e-9, t1 - t0)
+        delta = [b - a for a, b in zip(j0, j1)]
+        total = max(1, sum(delta[:8]))  # user nice system idle iowait irq softirq steal
+        busy = (total - delta[3] - delta[4] - delta[7]) / self.tick
+        server, own = server1 - server0, own1 - own0
+        return {
+            "steal_percent": 100.0 * delta[7] / total,
+            "server_cores": server / wall,
+            "generator_cores": own / wall,
+            "other_cores": max(0.0, busy - server - own) / wall,
+        }
 
 
 def answered_version(body: bytes) -> int | None:
@@ -118,6 +165,10 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
     minute_latencies: list[float] = []
     reported: Counter[str] = Counter()
     rss_samples: list[int] = []
+    machine = MachineClock(pid)
+    minute_late = 0.0
+    worst_late = 0.0
+    busy_minutes: list[str] = []
 
     async def one(index: int) -> None:
         is_hostile = args.hostile_every > 0 and index % args.hostile_every == 0
@@ -150,6 +201,8 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
         delay = started + index / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        else:
+            minute_late = max(minute_late, -delay)
         task = asyncio.create_task(one(index))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -157,13 +210,24 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
         if time.perf_counter() >= next_report:
             rss = rss_bytes(pid) if pid else 0
             rss_samples.append(rss)
+            cpu = machine.since_last()
+            worst_late = max(worst_late, minute_late)
+            this_minute = statuses - reported
+            if this_minute.get("503") or this_minute.get("transport-error"):
+                busy_minutes.append(
+                    f"minute {len(rss_samples)}: late {minute_late * 1000:.0f} ms, others {cpu['other_cores']:.2f} "
+                    f"cores, steal {cpu['steal_percent']:.1f} %"
+                )
             print(
                 f"{(time.perf_counter() - started) / 60:5.1f} min  sent {index}  this minute {dict(statuses - reported)}  "
                 f"valid failures so far {sum(valid_failures.values())}  "
                 f"p50 {percentile(minute_latencies, 0.5) * 1000:.0f} ms  p99 {percentile(minute_latencies, 0.99) * 1000:.0f} ms"
-                f"  RSS {rss / 1e6:.0f} MB" + (f"  versions {sorted(minute_versions)}" if every else ""),
+                f"  RSS {rss / 1e6:.0f} MB  late {minute_late * 1000:.0f} ms  cores server {cpu['server_cores']:.2f} "
+                f"generator {cpu['generator_cores']:.2f} others {cpu['other_cores']:.2f}  steal {cpu['steal_percent']:.1f} %"
+                + (f"  versions {sorted(minute_versions)}" if every else ""),
                 flush=True,
             )
+            minute_late = 0.0
             minute_latencies.clear()
             minute_versions.clear()
             reported = statuses.copy()
@@ -178,9 +242,12 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
         f"{capacity:.1f}); statuses {dict(statuses)}; valid failures {dict(valid_failures)}; "
         f"valid p50 {percentile(latencies, 0.5) * 1000:.0f} ms p99 {percentile(latencies, 0.99) * 1000:.0f} ms; "
         f"RSS first minute {rss_samples[0] / 1e6 if rss_samples else 0:.0f} MB -> end "
-        f"{rss_samples[-1] / 1e6 if rss_samples else 0:.0f} MB (growth {growth:+.0f} MB)",
+        f"{rss_samples[-1] / 1e6 if rss_samples else 0:.0f} MB (growth {growth:+.0f} MB); the generator was at "
+        f"worst {worst_late * 1000:.0f} ms late",
         flush=True,
     )
+    if busy_minutes:
+        print("MINUTES WITH 503s OR TRANSPORT ERRORS: " + "; ".join(busy_minutes), flush=True)
     missed: list[int] = []
     if every:
         # The last version may have been published too close to the end to be seen.
