@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
-from benchmarks.phases import PEER_CONCURRENCY
+from benchmarks.phases import PEER_CONCURRENCY, PREDICT_DOOR
 from benchmarks.raw import batch1_latency_ms, ceiling
 
 #: The service's default MAX_BATCH_SIZE: raw is compared at batch sizes the service can run.
@@ -71,12 +72,16 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
             ratio = service_any["images_per_s"] / max(naive_best["images_per_s"], 1e-9)
             add(f"service/naive {model} (service best {service_any.get('images_per_request', 1)} img/req vs naive best)",
                 ratio, f">= {naive_goal}", ratio >= naive_goal)
+        predict_rate, predict_rounds = median_rate(service_runs, PREDICT_DOOR)
+        if predict_rate is None:  # results from before the door rounds: the stand-alone phase
+            predict_rate, predict_rounds = median_rate(service_runs, "wrk c=32")
         for door, scenario, ratio_goal_v2 in _v2_doors(model):
-            v2_row = _scenario(service_runs, scenario)
-            predict = _scenario(service_runs, "wrk c=32")
-            if v2_row and predict and _clean(v2_row) and _clean(predict):
-                ratio = v2_row["images_per_s"] / predict["images_per_s"]
-                add(f"{door}/predict {model} (c=32, 1 JPEG/req)", ratio, f">= {ratio_goal_v2}", ratio >= ratio_goal_v2)
+            v2_rate, v2_rounds = median_rate(service_runs, scenario)
+            if v2_rate is not None and predict_rate:
+                ratio = v2_rate / predict_rate
+                rounds = f", median of {min(v2_rounds, predict_rounds)} interleaved rounds" if v2_rounds > 1 else ""
+                add(f"{door}/predict {model} (c=32, 1 JPEG/req{rounds})", ratio, f">= {ratio_goal_v2}",
+                    ratio >= ratio_goal_v2)
         # wrk's latency excludes the Python client's own CPU time; prefer it where it ran.
         single = _scenario(service_runs, "wrk c=1") or _scenario(service_runs, "closed c=1")
         if model in raw and single:
@@ -90,8 +95,21 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
     return lines
 
 
+def median_rate(runs: list[dict[str, Any]], scenario: str) -> tuple[float | None, int]:
+    """The median images/s of the clean one-image rows of ``scenario`` (one per door round), and how many."""
+    rates = [r["images_per_s"] for r in runs
+             if r["scenario"] == scenario and r.get("images_per_request", 1) == 1 and _clean(r)]
+    return (statistics.median(rates) if rates else None), len(rates)
+
+
 def _best_raw(raw: dict[str, Any]) -> float:
     return max(row["images_per_s"] for row in raw["batches"])
+
+
+#: The doors the interleaved rounds compare, as (door, scenario); ``/predict`` first.
+DOOR_SCENARIOS = (
+    ("/predict (wrk)", PREDICT_DOOR), ("V2 REST (wrk)", "v2 rest wrk c=32"), ("V2 gRPC (perf_analyzer)", "perf_analyzer grpc c=32"),
+)
 
 
 def _v2_doors(model: str) -> list[tuple[str, str, float]]:
@@ -99,7 +117,7 @@ def _v2_doors(model: str) -> list[tuple[str, str, float]]:
 
     REST is driven by wrk like /predict; gRPC by perf_analyzer (another native client: say so)."""
     goal = 0.95 if model.startswith("resnet50") else 0.9
-    return [("V2 REST (wrk)", "v2 rest wrk c=32", goal), ("V2 gRPC (perf_analyzer)", "perf_analyzer grpc c=32", goal)]
+    return [(door, scenario, goal) for door, scenario in DOOR_SCENARIOS[1:]]
 
 
 def resnet20_goals(results: dict[str, Any]) -> list[dict[str, Any]]:

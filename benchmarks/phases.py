@@ -51,3 +51,9 @@ def wrk_phases(plan: Plan) -> list[tuple[int, int]]:
 def phase_seconds(plan: Plan, concurrency: int) -> float:
     """Concurrency 1 needs less time for stable percentiles than a saturated queue."""
     return plan.seconds / 2 if concurrency == 1 else plan.seconds
+
+
+#: The door comparison (``/predict``, V2 REST, V2 gRPC, one JPEG per request) runs at the peers' saturation point.
+DOOR_CONCURRENCY = 32
+#: ``/predict``'s scenario inside the door rounds (``wrk c=32`` is the stand-alone phase before them).
+PREDICT_DOOR = f"predict wrk c={DOOR_CONCURRENCY}"

@@ -84,7 +84,8 @@ def render(results: dict[str, Any]) -> str:
         for name, runs in results.get(section, {}).items():
             for run in runs.get("runs", []):
                 load_rows.append(
-                    [section, name, precision(name), run["scenario"], run.get("images_per_request", 1), run["images_per_s"],
+                    [section, name, precision(name), run["scenario"] + (f" (round {run['round']})" if run.get("round") else ""),
+                     run.get("images_per_request", 1), run["images_per_s"],
                      run["requests_per_s"], run["p50_ms"], run["p90_ms"], run["p99_ms"], _errors(run),
                      run.get("mean_batch_size"), run.get("load_average_1m")]
                 )
@@ -108,6 +109,7 @@ def render(results: dict[str, Any]) -> str:
                 load_rows,
             )
         )
+    parts.extend(door_rounds(results))
     stage_rows = [
         [name, run["scenario"], run.get("images_per_request", 1), *run["server_stage_means_ms"].values()]
         for name, runs in results.get("service", {}).items() for run in runs.get("runs", [])
@@ -136,6 +138,26 @@ def render(results: dict[str, Any]) -> str:
         parts.append("\nHEADLINE (one run, same machine)")
         parts.append(table(["figure", "value", "goal", "met"], [[h["figure"], h["value"], h["goal"], h["met"]] for h in results["headline"]]))
     return "\n".join(parts)
+
+
+def door_rounds(results: dict[str, Any]) -> list[str]:
+    """Each door's images/s per interleaved round, the median, and the median against ``/predict``'s."""
+    from benchmarks.headline import DOOR_SCENARIOS, median_rate
+
+    rows: list[list[Any]] = []
+    for name, runs in results.get("service", {}).items():
+        by_round = [r for r in runs.get("runs", []) if r.get("round")]
+        predict, _ = median_rate(by_round, DOOR_SCENARIOS[0][1])
+        for door, scenario in DOOR_SCENARIOS:
+            rates = [r["images_per_s"] if not r.get("errors") else None for r in by_round if r["scenario"] == scenario]
+            median, _ = median_rate(by_round, scenario)
+            if rates:
+                shown = " / ".join("failed" if rate is None else f"{rate:.1f}" for rate in rates)
+                rows.append([name, door, shown, median, median / predict if median and predict else None])
+    if not rows:
+        return []
+    return ["\nDOORS at 32 clients, one JPEG per request, interleaved rounds (img/s per round, median, median/predict)",
+            table(["model", "door", "rounds", "median", "/predict"], rows)]
 
 
 def precision_side_by_side(results: dict[str, Any]) -> list[str]:

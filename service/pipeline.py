@@ -73,6 +73,11 @@ class Pipeline:
 
     # --- access and accounting -----------------------------------------------------------------
 
+    @property
+    def requires_key(self) -> bool:
+        """Whether requests must carry the API key (a door can skip reading its credentials when not)."""
+        return self._api_key is not None
+
     def authorize(self, authorization: str | list[str] | None) -> None:
         """Check ``Authorization: Bearer <key>`` (HTTP header or gRPC metadata) when a key is set.
 

@@ -254,6 +254,39 @@ def test_headline_int8_v2_and_resnet20_goals_come_from_the_same_runs() -> None:
     assert rps["value"] == 800.0 and rps["met"] is True
 
 
+@pytest.mark.parametrize(
+    ("predict", "grpc", "failed_round", "expected"),
+    [
+        # One slow round of a door (the box was busy) moves the median, not the verdict.
+        ((1000.0, 1100.0, 900.0), (950.0, 700.0, 960.0), None, 950.0 / 1000.0),
+        ((1000.0, 1000.0, 1000.0), (880.0, 890.0, 870.0), None, 0.88),
+        # A round with errors is left out of that door's median.
+        ((1000.0, 1000.0, 1000.0), (950.0, 990.0, 10.0), 3, 970.0 / 1000.0),
+    ],
+)
+def test_door_ratios_are_medians_of_the_interleaved_rounds(
+    predict: tuple[float, ...], grpc: tuple[float, ...], failed_round: int | None, expected: float,
+) -> None:
+    from benchmarks.headline import headline
+    from benchmarks.phases import PREDICT_DOOR
+    from benchmarks.report import door_rounds
+
+    runs = [_wrk_row("wrk c=32", 5000.0, requests_per_s=5000.0)]  # the stand-alone phase is not what the doors are compared with
+    for index, (p, g) in enumerate(zip(predict, grpc, strict=True), start=1):
+        runs.append(_wrk_row(PREDICT_DOOR, p, requests_per_s=p, round=index))
+        errors = {"perf_analyzer": "exit 1"} if index == failed_round else {}
+        runs.append({**_wrk_row("perf_analyzer grpc c=32", g, round=index), "errors": errors})
+    lines = {line["figure"]: line for line in headline({"service": {"resnet20": {"runs": runs}}})}
+    rounds = 2 if failed_round else 3
+    grpc_line = lines[f"V2 gRPC (perf_analyzer)/predict resnet20 (c=32, 1 JPEG/req, median of {rounds} interleaved rounds)"]
+    assert grpc_line["value"] == pytest.approx(expected)
+    assert grpc_line["met"] is (expected >= 0.9)
+    report = "\n".join(door_rounds({"service": {"resnet20": {"runs": runs}}}))
+    grpc_row = next(line for line in report.splitlines() if "V2 gRPC" in line)
+    assert ("failed" in grpc_row) is (failed_round is not None)
+    assert grpc_row.split()[-1] == f"{expected:.2f}", grpc_row  # the last column: median/predict
+
+
 def test_report_puts_fp32_and_int8_side_by_side() -> None:
     from benchmarks.report import precision_side_by_side
 
