@@ -130,3 +130,39 @@ def run_server(
                 process.wait(timeout=10)
         log_file.close()
         Path(log_file.name).unlink(missing_ok=True)
+
+
+@dataclass
+class GrpcServer:
+    """A running server with a channel and tritonclient's stock stub on its V2 gRPC port."""
+
+    server: RunningServer
+    grpc_port: int
+    max_message_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        import grpc  # only the gRPC tests pay for these imports
+        from tritonclient.grpc import service_pb2_grpc
+
+        options = []
+        if self.max_message_bytes is not None:
+            options = [("grpc.max_send_message_length", self.max_message_bytes),
+                       ("grpc.max_receive_message_length", self.max_message_bytes)]
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}", options=options)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+
+@contextmanager
+def run_grpc_server(
+    model_repo: Path, workdir: Path, *args: str, env: Mapping[str, str] | None = None,
+    max_message_bytes: int | None = None, models: tuple[str, ...] = ("resnet20",),
+) -> Iterator[GrpcServer]:
+    """:func:`run_server` on ``models`` linked from ``model_repo`` into ``workdir``, with gRPC on a free port."""
+    repo = link_repository(model_repo, workdir, *models)
+    port = free_port()
+    with run_server(repo, "--grpc-port", str(port), *args, env=env) as server:
+        running = GrpcServer(server, port, max_message_bytes)
+        try:
+            yield running
+        finally:
+            running.channel.close()

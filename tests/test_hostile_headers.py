@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -31,8 +30,8 @@ from hostile_corpus import (
     rss_bytes,
     send_early,
 )
-from server import RunningServer, free_port, link_repository, run_server
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from server import GrpcServer, run_grpc_server
+from tritonclient.grpc import service_pb2
 
 KEY = "hostile-headers-key-0123456789"
 PIXELS = bytes(32 * 32 * 3)
@@ -40,24 +39,11 @@ V2_HEADER = (b'{"inputs":[{"name":"images","datatype":"UINT8","shape":[1,32,32,3
              b'"parameters":{"binary_data_size":3072}}]}')
 
 
-@dataclass
-class KeyedServer:
-    server: RunningServer
-    grpc_port: int
-
-    def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-
-
 @pytest.fixture(scope="module")
-def keyed(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedServer]:
-    repo = link_repository(model_repo, tmp_path_factory.mktemp("hostile_headers"), "resnet20")
-    port = free_port()
-    with run_server(repo, "--grpc-port", str(port), env={"RESNET_SERVE_API_KEY": KEY}) as server:
-        running = KeyedServer(server, port)
-        yield running
-        running.channel.close()
+def keyed(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
+    workdir = tmp_path_factory.mktemp("hostile_headers")
+    with run_grpc_server(model_repo, workdir, env={"RESNET_SERVE_API_KEY": KEY}) as server:
+        yield server
 
 
 def request(door: str, header_lines: list[bytes]) -> bytes:
@@ -73,7 +59,7 @@ def request(door: str, header_lines: list[bytes]) -> bytes:
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
-def send(server: KeyedServer, door: str, header_lines: list[bytes]) -> RawAnswer:
+def send(server: GrpcServer, door: str, header_lines: list[bytes]) -> RawAnswer:
     return asyncio.run(send_early(server.server.port, request(door, header_lines), 60))
 
 
@@ -115,7 +101,7 @@ MALFORMED = {
 
 @pytest.mark.parametrize("door", ["predict", "v2"])
 @pytest.mark.parametrize("lines", WRONG.values(), ids=list(WRONG))
-def test_hostile_credentials_get_401(keyed: KeyedServer, door: str, lines: list[bytes]) -> None:
+def test_hostile_credentials_get_401(keyed: GrpcServer, door: str, lines: list[bytes]) -> None:
     answer = send(keyed, door, lines)
     assert answer.status == 401, (answer.status, answer.error, answer.body[:200])
     assert answer.headers.get("www-authenticate") == "Bearer"
@@ -125,7 +111,7 @@ def test_hostile_credentials_get_401(keyed: KeyedServer, door: str, lines: list[
 
 @pytest.mark.parametrize("door", ["predict", "v2"])
 @pytest.mark.parametrize("lines", HUGE.values(), ids=list(HUGE))
-def test_huge_request_heads_are_refused_before_the_application(keyed: KeyedServer, door: str, lines: list[bytes]) -> None:
+def test_huge_request_heads_are_refused_before_the_application(keyed: GrpcServer, door: str, lines: list[bytes]) -> None:
     answer = send(keyed, door, lines)
     assert answer.status == 431, (answer.status, answer.error, answer.body[:200])
     assert KEY.encode() not in answer.body
@@ -134,19 +120,19 @@ def test_huge_request_heads_are_refused_before_the_application(keyed: KeyedServe
 
 @pytest.mark.parametrize("door", ["predict", "v2"])
 @pytest.mark.parametrize("lines", MALFORMED.values(), ids=list(MALFORMED))
-def test_malformed_header_lines_are_refused_by_the_http_layer(keyed: KeyedServer, door: str, lines: list[bytes]) -> None:
+def test_malformed_header_lines_are_refused_by_the_http_layer(keyed: GrpcServer, door: str, lines: list[bytes]) -> None:
     answer = send(keyed, door, lines)
     assert answer.status == 400, (answer.status, answer.error, answer.body[:200])
     assert error_problem(HTTP_SHAPE, parsed(answer), answer.body) is None
 
 
-def test_the_right_key_still_works_on_both_transports(keyed: KeyedServer) -> None:
+def test_the_right_key_still_works_on_both_transports(keyed: GrpcServer) -> None:
     for door in ("predict", "v2"):
         assert send(keyed, door, auth(b"Bearer " + KEY.encode())).status == 200, door
     assert infer_over_grpc(keyed, (("authorization", f"Bearer {KEY}"),)) == grpc.StatusCode.OK
 
 
-def infer_over_grpc(keyed: KeyedServer, metadata: tuple[tuple[str, str | bytes], ...]) -> grpc.StatusCode:
+def infer_over_grpc(keyed: GrpcServer, metadata: tuple[tuple[str, str | bytes], ...]) -> grpc.StatusCode:
     message = service_pb2.ModelInferRequest(model_name="resnet20")
     message.inputs.add(name="images", datatype="UINT8", shape=[1, 32, 32, 3])
     message.raw_input_contents.append(PIXELS)
@@ -166,7 +152,7 @@ GRPC_METADATA = {
 
 
 @pytest.mark.parametrize(("metadata", "expected"), GRPC_METADATA.values(), ids=list(GRPC_METADATA))
-def test_hostile_grpc_credentials_are_refused(keyed: KeyedServer, metadata: tuple, expected: grpc.StatusCode) -> None:
+def test_hostile_grpc_credentials_are_refused(keyed: GrpcServer, metadata: tuple, expected: grpc.StatusCode) -> None:
     """100 KB of metadata is refused by grpc itself (16 KiB hard limit); the rest by the API key check."""
     assert infer_over_grpc(keyed, metadata) == expected
     assert keyed.server.alive()
@@ -174,7 +160,7 @@ def test_hostile_grpc_credentials_are_refused(keyed: KeyedServer, metadata: tupl
 
 # Two credentials are ambiguous (RFC 9110: Authorization is not a list header): both doors refuse them.
 @pytest.mark.parametrize("door", ["rest", "grpc"])
-def test_repeated_credentials_are_refused(keyed: KeyedServer, door: str) -> None:
+def test_repeated_credentials_are_refused(keyed: GrpcServer, door: str) -> None:
     if door == "rest":
         answer = send(keyed, "predict", auth(b"Bearer " + KEY.encode()) + auth(b"Bearer wrong"))
         assert answer.status == 401, answer.body[:200]
@@ -187,7 +173,7 @@ HEADER_BYTES = 48_000_000
 
 
 # service/http.py bounds the request head (uvicorn's httptools protocol has no limit of its own): 431.
-def test_a_huge_header_is_refused_without_being_buffered(keyed: KeyedServer) -> None:
+def test_a_huge_header_is_refused_without_being_buffered(keyed: GrpcServer) -> None:
     pid = keyed.server.process.pid
     before = rss_bytes(pid)
     sampler = RssSampler(pid)
@@ -216,7 +202,7 @@ REFUSED_HEADS = {
 
 
 @pytest.mark.parametrize("head, statuses", REFUSED_HEADS.values(), ids=list(REFUSED_HEADS))
-def test_a_refusal_reaches_a_client_that_is_still_sending(keyed: KeyedServer, head: bytes,
+def test_a_refusal_reaches_a_client_that_is_still_sending(keyed: GrpcServer, head: bytes,
                                                           statuses: tuple[int, ...]) -> None:
     """The connection is closed lingering (service/http.py): a plain close with 3 MB unread makes the
     kernel reset it, and the client lost the answer in 133 of 150 tries."""

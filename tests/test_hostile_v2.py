@@ -34,7 +34,7 @@ from hostile_corpus import (
     png_bomb,
     rss_bytes,
 )
-from server import RunningServer, free_port, link_repository, run_server
+from server import GrpcServer, run_grpc_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.budget import BODY_OVERHEAD
@@ -54,27 +54,11 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND
 Request = service_pb2.ModelInferRequest
 
 
-@dataclass
-class V2Server:
-    server: RunningServer
-    grpc_port: int
-
-    def __post_init__(self) -> None:
-        options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}", options=options)
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-
-
 @pytest.fixture(scope="module")
-def v2(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[V2Server]:
-    repo = link_repository(model_repo, tmp_path_factory.mktemp("hostile_v2"), "resnet20")
-    port = free_port()
-    flags = ("--grpc-port", str(port), "--max-upload-bytes", str(MAX_UPLOAD), "--max-files", str(MAX_FILES),
-             "--max-batch-delay-ms", "2")
-    with run_server(repo, *flags) as server:
-        running = V2Server(server, port)
-        yield running
-        running.channel.close()
+def v2(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
+    flags = ("--max-upload-bytes", str(MAX_UPLOAD), "--max-files", str(MAX_FILES), "--max-batch-delay-ms", "2")
+    with run_grpc_server(model_repo, tmp_path_factory.mktemp("hostile_v2"), *flags, max_message_bytes=64 << 20) as server:
+        yield server
 
 
 def infer(model: str = "resnet20", name: str = "images", datatype: str = "UINT8",
@@ -169,7 +153,7 @@ def valid_request() -> Request:
     return encoded(encode(gradient(64, 64), "JPEG"))
 
 
-def test_hostile_grpc_messages_get_documented_codes_and_the_server_stays_ready(v2: V2Server) -> None:
+def test_hostile_grpc_messages_get_documented_codes_and_the_server_stays_ready(v2: GrpcServer) -> None:
     pid = v2.server.process.pid
     log_start = len(v2.server.log())
     rss_before = rss_bytes(pid)
@@ -204,7 +188,7 @@ UNDECODABLE = {
 
 # Requests are parsed inside the handler's error mapping: undecodable bytes are INVALID_ARGUMENT.
 @pytest.mark.parametrize("wire", UNDECODABLE.values(), ids=list(UNDECODABLE))
-def test_undecodable_messages_are_invalid_argument(v2: V2Server, wire: bytes) -> None:
+def test_undecodable_messages_are_invalid_argument(v2: GrpcServer, wire: bytes) -> None:
     raw_infer = v2.channel.unary_unary(
         "/inference.GRPCInferenceService/ModelInfer", request_serializer=lambda blob: blob,
         response_deserializer=lambda blob: blob,
@@ -223,12 +207,12 @@ class Costly:
     """One large hostile request and what the byte budget charges it."""
 
     name: str
-    send: Callable[[V2Server], object]
+    send: Callable[[GrpcServer], object]
     charge: int
     bounded_stall: bool = False  # also assert the event loop stays available (MAX_STALL_S)
 
 
-def rest(path: str, body: bytes, header_length: int | None = None) -> Callable[[V2Server], object]:
+def rest(path: str, body: bytes, header_length: int | None = None) -> Callable[[GrpcServer], object]:
     headers = {"content-type": "application/json" if header_length is None else "application/octet-stream"}
     if header_length is not None:
         headers["inference-header-content-length"] = str(header_length)
@@ -240,7 +224,7 @@ def binary(tensor: dict, tail: bytes) -> tuple[bytes, int]:
     return header + tail, len(header)
 
 
-def grpc_send(request: Request) -> Callable[[V2Server], object]:
+def grpc_send(request: Request) -> Callable[[GrpcServer], object]:
     return lambda v2: call(v2.stub, request)[0]
 
 
@@ -274,7 +258,7 @@ COSTLY = [
 
 
 @pytest.mark.parametrize("costly", COSTLY, ids=lambda c: c.name)
-def test_one_request_holds_no_more_than_its_byte_budget_charge(v2: V2Server, costly: Costly) -> None:
+def test_one_request_holds_no_more_than_its_byte_budget_charge(v2: GrpcServer, costly: Costly) -> None:
     pid = v2.server.process.pid
     before = rss_bytes(pid)
     sampler = RssSampler(pid, interval_s=0.005)

@@ -11,7 +11,7 @@ import io
 import json
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -20,33 +20,19 @@ import numpy as np
 import pytest
 from conftest import shared_path
 from PIL import Image
-from server import RunningServer, free_port, link_repository, run_server
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from server import GrpcServer, run_grpc_server
+from tritonclient.grpc import service_pb2
 
 MAX_UPLOAD = 1_000_000
 MAX_FILES = 4
 MAX_QUEUE = 16
 
 
-@dataclass
-class Server:
-    server: RunningServer
-    grpc_port: int
-    channel: grpc.Channel = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-
-
 @pytest.fixture(scope="module")
-def v2(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    repo = link_repository(model_repo, tmp_path_factory.mktemp("v2_errors"), "resnet20")
-    port = free_port()
-    flags = ("--grpc-port", str(port), "--max-upload-bytes", str(MAX_UPLOAD), "--max-files", str(MAX_FILES),
-             "--max-queue-size", str(MAX_QUEUE))
-    with run_server(repo, *flags) as server:
-        yield Server(server, port)
+def v2(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
+    flags = ("--max-upload-bytes", str(MAX_UPLOAD), "--max-files", str(MAX_FILES), "--max-queue-size", str(MAX_QUEUE))
+    with run_grpc_server(model_repo, tmp_path_factory.mktemp("v2_errors"), *flags) as server:
+        yield server
 
 
 def framed(*elements: bytes) -> bytes:
@@ -126,7 +112,7 @@ def rest_body(case: Case) -> tuple[bytes, int]:
     return encoded + b"".join(raw for *_, raw in case.inputs), len(encoded)
 
 
-def rest_send(v2: Server, case: Case) -> httpx.Response:
+def rest_send(v2: GrpcServer, case: Case) -> httpx.Response:
     body, header_length = rest_body(case)
     path = f"/v2/models/{case.model}" + (f"/versions/{case.version}" if case.version else "") + "/infer"
     return httpx.post(v2.server.url(path), content=body, timeout=30,
@@ -134,7 +120,7 @@ def rest_send(v2: Server, case: Case) -> httpx.Response:
                                "Content-Type": "application/octet-stream"})
 
 
-def grpc_send(v2: Server, case: Case) -> grpc.RpcError | service_pb2.ModelInferResponse:
+def grpc_send(v2: GrpcServer, case: Case) -> grpc.RpcError | service_pb2.ModelInferResponse:
     request = service_pb2.ModelInferRequest(model_name=case.model, model_version=case.version, id="case")
     for name, datatype, shape, raw in case.inputs:
         request.inputs.add(name=name, datatype=datatype, shape=list(shape))
@@ -150,7 +136,7 @@ def grpc_send(v2: Server, case: Case) -> grpc.RpcError | service_pb2.ModelInferR
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_error_case_on_rest(v2: Server, case: Case) -> None:
+def test_error_case_on_rest(v2: GrpcServer, case: Case) -> None:
     response = rest_send(v2, case)
     assert response.status_code == case.rest_status, response.text
     body = response.json()
@@ -159,14 +145,14 @@ def test_error_case_on_rest(v2: Server, case: Case) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_error_case_on_grpc(v2: Server, case: Case) -> None:
+def test_error_case_on_grpc(v2: GrpcServer, case: Case) -> None:
     answer = grpc_send(v2, case)
     assert isinstance(answer, grpc.RpcError), f"{case.name}: answered {answer}"
     assert answer.code() == case.grpc_code, (answer.code(), answer.details())
     assert case.words in (answer.details() or ""), answer.details()
 
 
-def test_rest_framing_lies_are_400(v2: Server) -> None:
+def test_rest_framing_lies_are_400(v2: GrpcServer) -> None:
     for lie in (1, -1, 10**6):
         case = Case("lying binary_data_size", 400, INVALID, "", rest_lie=lie)
         response = rest_send(v2, case)
@@ -183,7 +169,7 @@ def test_rest_framing_lies_are_400(v2: Server) -> None:
     assert response.status_code == 415
 
 
-def test_oversize_messages_are_refused_on_both_transports(v2: Server) -> None:
+def test_oversize_messages_are_refused_on_both_transports(v2: GrpcServer) -> None:
     big = bytes(MAX_UPLOAD + 1)
     response = httpx.post(v2.server.url("/v2/models/resnet20/infer"), content=big, timeout=30)
     assert response.status_code == 413 and "error" in response.json()
@@ -195,7 +181,7 @@ def test_oversize_messages_are_refused_on_both_transports(v2: Server) -> None:
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_a_full_queue_is_resource_exhausted_with_a_retry_hint(v2: Server) -> None:
+def test_a_full_queue_is_resource_exhausted_with_a_retry_hint(v2: GrpcServer) -> None:
     """A flood of 4-image requests against a 16-image queue: some are refused with the retry hint."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -221,10 +207,7 @@ def test_a_full_queue_is_resource_exhausted_with_a_retry_hint(v2: Server) -> Non
 
 
 def test_api_key_is_required_on_both_transports(model_repo: Path, tmp_path: Path) -> None:
-    repo = link_repository(model_repo, tmp_path / "repo", "resnet20")
-    port = free_port()
-    with run_server(repo, "--grpc-port", str(port), "--api-key", "s3cret") as server:
-        v2 = Server(server, port)
+    with run_grpc_server(model_repo, tmp_path / "repo", "--api-key", "s3cret") as v2:
         case = Case("ok", 200, grpc.StatusCode.OK, "")
         assert rest_send(v2, case).status_code == 401
         answer = grpc_send(v2, case)
@@ -246,10 +229,8 @@ def test_draining_server_refuses_new_rpcs_as_unavailable_and_finishes_accepted_o
     import threading
     import time
 
-    repo = link_repository(model_repo, tmp_path / "repo", "resnet18")
-    port = free_port()
-    with run_server(repo, "--grpc-port", str(port), "--shutdown-grace-s", "20") as server:
-        v2 = Server(server, port)
+    with run_grpc_server(model_repo, tmp_path / "repo", "--shutdown-grace-s", "20", models=("resnet18",)) as v2:
+        server = v2.server
         request = service_pb2.ModelInferRequest(model_name="resnet18")
         request.inputs.add(name="images", datatype="UINT8", shape=[16, 224, 224, 3])
         request.raw_input_contents.append(bytes(16 * 224 * 224 * 3))
@@ -266,7 +247,7 @@ def test_draining_server_refuses_new_rpcs_as_unavailable_and_finishes_accepted_o
         assert server.wait(timeout=30) is not None
 
 
-def grpc_call(v2: Server, request: service_pb2.ModelInferRequest) -> object:
+def grpc_call(v2: GrpcServer, request: service_pb2.ModelInferRequest) -> object:
     try:
         return v2.stub.ModelInfer(request, timeout=60)
     except grpc.RpcError as error:
