@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from benchmarks.phases import PEER_CONCURRENCY, PREDICT_DOOR
+from benchmarks.phases import DOORS, PEER_CONCURRENCY, PREDICT_DOOR
 from benchmarks.raw import batch1_latency_ms, ceiling
 
 #: The service's default MAX_BATCH_SIZE: raw is compared at batch sizes the service can run.
@@ -73,8 +73,6 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"service/naive {model} (service best {service_any.get('images_per_request', 1)} img/req vs naive best)",
                 ratio, f">= {naive_goal}", ratio >= naive_goal)
         predict_rate, predict_rounds = median_rate(service_runs, PREDICT_DOOR)
-        if predict_rate is None:  # results from before the door rounds: the stand-alone phase
-            predict_rate, predict_rounds = median_rate(service_runs, "wrk c=32")
         for door, scenario, ratio_goal_v2 in _v2_doors(model):
             v2_rate, v2_rounds = median_rate(service_runs, scenario)
             if v2_rate is not None and predict_rate:
@@ -106,18 +104,12 @@ def _best_raw(raw: dict[str, Any]) -> float:
     return max(row["images_per_s"] for row in raw["batches"])
 
 
-#: The doors the interleaved rounds compare, as (door, scenario); ``/predict`` first.
-DOOR_SCENARIOS = (
-    ("/predict (wrk)", PREDICT_DOOR), ("V2 REST (wrk)", "v2 rest wrk c=32"), ("V2 gRPC (perf_analyzer)", "perf_analyzer grpc c=32"),
-)
-
-
 def _v2_doors(model: str) -> list[tuple[str, str, float]]:
     """(door, scenario, goal): V2 at >= 0.95x /predict for resnet50, >= 0.9x for the overhead-bound resnet20.
 
     REST is driven by wrk like /predict; gRPC by perf_analyzer (another native client: say so)."""
     goal = 0.95 if model.startswith("resnet50") else 0.9
-    return [(door, scenario, goal) for door, scenario in DOOR_SCENARIOS[1:]]
+    return [(door, scenario, goal) for door, scenario in DOORS[1:]]
 
 
 def resnet20_goals(results: dict[str, Any]) -> list[dict[str, Any]]:

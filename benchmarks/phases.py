@@ -55,5 +55,9 @@ def phase_seconds(plan: Plan, concurrency: int) -> float:
 
 #: The door comparison (``/predict``, V2 REST, V2 gRPC, one JPEG per request) runs at the peers' saturation point.
 DOOR_CONCURRENCY = 32
-#: ``/predict``'s scenario inside the door rounds (``wrk c=32`` is the stand-alone phase before them).
+#: Each door's scenario in the interleaved rounds (``wrk c=32`` is the stand-alone phase before them).
 PREDICT_DOOR = f"predict wrk c={DOOR_CONCURRENCY}"
+REST_DOOR = f"v2 rest wrk c={DOOR_CONCURRENCY}"
+GRPC_DOOR = f"perf_analyzer grpc c={DOOR_CONCURRENCY}"
+#: (door, scenario), ``/predict`` first: what the rounds run, the headline compares and the report prints.
+DOORS = (("/predict (wrk)", PREDICT_DOOR), ("V2 REST (wrk)", REST_DOOR), ("V2 gRPC (perf_analyzer)", GRPC_DOOR))

@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.headline import median_rate
+from benchmarks.phases import DOOR_CONCURRENCY, DOORS, REST_DOOR
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain aligned text table (numbers right-aligned)."""
@@ -142,13 +145,11 @@ def render(results: dict[str, Any]) -> str:
 
 def door_rounds(results: dict[str, Any]) -> list[str]:
     """Each door's images/s per interleaved round, the median, and the median against ``/predict``'s."""
-    from benchmarks.headline import DOOR_SCENARIOS, median_rate
-
     rows: list[list[Any]] = []
     for name, runs in results.get("service", {}).items():
         by_round = [r for r in runs.get("runs", []) if r.get("round")]
-        predict, _ = median_rate(by_round, DOOR_SCENARIOS[0][1])
-        for door, scenario in DOOR_SCENARIOS:
+        predict, _ = median_rate(by_round, DOORS[0][1])
+        for door, scenario in DOORS:
             rates = [r["images_per_s"] if not r.get("errors") else None for r in by_round if r["scenario"] == scenario]
             median, _ = median_rate(by_round, scenario)
             if rates:
@@ -156,7 +157,7 @@ def door_rounds(results: dict[str, Any]) -> list[str]:
                 rows.append([name, door, shown, median, median / predict if median and predict else None])
     if not rows:
         return []
-    return ["\nDOORS at 32 clients, one JPEG per request, interleaved rounds (img/s per round, median, median/predict)",
+    return [f"\nDOORS at {DOOR_CONCURRENCY} clients, one JPEG per request, interleaved rounds (img/s per round, median, median/predict)",
             table(["model", "door", "rounds", "median", "/predict"], rows)]
 
 
@@ -178,20 +179,14 @@ def precision_side_by_side(results: dict[str, Any]) -> list[str]:
                     rows.append([f"raw batch {r['batch']}", r["images_per_s"], q["images_per_s"],
                                  q["images_per_s"] / r["images_per_s"]])
         service = results.get("service", {})
-        for scenario in ("wrk c=1", "wrk c=32", "v2 rest wrk c=32"):
-            pair = [_single(service.get(name, {}).get("runs", []), scenario) for name in (fp32_name, int8_name)]
-            if all(pair):
-                rows.append([f"service {scenario}, 1 JPEG/req", pair[0]["images_per_s"], pair[1]["images_per_s"],
-                             pair[1]["images_per_s"] / pair[0]["images_per_s"]])
+        for scenario in ("wrk c=1", "wrk c=32", REST_DOOR):  # the door: the median of its rounds
+            fp32, int8 = (median_rate(service.get(name, {}).get("runs", []), scenario)[0] for name in (fp32_name, int8_name))
+            if fp32 and int8:
+                rows.append([f"service {scenario}, 1 JPEG/req", fp32, int8, int8 / fp32])
         if rows:
             parts.append(f"\nPRECISION {spec['arch']}: {fp32_name} (fp32) vs {int8_name} (int8), images/s, one run")
             parts.append(table(["what", "fp32 img/s", "int8 img/s", "int8/fp32"], rows))
     return parts
-
-
-def _single(runs: list[dict[str, Any]], scenario: str) -> dict[str, Any] | None:
-    return next((r for r in runs if r["scenario"] == scenario and r.get("images_per_request", 1) == 1
-                 and not r.get("errors")), None)
 
 
 def _errors(run: dict[str, Any]) -> str:

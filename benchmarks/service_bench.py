@@ -10,7 +10,16 @@ from pathlib import Path
 from benchmarks import loadgen, wrk
 from benchmarks import perf_analyzer as perf_analyzer_client
 from benchmarks.peers import kserve
-from benchmarks.phases import DOOR_CONCURRENCY, PREDICT_DOOR, Plan, phase_seconds, plan_for, wrk_phases
+from benchmarks.phases import (
+    DOOR_CONCURRENCY,
+    GRPC_DOOR,
+    PREDICT_DOOR,
+    REST_DOOR,
+    Plan,
+    phase_seconds,
+    plan_for,
+    wrk_phases,
+)
 from benchmarks.prometheus import batch_sizes, snapshot
 from benchmarks.server import free_port, python, running_server
 from benchmarks.workload import BenchModel, payloads_for
@@ -95,7 +104,6 @@ def run(
     }
 
 
-V2_CONCURRENCY = DOOR_CONCURRENCY
 #: Rounds of the door comparison. One phase per door gave ratios that moved by 0.15 between runs on this
 #: shared box (resnet50 gRPC/predict 0.86 in one run, 0.97-1.00 in the next), more than the differences
 #: between the doors; the median of interleaved rounds is what the ratios are taken from.
@@ -115,7 +123,7 @@ def _v2_phases(
     compares doors only; gRPC needs perf_analyzer (a C++ client: a Python one would eat the cores the
     service needs), which also drives REST once so its two figures compare transports with one client.
     Returns why a phase was skipped, or None."""
-    seconds = phase_seconds(plan, V2_CONCURRENCY)
+    seconds = phase_seconds(plan, DOOR_CONCURRENCY)
     jpeg = payload[1]
     encoded = f"{model.name}{ENCODED_SUFFIX}"
     v2 = kserve.bytes_request(ENCODED_INPUT, jpeg, output_name=OUTPUT_NAME)
@@ -124,14 +132,14 @@ def _v2_phases(
     url = f"{base}/v2/models/{encoded}/infer"
     binary = perf_analyzer if isinstance(perf_analyzer, Path) else None
     doors: list[tuple[str, Callable[[], dict[str, object]]]] = [
-        (PREDICT_DOOR, lambda: wrk.run(predict_url, predict_body, concurrency=V2_CONCURRENCY, seconds=seconds)),
-        (f"v2 rest wrk c={V2_CONCURRENCY}", lambda: wrk.run(
-            url, v2.body, concurrency=V2_CONCURRENCY, seconds=seconds, script_env=v2.wrk_env)),
+        (PREDICT_DOOR, lambda: wrk.run(predict_url, predict_body, concurrency=DOOR_CONCURRENCY, seconds=seconds)),
+        (REST_DOOR, lambda: wrk.run(
+            url, v2.body, concurrency=DOOR_CONCURRENCY, seconds=seconds, script_env=v2.wrk_env)),
     ]
     if binary is not None:
-        doors.append((f"perf_analyzer grpc c={V2_CONCURRENCY}", lambda b=binary: perf_analyzer_client.run(
+        doors.append((GRPC_DOOR, lambda b=binary: perf_analyzer_client.run(
             b, url=f"127.0.0.1:{grpc_port}", protocol="grpc", model=encoded, jpeg=jpeg,
-            concurrency=V2_CONCURRENCY, seconds=seconds)))
+            concurrency=DOOR_CONCURRENCY, seconds=seconds)))
     for index in range(1, rounds + 1):
         for scenario, row_of in doors:
             measure(lambda s=scenario, r=row_of, i=index: {**r(), "scenario": s, "round": i})
@@ -139,7 +147,7 @@ def _v2_phases(
         return f"V2 gRPC not measured: {perf_analyzer or 'perf_analyzer not requested'}"
     measure(lambda: perf_analyzer_client.run(
         binary, url=base.removeprefix("http://"), protocol="http", model=encoded, jpeg=jpeg,
-        concurrency=V2_CONCURRENCY, seconds=seconds))
+        concurrency=DOOR_CONCURRENCY, seconds=seconds))
     return None
 
 

@@ -219,7 +219,7 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
                     f"cores, steal {cpu['steal_percent']:.1f} %"
                 )
             print(
-                f"{(time.perf_counter() - started) / 60:5.1f} min  sent {index}  this minute {dict(statuses - reported)}  "
+                f"{(time.perf_counter() - started) / 60:5.1f} min  sent {index}  this minute {dict(this_minute)}  "
                 f"valid failures so far {sum(valid_failures.values())}  "
                 f"p50 {percentile(minute_latencies, 0.5) * 1000:.0f} ms  p99 {percentile(minute_latencies, 0.99) * 1000:.0f} ms"
                 f"  RSS {rss / 1e6:.0f} MB  late {minute_late * 1000:.0f} ms  cores server {cpu['server_cores']:.2f} "
@@ -262,7 +262,8 @@ def main() -> int:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--model-dir", type=Path, help="start python -m service on this repository")
     target.add_argument("--url", help="drive a running server on this machine, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--pid", type=int, help="with --url: the server's process id (for RSS)")
+    parser.add_argument("--pid", type=int, help="with --url: the server's process id (for RSS and its CPU; without it, the server's CPU is counted "
+                        "in 'others')")
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--fraction", type=float, default=0.7, help="share of the measured capacity to send")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, SHARED_DIR, shared_path
 
+from benchmarks.phases import GRPC_DOOR, PREDICT_DOOR, REST_DOOR
+
 
 @pytest.mark.slow
 def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path) -> None:
@@ -73,7 +75,7 @@ def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path:
     results = json.loads(output.read_text())
     assert results["models"]["resnet20-int8"]["precision"] == "int8"
     runs = {run["scenario"]: run for run in results["service"]["resnet20-int8"]["runs"]}
-    for scenario in ("wrk c=32", "v2 rest wrk c=32"):
+    for scenario in ("wrk c=32", REST_DOOR):
         assert runs[scenario]["errors"] == {} and runs[scenario]["requests_ok"] > 0, runs[scenario]
     assert "V2 gRPC not measured" in results["service"]["resnet20-int8"]["v2_note"]
     figures = {line["figure"] for line in results["headline"]}
@@ -229,8 +231,8 @@ def test_headline_int8_v2_and_resnet20_goals_come_from_the_same_runs() -> None:
                 "resnet20": _raw((1, 900.0), (32, 1900.0)), "resnet20-int8": _raw((1, 1200.0), (32, 2600.0))},
         "service": {
             "resnet50-int8": {"runs": [
-                {**predict, "images_per_s": 55.0}, _wrk_row("v2 rest wrk c=32", 53.0),
-                _wrk_row("perf_analyzer grpc c=32", 50.0),
+                {**predict, "images_per_s": 55.0}, _wrk_row(PREDICT_DOOR, 55.0, round=1),
+                _wrk_row(REST_DOOR, 53.0, round=1), _wrk_row(GRPC_DOOR, 50.0, round=1),
             ]},
             "resnet20": {"runs": [_wrk_row("wrk c=32", 700.0, requests_per_s=700.0),
                                   _wrk_row("wrk c=4", 1600.0, requests_per_s=100.0, images_per_request=16)]},
@@ -268,14 +270,13 @@ def test_door_ratios_are_medians_of_the_interleaved_rounds(
     predict: tuple[float, ...], grpc: tuple[float, ...], failed_round: int | None, expected: float,
 ) -> None:
     from benchmarks.headline import headline
-    from benchmarks.phases import PREDICT_DOOR
     from benchmarks.report import door_rounds
 
-    runs = [_wrk_row("wrk c=32", 5000.0, requests_per_s=5000.0)]  # the stand-alone phase is not what the doors are compared with
+    runs = [_wrk_row("wrk c=32", 5000.0, requests_per_s=5000.0)]  # not what the doors are compared with
     for index, (p, g) in enumerate(zip(predict, grpc, strict=True), start=1):
         runs.append(_wrk_row(PREDICT_DOOR, p, requests_per_s=p, round=index))
         errors = {"perf_analyzer": "exit 1"} if index == failed_round else {}
-        runs.append({**_wrk_row("perf_analyzer grpc c=32", g, round=index), "errors": errors})
+        runs.append({**_wrk_row(GRPC_DOOR, g, round=index), "errors": errors})
     lines = {line["figure"]: line for line in headline({"service": {"resnet20": {"runs": runs}}})}
     rounds = 2 if failed_round else 3
     grpc_line = lines[f"V2 gRPC (perf_analyzer)/predict resnet20 (c=32, 1 JPEG/req, median of {rounds} interleaved rounds)"]
@@ -294,13 +295,17 @@ def test_report_puts_fp32_and_int8_side_by_side() -> None:
         "models": {"resnet20": {"arch": "resnet20", "precision": "fp32"},
                    "resnet20-int8": {"arch": "resnet20", "precision": "int8"}},
         "raw": {"resnet20": _raw((1, 1000.0), (8, 2000.0)), "resnet20-int8": _raw((1, 1500.0), (8, 3000.0))},
-        "service": {"resnet20": {"runs": [_wrk_row("wrk c=32", 800.0)]},
-                    "resnet20-int8": {"runs": [_wrk_row("wrk c=32", 1000.0)]}},
+        "service": {  # V2 REST in rounds: its median (800 and 1,000), not its first round, is compared
+            "resnet20": {"runs": [_wrk_row("wrk c=32", 800.0), *(_wrk_row(REST_DOOR, r, round=i + 1)
+                                                                 for i, r in enumerate((700.0, 900.0, 800.0)))]},
+            "resnet20-int8": {"runs": [_wrk_row("wrk c=32", 1000.0), *(_wrk_row(REST_DOOR, r, round=i + 1)
+                                                                      for i, r in enumerate((1100.0, 1000.0, 900.0)))]},
+        },
     }
     text = "\n".join(precision_side_by_side(results))
     assert "resnet20 (fp32) vs resnet20-int8 (int8)" in text
     rows = [line.split() for line in text.splitlines() if line.startswith(("raw", "service"))]
-    assert [row[-1] for row in rows] == ["1.50", "1.50", "1.25"]
+    assert [row[-1] for row in rows] == ["1.50", "1.50", "1.25", "1.25"]
 
 
 def test_headline_says_why_a_peer_was_not_measured() -> None:
