@@ -88,7 +88,13 @@ class Readiness(BaseModel):
 class BatchingInfo(BaseModel):
     max_batch_size: int
     max_batch_delay_ms: float
-    max_queue_size: int
+    max_queue_size: int = Field(description="Images admitted (decoding or queued) before 503 queue_full.")
+    max_queue_wait_s: float | None = Field(
+        description="Seconds of measured inference the queue was sized to hold; null when MAX_QUEUE_SIZE is set."
+    )
+    measured_images_per_s: float | None = Field(
+        description="One instance's warmed throughput at its largest batch (null without warm-up)."
+    )
     batch_buckets: list[int]
     pad_to_buckets: bool
     instances: int = Field(description="Inference threads (sharing one session) this version runs batches on.")

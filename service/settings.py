@@ -1,7 +1,7 @@
 """Every knob of the service, read from ``RESNET_SERVE_*`` environment variables (or CLI flags).
 
 Defaults suit both a 2-core CPU box and a one-GPU server: batches of up to 32 images closed after
-3 ms, a queue of a few batches so overload turns into fast 503s rather than growing latency, and
+3 ms, a queue of a few seconds of work so overload turns into fast 503s rather than growing latency, and
 upload/pixel caps that fit real photos but not bombs.
 """
 
@@ -66,9 +66,16 @@ class Settings(BaseSettings):
         default=3.0, ge=0.0, le=1000.0,
         description="How long the oldest queued image may wait for others before its batch closes.",
     )
-    max_queue_size: int = Field(
-        default=128, ge=1,
-        description="Images accepted but not yet running (decoding + queued), per model; beyond it: 503.",
+    max_queue_size: int | None = Field(
+        default=None, ge=1,
+        description="Images accepted but not yet running (decoding + queued), per model; beyond it: 503. "
+        "Unset: MAX_QUEUE_WAIT_S of the model's throughput measured at warm-up (at least MAX_FILES and one "
+        "batch, at most 1,024; 128 without warm-up).",
+    )
+    max_queue_wait_s: float = Field(
+        default=5.0, gt=0.0, le=3600.0,
+        description="Seconds of inference an automatically sized queue holds: a short stall is absorbed, "
+        "overload beyond it still gets fast 503s instead of growing latency.",
     )
     request_timeout_s: float = Field(
         default=30.0, gt=0.0, description="A request that has not been answered after this long gets 504."
@@ -159,7 +166,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("default_model", "api_key", mode="before")
+    @field_validator("default_model", "api_key", "max_queue_size", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

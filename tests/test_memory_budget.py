@@ -126,6 +126,10 @@ def test_500_maximal_uploads_held_open_stay_within_the_memory_bound(model_repo: 
         for path, _ in sample[:50]:  # warm every path a valid request takes
             httpx.post(server.url("/predict"), files={"file": ("x.jpg", path.read_bytes())}, timeout=30)
         time.sleep(1.0)
+        queued_crop_bytes = sum(
+            model["batching"]["max_queue_size"] * int(np.prod(model["input_size"]))
+            for model in httpx.get(server.url("/models"), timeout=10).json()["models"]
+        )
         before = rss_bytes(server.process.pid)
         sampler = RssSampler(server.process.pid)
         sampler.start()
@@ -138,6 +142,7 @@ def test_500_maximal_uploads_held_open_stay_within_the_memory_bound(model_repo: 
     bound = rss_bound(
         before, max_inflight_bytes=defaults.max_inflight_bytes, max_inflight_pixels=defaults.max_inflight_pixels,
         max_image_pixels=defaults.max_image_pixels, limit_concurrency=defaults.limit_concurrency,
+        queued_crop_bytes=queued_crop_bytes,
     )
     print(
         f"\nRSS before {before / MB:.0f} MB, peak {peak / MB:.0f} MB (bound {bound / MB:.0f} MB), after {after / MB:.0f} MB;"

@@ -1,0 +1,84 @@
+"""The admission queue sized in seconds of measured inference, not in a fixed count of images.
+
+A fixed 128 images was 0.3 s of CIFAR ResNet-20 work on this 2-core box (a sub-second CPU stall at
+70 % load filled it: 268 503s in a 30-minute soak) and 6.5 s of ResNet-50 work. The unit cases pin
+the sizing rule; the server cases show a burst of 300 one-image requests all answered with the
+default sizing and refused beyond the queue when the wait budget is cut to almost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import cifar_sample
+from hostile_corpus import as_file, raw_http_request, send_raw
+from server import link_repository, run_server
+
+from service.manager import MAX_AUTO_QUEUE_SIZE, UNMEASURED_QUEUE_SIZE, ModelSettings
+from service.repository import ModelConfig
+from service.settings import Settings
+
+#: (case, settings, per-model config, measured images/s of one instance, expected queue size)
+SIZING: list[tuple[str, dict[str, object], ModelConfig, float | None, int]] = [
+    ("resnet50 on 2 cores: 5 s of 22 img/s", {}, ModelConfig(), 22.0, 110),
+    ("slow model: at least one multipart request", {}, ModelConfig(), 3.0, 64),
+    ("big batch: at least one batch", {}, ModelConfig(max_batch_size=128), 3.0, 128),
+    ("resnet20: capped for memory", {}, ModelConfig(), 2_500.0, MAX_AUTO_QUEUE_SIZE),
+    ("two instances drain twice as fast", {}, ModelConfig(instances=2), 11.0, 110),
+    ("shorter wait budget", {"max_queue_wait_s": 1.0}, ModelConfig(), 200.0, 200),
+    ("no warm-up: nothing measured", {}, ModelConfig(), None, UNMEASURED_QUEUE_SIZE),
+    ("explicit global size wins", {"max_queue_size": 7}, ModelConfig(), 2_500.0, 7),
+    ("explicit per-model size wins", {"max_queue_size": 7}, ModelConfig(max_queue_size=40), 2_500.0, 40),
+]
+
+
+@pytest.mark.parametrize(("settings", "config", "rate", "expected"), [case[1:] for case in SIZING],
+                         ids=[case[0] for case in SIZING])
+def test_queue_size_is_seconds_of_measured_throughput_within_bounds(
+    tmp_path: Path, settings: dict[str, object], config: ModelConfig, rate: float | None, expected: int
+) -> None:
+    resolved = ModelSettings.resolve(Settings(model_dir=tmp_path, **settings), config)  # type: ignore[arg-type]
+    assert resolved.queue_size(rate) == expected
+
+
+def test_an_empty_environment_value_means_sized_automatically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESNET_SERVE_MAX_QUEUE_SIZE", "")
+    assert Settings(model_dir=tmp_path).max_queue_size is None
+
+
+BURST = 300
+
+
+async def _burst(port: int, request: bytes) -> list[tuple[int, str | None]]:
+    answers = await asyncio.gather(*(send_raw(port, request, timeout_s=60) for _ in range(BURST)))
+    return [(answer.status, answer.error_code()) for answer in answers]
+
+
+@pytest.mark.parametrize(
+    ("flags", "refused"),
+    [((), False), (("--max-queue-wait-s", "0.001"), True)],
+    ids=["default sizing absorbs the burst", "a tiny wait budget refuses beyond the floor"],
+)
+def test_a_burst_past_the_old_128_image_queue(
+    model_repo: Path, tmp_path: Path, flags: tuple[str, ...], refused: bool
+) -> None:
+    image = cifar_sample()[0][0].read_bytes()
+    repo = link_repository(model_repo, tmp_path / "repo", "resnet20")
+    with run_server(repo, *flags, "--no-access-log") as server:
+        batching = httpx.get(server.url("/models"), timeout=10).json()["models"][0]["batching"]
+        assert batching["measured_images_per_s"] > 0
+        expected = 64 if refused else min(MAX_AUTO_QUEUE_SIZE, int(batching["measured_images_per_s"] * 5.0))
+        assert batching["max_queue_size"] == max(64, expected)
+        body, headers = as_file(image, "a.jpg")
+        statuses = asyncio.run(_burst(server.port, raw_http_request(server.port, "/predict", body, headers)))
+        assert httpx.get(server.url("/health/ready"), timeout=10).status_code == 200
+    print(f"\nqueue {batching['max_queue_size']} images ({batching['measured_images_per_s']} img/s measured): "
+          f"{sorted({s: statuses.count(s) for s in set(statuses)}.items(), key=str)}")
+    assert all(status == 200 or (status, code) == (503, "queue_full") for status, code in statuses), set(statuses)
+    if refused:
+        assert (503, "queue_full") in statuses  # 300 arriving at once do not fit 64 slots
+    else:
+        assert all(status == 200 for status, _ in statuses)
