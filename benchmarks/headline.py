@@ -107,7 +107,8 @@ def _best_raw(raw: dict[str, Any]) -> float:
 def _v2_doors(model: str) -> list[tuple[str, str, float]]:
     """(door, scenario, goal): V2 at >= 0.95x /predict for resnet50, >= 0.9x for the overhead-bound resnet20.
 
-    REST is driven by wrk like /predict; gRPC by perf_analyzer (another native client: say so)."""
+    REST is driven by wrk like /predict; gRPC by perf_analyzer (the ecosystem's client, 5x wrk's CPU per
+    request on the same cores) and, where installed, by h2load (as cheap as wrk): both are shown."""
     goal = 0.95 if model.startswith("resnet50") else 0.9
     return [(door, scenario, goal) for door, scenario in DOORS[1:]]
 

@@ -59,5 +59,12 @@ DOOR_CONCURRENCY = 32
 PREDICT_DOOR = f"predict wrk c={DOOR_CONCURRENCY}"
 REST_DOOR = f"v2 rest wrk c={DOOR_CONCURRENCY}"
 GRPC_DOOR = f"perf_analyzer grpc c={DOOR_CONCURRENCY}"
+#: The gRPC door again with a client as cheap as wrk (``benchmarks/h2load.py``): what the door itself costs.
+H2LOAD_GRPC_DOOR = f"h2load grpc c={DOOR_CONCURRENCY}"
 #: (door, scenario), ``/predict`` first: what the rounds run, the headline compares and the report prints.
-DOORS = (("/predict (wrk)", PREDICT_DOOR), ("V2 REST (wrk)", REST_DOOR), ("V2 gRPC (perf_analyzer)", GRPC_DOOR))
+DOORS = (
+    ("/predict (wrk)", PREDICT_DOOR),
+    ("V2 REST (wrk)", REST_DOOR),
+    ("V2 gRPC (perf_analyzer)", GRPC_DOOR),
+    ("V2 gRPC (h2load)", H2LOAD_GRPC_DOOR),
+)

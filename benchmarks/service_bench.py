@@ -7,12 +7,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks import loadgen, wrk
+from benchmarks import h2load, loadgen, wrk
 from benchmarks import perf_analyzer as perf_analyzer_client
 from benchmarks.peers import kserve
 from benchmarks.phases import (
     DOOR_CONCURRENCY,
     GRPC_DOOR,
+    H2LOAD_GRPC_DOOR,
     PREDICT_DOOR,
     REST_DOOR,
     Plan,
@@ -122,6 +123,8 @@ def _v2_phases(
     model, FP32 probabilities back in binary. wrk drives REST as it drives ``/predict``, so that ratio
     compares doors only; gRPC needs perf_analyzer (a C++ client: a Python one would eat the cores the
     service needs), which also drives REST once so its two figures compare transports with one client.
+    Where Debian's h2load is installed it drives gRPC too: perf_analyzer takes 5x wrk's CPU per request
+    from the same two cores, h2load about wrk's, so that round shows what the gRPC door itself costs.
     Returns why a phase was skipped, or None."""
     seconds = phase_seconds(plan, DOOR_CONCURRENCY)
     jpeg = payload[1]
@@ -140,6 +143,11 @@ def _v2_phases(
         doors.append((GRPC_DOOR, lambda b=binary: perf_analyzer_client.run(
             b, url=f"127.0.0.1:{grpc_port}", protocol="grpc", model=encoded, jpeg=jpeg,
             concurrency=DOOR_CONCURRENCY, seconds=seconds)))
+    if h2load.available():
+        frame = h2load.model_infer_frame(encoded, ENCODED_INPUT, OUTPUT_NAME, jpeg)
+        doors.append((H2LOAD_GRPC_DOOR, lambda: h2load.run(
+            "127.0.0.1", grpc_port, frame, concurrency=DOOR_CONCURRENCY, seconds=seconds,
+            metrics_url=f"{base}/metrics")))
     for index in range(1, rounds + 1):
         for scenario, row_of in doors:
             measure(lambda s=scenario, r=row_of, i=index: {**r(), "scenario": s, "round": i})

@@ -96,9 +96,10 @@ class ModelSettings:
     def queue_size(self, images_per_s: float | None) -> int:
         """Images this model may hold admitted: set explicitly, or ``max_queue_wait_s`` of its throughput.
 
-        A count fits no model: 128 images were 0.3 s of work for CIFAR ResNet-20 on 2 cores (a
-        sub-second CPU stall filled it at 70 % load: 268 503s in a 30-minute soak) and 6.5 s for
-        ResNet-50. ``images_per_s`` is one instance's warmed rate at its largest batch.
+        A count fits no model: 128 images were 0.3 s of work for CIFAR ResNet-20 on 2 cores (268
+        503s in a 30-minute soak at 70 % load, in the minutes of most CPU steal; 171 of 300 requests
+        arriving together) and 6.5 s for ResNet-50. ``images_per_s`` is one instance's warmed rate
+        at its largest batch.
         """
         if self.max_queue_size is not None:
             return self.max_queue_size

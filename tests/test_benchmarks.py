@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, SHARED_DIR, shared_path
 
-from benchmarks.phases import GRPC_DOOR, PREDICT_DOOR, REST_DOOR
+from benchmarks import h2load
+from benchmarks.phases import GRPC_DOOR, H2LOAD_GRPC_DOOR, PREDICT_DOOR, REST_DOOR
 
 
 @pytest.mark.slow
@@ -78,6 +79,11 @@ def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path:
     for scenario in ("wrk c=32", REST_DOOR):
         assert runs[scenario]["errors"] == {} and runs[scenario]["requests_ok"] > 0, runs[scenario]
     assert "V2 gRPC not measured" in results["service"]["resnet20-int8"]["v2_note"]
+    if h2load.available():  # gRPC through h2load, confirmed by the server's own count of OK answers
+        assert runs[H2LOAD_GRPC_DOOR]["errors"] == {} and runs[H2LOAD_GRPC_DOOR]["requests_ok"] > 0
+        assert "V2 gRPC (h2load)/predict resnet20-int8 (c=32, 1 JPEG/req)" in {
+            line["figure"] for line in results["headline"]
+        }
     figures = {line["figure"] for line in results["headline"]}
     assert "raw resnet20-int8/resnet20 img/s (best batch of each)" in figures
     assert "V2 REST (wrk)/predict resnet20-int8 (c=32, 1 JPEG/req)" in figures
@@ -456,3 +462,20 @@ def test_perf_analyzer_input_is_a_length_prefixed_bytes_element_and_the_run_is_b
     assert 8_000 <= windows * window_ms * perf_analyzer.WINDOW_STRETCH <= 12_000  # about the phase asked for
     assert perf_analyzer.run(tmp_path / "missing", url="127.0.0.1:1", protocol="grpc", model="m", jpeg=jpeg,
                              concurrency=1, seconds=1.0)["errors"]  # a binary that is not there: a row, no raise
+
+
+def test_the_h2load_grpc_frame_is_the_model_infer_request_the_service_parses() -> None:
+    """h2load posts bytes it cannot check: they must be exactly one gRPC message of a valid request."""
+    import struct
+
+    from service.v2.grpc import parse_infer_request
+    from service.v2.proto import inference_pb2 as pb
+
+    jpeg = shared_path("data", "cifar10-sample", "cat", "0000.jpg").read_bytes()
+    frame = h2load.model_infer_frame("resnet20-encoded", "image_bytes", "probabilities", jpeg)
+    assert frame[0] == 0 and struct.unpack(">I", frame[1:5])[0] == len(frame) - 5  # uncompressed, whole
+    request = pb.ModelInferRequest.FromString(frame[5:])
+    call = parse_infer_request(request)
+    assert request.model_name == "resnet20-encoded" and [o.name for o in request.outputs] == ["probabilities"]
+    assert len(call.inputs) == 1 and call.inputs[0].name == "image_bytes"
+    assert request.raw_input_contents[0] == struct.pack("<I", len(jpeg)) + jpeg

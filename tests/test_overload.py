@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import shared_path
-from hostile_corpus import as_file, copy_model, raw_http_request, send_raw
+from hostile_corpus import copy_model
+from load import closed_loop, open_loop, percentile, predict_request
 from PIL import Image
 from server import RunningServer, run_server
 
@@ -29,58 +28,6 @@ OVERLOAD_FACTOR = 5.0
 REQUEST_TIMEOUT_S = 15.0
 P99_REJECT_LIMIT_S = 0.25
 QUEUE_SIZE = 8
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: int
-    seconds: float
-    code: str | None
-    retry_after: str | None
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
-
-
-def predict_request(port: int, image: bytes) -> bytes:
-    """One multipart /predict request as raw bytes (see :func:`hostile_corpus.raw_http_request`)."""
-    body, headers = as_file(image, "a.jpg")
-    return raw_http_request(port, "/predict", body, headers)
-
-
-async def _post(port: int, request: bytes) -> Outcome:
-    answer = await send_raw(port, request, REQUEST_TIMEOUT_S + 5)
-    code = answer.error if answer.status == 0 else (answer.error_code() if answer.status != 200 else None)
-    return Outcome(answer.status, answer.seconds, code, answer.headers.get("retry-after"))
-
-
-async def closed_loop(port: int, request: bytes, concurrency: int, duration_s: float) -> tuple[float, list[Outcome]]:
-    """Successful requests per second with ``concurrency`` clients each sending back to back."""
-    outcomes: list[Outcome] = []
-    stop_at = time.perf_counter() + duration_s
-
-    async def worker() -> None:
-        while time.perf_counter() < stop_at:
-            outcomes.append(await _post(port, request))
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    return sum(o.status == 200 for o in outcomes) / elapsed, outcomes
-
-
-async def open_loop(port: int, request: bytes, rate: float, duration_s: float) -> list[Outcome]:
-    """Start one request every 1/rate seconds whatever the answers: the load does not back off."""
-    tasks = []
-    started = time.perf_counter()
-    for index in range(int(rate * duration_s)):
-        delay = started + index / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(_post(port, request)))
-    return list(await asyncio.gather(*tasks))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,3 +253,32 @@ def grpc_call(v2: GrpcServer, request: service_pb2.ModelInferRequest) -> object:
         return v2.stub.ModelInfer(request, timeout=60)
     except grpc.RpcError as error:
         return error
+
+
+def _grpc_count(v2: GrpcServer, status: str) -> float:
+    text = httpx.get(v2.server.url("/metrics"), timeout=10).text
+    prefix = "resnet_serve_requests_total{"
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        if line.startswith(prefix) and 'protocol="v2-grpc"' in line and f'status="{status}"' in line
+    )
+
+
+def test_a_cancelled_rpc_counts_as_client_closed_not_as_a_server_error(v2: GrpcServer) -> None:
+    """A client that cancels while its image decodes is a 499 in the metrics: 5xx alerts mean server faults."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (6000, 6000), (120, 130, 140)).save(buffer, "JPEG", quality=50)  # ~0.3 s to decode
+    assert len(buffer.getvalue()) < MAX_UPLOAD
+    request = service_pb2.ModelInferRequest(model_name="resnet20-encoded")
+    request.inputs.add(name="image_bytes", datatype="BYTES", shape=[1, 1])
+    request.raw_input_contents.append(framed(buffer.getvalue()))
+    errors_before, closed_before = _grpc_count(v2, "500"), _grpc_count(v2, "499")
+    call = v2.stub.ModelInfer.future(request, timeout=30)
+    time.sleep(0.1)
+    assert call.cancel()
+    deadline = time.monotonic() + 10
+    while _grpc_count(v2, "499") == closed_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _grpc_count(v2, "499") == closed_before + 1
+    assert _grpc_count(v2, "500") == errors_before
+    assert v2.stub.ModelReady(service_pb2.ModelReadyRequest(name="resnet20"), timeout=10).ready

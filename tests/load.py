@@ -1,0 +1,68 @@
+"""Load generators for tests against a real server: closed loop (capacity) and open loop (a fixed rate).
+
+Raw prebuilt requests on new connections (:func:`hostile_corpus.send_raw`): an HTTP client library
+would spend milliseconds of the shared cores per request and show up as server latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from hostile_corpus import as_file, raw_http_request, send_raw
+
+#: Seconds a request may take before the generator counts it as lost (beyond the servers' timeouts used).
+CLIENT_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    seconds: float
+    code: str | None
+    retry_after: str | None
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+def predict_request(port: int, image: bytes) -> bytes:
+    """One multipart /predict request as raw bytes (see :func:`hostile_corpus.raw_http_request`)."""
+    body, headers = as_file(image, "a.jpg")
+    return raw_http_request(port, "/predict", body, headers)
+
+
+async def post(port: int, request: bytes) -> Outcome:
+    answer = await send_raw(port, request, CLIENT_TIMEOUT_S)
+    code = answer.error if answer.status == 0 else (answer.error_code() if answer.status != 200 else None)
+    return Outcome(answer.status, answer.seconds, code, answer.headers.get("retry-after"))
+
+
+async def closed_loop(port: int, request: bytes, concurrency: int, duration_s: float) -> tuple[float, list[Outcome]]:
+    """Successful requests per second with ``concurrency`` clients each sending back to back."""
+    outcomes: list[Outcome] = []
+    stop_at = time.perf_counter() + duration_s
+
+    async def worker() -> None:
+        while time.perf_counter() < stop_at:
+            outcomes.append(await post(port, request))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return sum(o.status == 200 for o in outcomes) / elapsed, outcomes
+
+
+async def open_loop(port: int, request: bytes, rate: float, duration_s: float) -> list[Outcome]:
+    """Start one request every 1/rate seconds whatever the answers: the load does not back off."""
+    tasks = []
+    started = time.perf_counter()
+    for index in range(int(rate * duration_s)):
+        delay = started + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(post(port, request)))
+    return list(await asyncio.gather(*tasks))
