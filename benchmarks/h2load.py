@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.loadgen import failed_row
 from benchmarks.prometheus import samples
 from service.v2.proto import inference_pb2 as pb
 
@@ -122,9 +123,4 @@ def _percentile(ordered: list[float], fraction: float) -> float:
 
 
 def _failed(scenario: str, why: str) -> dict[str, object]:
-    nan = float("nan")
-    return {
-        "scenario": scenario, "images_per_request": 1, "seconds": 0.0, "requests_ok": 0, "requests_per_s": 0.0,
-        "images_per_s": 0.0, "p50_ms": nan, "p90_ms": nan, "p99_ms": nan, "errors": {"h2load": why},
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
+    return failed_row(scenario, "h2load", why)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -73,6 +74,16 @@ class LoadResult:
             "p99_ms": 1000 * float(np.percentile(latencies, 99)),
             "errors": {status: count for status, count in self.statuses.items() if status != "200"},
         }
+
+
+def failed_row(scenario: str, client: str, why: str) -> dict[str, object]:
+    """A one-image phase that measured nothing: zero throughput, NaN latencies, ``errors={client: why}``."""
+    nan = float("nan")
+    return {
+        "scenario": scenario, "images_per_request": 1, "seconds": 0.0, "requests_ok": 0, "requests_per_s": 0.0,
+        "images_per_s": 0.0, "p50_ms": nan, "p90_ms": nan, "p99_ms": nan, "errors": {client: why},
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def _client(concurrency: int) -> httpx.AsyncClient:

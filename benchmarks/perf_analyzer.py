@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from benchmarks.loadgen import failed_row
 from benchmarks.peers.venv import PeerUnavailable, ensure, run_checked
 
 #: The last tritonclient wheel on PyPI with ``bin/perf_analyzer``; the runtime pin is the one tried here.
@@ -193,12 +194,7 @@ def _row(scenario: str, report: str, output: str) -> dict[str, object]:
 
 
 def _failed(scenario: str, why: str) -> dict[str, object]:
-    nan = float("nan")
-    return {
-        "scenario": scenario, "images_per_request": 1, "seconds": 0.0, "requests_ok": 0, "requests_per_s": 0.0,
-        "images_per_s": 0.0, "p50_ms": nan, "p90_ms": nan, "p99_ms": nan, "errors": {"perf_analyzer": why},
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
+    return failed_row(scenario, "perf_analyzer", why)
 
 
 def _reason(output: str) -> str:
