@@ -60,7 +60,10 @@ def run(
 ) -> dict[str, object]:
     """A closed loop of ``concurrency`` connections for ``seconds``, as a row shaped like :func:`benchmarks.wrk.run`'s."""
     scenario = f"h2load grpc c={concurrency}"
-    before = answered(metrics_url)
+    try:
+        before = answered(metrics_url)
+    except httpx.HTTPError as exc:
+        return _failed(scenario, f"the server's metrics are unreadable: {exc}")
     with tempfile.TemporaryDirectory(prefix="h2load-") as tmp:
         body, log = Path(tmp) / "request.bin", Path(tmp) / "requests.log"
         body.write_bytes(frame)
@@ -74,7 +77,10 @@ def run(
         except (OSError, subprocess.TimeoutExpired) as exc:
             return _failed(scenario, str(exc))
         durations = _durations_ms(log)
-    after = answered(metrics_url)
+    try:
+        after = answered(metrics_url)
+    except httpx.HTTPError as exc:
+        return _failed(scenario, f"the server's metrics are unreadable: {exc}")
     output = completed.stdout + completed.stderr
     # "finished in" includes the warm-up; the counts and req/s are the main duration's.
     done = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output)
@@ -107,13 +113,15 @@ def run(
 
 
 def _durations_ms(log: Path) -> list[float]:
-    """Per-request durations from h2load's log (start us, status, duration us; tab-separated)."""
+    """Durations of the answered requests in h2load's log (start us, HTTP status, duration us; tab-separated).
+
+    Streams that failed or were reset at the end of the run have status -1 and are left out."""
     if not log.exists():
         return []
     durations = []
     for line in log.read_text().splitlines():
         fields = line.split("\t")
-        if len(fields) >= 3 and fields[2].isdigit():
+        if len(fields) >= 3 and fields[1] == "200" and fields[2].isdigit():
             durations.append(int(fields[2]) / 1000)
     return durations
 

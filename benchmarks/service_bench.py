@@ -152,7 +152,8 @@ def _v2_phases(
         for scenario, row_of in doors:
             measure(lambda s=scenario, r=row_of, i=index: {**r(), "scenario": s, "round": i})
     if binary is None:
-        return f"V2 gRPC not measured: {perf_analyzer or 'perf_analyzer not requested'}"
+        also = "; gRPC measured with h2load only" if h2load.available() else ""
+        return f"V2 gRPC (perf_analyzer) not measured: {perf_analyzer or 'perf_analyzer not requested'}{also}"
     measure(lambda: perf_analyzer_client.run(
         binary, url=base.removeprefix("http://"), protocol="http", model=encoded, jpeg=jpeg,
         concurrency=DOOR_CONCURRENCY, seconds=seconds))

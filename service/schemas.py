@@ -90,7 +90,8 @@ class BatchingInfo(BaseModel):
     max_batch_delay_ms: float
     max_queue_size: int = Field(description="Images admitted (decoding or queued) before 503 queue_full.")
     max_queue_wait_s: float | None = Field(
-        description="Seconds of measured inference the queue was sized to hold; null when MAX_QUEUE_SIZE is set."
+        description="The wait budget the queue was sized from (before its floor and cap); null when "
+        "MAX_QUEUE_SIZE set it or nothing was timed (warm-up off)."
     )
     measured_images_per_s: float | None = Field(
         description="One instance's warmed throughput at its largest batch (null without warm-up)."

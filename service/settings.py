@@ -69,8 +69,8 @@ class Settings(BaseSettings):
     max_queue_size: int | None = Field(
         default=None, ge=1,
         description="Images accepted but not yet running (decoding + queued), per model; beyond it: 503. "
-        "Unset: MAX_QUEUE_WAIT_S of the model's throughput measured at warm-up (at least MAX_FILES and one "
-        "batch, at most 1,024; 128 without warm-up).",
+        "Unset: MAX_QUEUE_WAIT_S of the model's inference rate timed at warm-up (at most 1,024, 128 without "
+        "warm-up; never below MAX_FILES and one batch). Set it for the same size on every replica.",
     )
     max_queue_wait_s: float = Field(
         default=5.0, gt=0.0, le=3600.0,

@@ -78,7 +78,7 @@ def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path:
     runs = {run["scenario"]: run for run in results["service"]["resnet20-int8"]["runs"]}
     for scenario in ("wrk c=32", REST_DOOR):
         assert runs[scenario]["errors"] == {} and runs[scenario]["requests_ok"] > 0, runs[scenario]
-    assert "V2 gRPC not measured" in results["service"]["resnet20-int8"]["v2_note"]
+    assert "V2 gRPC (perf_analyzer) not measured" in results["service"]["resnet20-int8"]["v2_note"]
     if h2load.available():  # gRPC through h2load, confirmed by the server's own count of OK answers
         assert runs[H2LOAD_GRPC_DOOR]["errors"] == {} and runs[H2LOAD_GRPC_DOOR]["requests_ok"] > 0
         assert "V2 gRPC (h2load)/predict resnet20-int8 (c=32, 1 JPEG/req)" in {

@@ -35,6 +35,8 @@ SIZING: list[tuple[str, dict[str, object], ModelConfig, float | None, int]] = [
     ("two instances drain twice as fast", {}, ModelConfig(instances=2), 11.0, 110),
     ("shorter wait budget", {"max_queue_wait_s": 1.0}, ModelConfig(), 200.0, 200),
     ("no warm-up: nothing measured", {}, ModelConfig(), None, UNMEASURED_QUEUE_SIZE),
+    ("no warm-up: the floor still holds", {"max_files": 200}, ModelConfig(), None, 200),
+    ("the floor wins over the cap", {"max_files": 2000}, ModelConfig(), 2_500.0, 2000),
     ("explicit global size wins", {"max_queue_size": 7}, ModelConfig(), 2_500.0, 7),
     ("explicit per-model size wins", {"max_queue_size": 7}, ModelConfig(max_queue_size=40), 2_500.0, 40),
 ]
@@ -62,6 +64,7 @@ async def _burst(port: int, request: bytes) -> list[tuple[int, str | None]]:
     return [(answer.status, answer.error_code()) for answer in answers]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "refused"),
     [((), False), (("--max-queue-size", "128"), True), (("--max-queue-wait-s", "0.001"), True)],
@@ -81,7 +84,8 @@ def test_a_burst_past_the_old_128_image_queue(
         else:
             wait_s = float(flags[1]) if flags else 5.0
             expected = max(64, min(MAX_AUTO_QUEUE_SIZE, int(batching["measured_images_per_s"] * wait_s)))
-        assert batching["max_queue_size"] == expected
+        assert abs(batching["max_queue_size"] - expected) <= 1  # /models rounds the rate to 0.1 img/s
+        assert refused or batching["max_queue_size"] >= BURST
         body, headers = as_file(image, "a.jpg")
         statuses = asyncio.run(_burst(server.port, raw_http_request(server.port, "/predict", body, headers)))
         assert httpx.get(server.url("/health/ready"), timeout=10).status_code == 200
@@ -118,6 +122,7 @@ async def _load_with_a_stall(port: int, pid: int, request: bytes) -> list[tuple[
     return [(o.status, o.code, o.seconds) for o in outcomes]
 
 
+@pytest.mark.slow
 def test_a_server_frozen_for_3_s_under_steady_load_answers_every_request(model_repo: Path, tmp_path: Path) -> None:
     image = cifar_sample()[0][0].read_bytes()
     repo = link_repository(model_repo, tmp_path / "repo", "resnet20")

@@ -255,6 +255,12 @@ def grpc_call(v2: GrpcServer, request: service_pb2.ModelInferRequest) -> object:
         return error
 
 
+def _in_flight(v2: GrpcServer) -> float:
+    text = httpx.get(v2.server.url("/metrics"), timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("resnet_serve_inflight_images{"))
+
+
 def _grpc_count(v2: GrpcServer, status: str) -> float:
     text = httpx.get(v2.server.url("/metrics"), timeout=10).text
     prefix = "resnet_serve_requests_total{"
@@ -274,7 +280,9 @@ def test_a_cancelled_rpc_counts_as_client_closed_not_as_a_server_error(v2: GrpcS
     request.raw_input_contents.append(framed(buffer.getvalue()))
     errors_before, closed_before = _grpc_count(v2, "500"), _grpc_count(v2, "499")
     call = v2.stub.ModelInfer.future(request, timeout=30)
-    time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while _in_flight(v2) == 0 and time.monotonic() < deadline:  # admitted: reserved and decoding
+        time.sleep(0.01)
     assert call.cancel()
     deadline = time.monotonic() + 10
     while _grpc_count(v2, "499") == closed_before and time.monotonic() < deadline:
