@@ -74,6 +74,16 @@ class RunningServer:
         return self.process.poll() is None
 
 
+def metric_value(server: RunningServer, name: str, **labels: str) -> float:
+    """The sum of a Prometheus series from the server's /metrics over the samples matching ``labels``."""
+    text = httpx.get(server.url("/metrics"), timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def _wait_for(server: RunningServer, path: str, deadline: float) -> None:
     last = "no answer yet"
     while time.monotonic() < deadline:

@@ -51,12 +51,8 @@ from hostile_corpus import (
     rss_bytes,
     send_raw,
 )
+from load import percentile
 from server import run_server
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
 def publish_next_version(model_folder: Path) -> int:

@@ -21,7 +21,7 @@ import onnx
 import pytest
 import tritonclient.http as httpclient
 from conftest import cifar_checkpoint, cifar_sample
-from server import RunningServer, run_server
+from server import RunningServer, metric_value, run_server
 from tritonclient.utils import InferenceServerException
 
 POLL_S = 0.5
@@ -128,15 +128,6 @@ def reference_scores(server: RunningServer, version: int, pictures: list[bytes])
         assert response.status_code == 200, response.text
         scores.append(response.json()["predictions"][0]["score"])
     return scores
-
-
-def metric_value(server: RunningServer, name: str, **labels: str) -> float:
-    text = httpx.get(server.url("/metrics"), timeout=10).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.fixture()

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from conftest import shared_path
 from PIL import Image
-from server import GrpcServer, run_grpc_server
+from server import GrpcServer, metric_value, run_grpc_server
 from tritonclient.grpc import service_pb2
 
 MAX_UPLOAD = 1_000_000
@@ -255,19 +255,8 @@ def grpc_call(v2: GrpcServer, request: service_pb2.ModelInferRequest) -> object:
         return error
 
 
-def _in_flight(v2: GrpcServer) -> float:
-    text = httpx.get(v2.server.url("/metrics"), timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("resnet_serve_inflight_images{"))
-
-
 def _grpc_count(v2: GrpcServer, status: str) -> float:
-    text = httpx.get(v2.server.url("/metrics"), timeout=10).text
-    prefix = "resnet_serve_requests_total{"
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-        if line.startswith(prefix) and 'protocol="v2-grpc"' in line and f'status="{status}"' in line
-    )
+    return metric_value(v2.server, "resnet_serve_requests_total", protocol="v2-grpc", status=status)
 
 
 def test_a_cancelled_rpc_counts_as_client_closed_not_as_a_server_error(v2: GrpcServer) -> None:
@@ -281,7 +270,7 @@ def test_a_cancelled_rpc_counts_as_client_closed_not_as_a_server_error(v2: GrpcS
     errors_before, closed_before = _grpc_count(v2, "500"), _grpc_count(v2, "499")
     call = v2.stub.ModelInfer.future(request, timeout=30)
     deadline = time.monotonic() + 10
-    while _in_flight(v2) == 0 and time.monotonic() < deadline:  # admitted: reserved and decoding
+    while metric_value(v2.server, "resnet_serve_inflight_images") == 0 and time.monotonic() < deadline:  # admitted: reserved and decoding
         time.sleep(0.01)
     assert call.cancel()
     deadline = time.monotonic() + 10
