@@ -44,9 +44,15 @@ class Settings(BaseSettings):
         default=8001, ge=0, le=65535,
         description="TCP port of the KServe V2 / Triton gRPC endpoint (0 = no gRPC).",
     )
+    grpc_listeners: int = Field(
+        default=8, ge=1, le=64,
+        description="grpc.aio servers sharing GRPC_PORT (SO_REUSEPORT): each accepts one RPC per trip through "
+        "the event loop, so several keep the batches full (1 = one server, the port exclusive to it).",
+    )
     limit_concurrency: int = Field(
         default=1024, ge=1,
-        description="Most HTTP connections and requests at once; beyond it uvicorn answers 503 at once.",
+        description="Most HTTP connections and requests at once, and most gRPC calls in flight; beyond it "
+        "503 (HTTP, from uvicorn) or RESOURCE_EXHAUSTED (gRPC) at once.",
     )
     backlog: int = Field(default=2048, ge=1, description="Connections the kernel queues before accept().")
 

@@ -4,7 +4,8 @@ grpc.aio runs on the service's own event loop, so its handlers call the same pip
 doors (same admission, budgets, batcher, deadline, metrics, drain). Messages are our
 ``service/v2/proto/inference.proto`` (Triton's field numbers); handlers are registered under
 Triton's service name, which is all the wire carries. The largest message accepted follows
-``MAX_UPLOAD_BYTES``; ``LIMIT_CONCURRENCY`` bounds RPCs in flight. Errors map to gRPC status codes:
+``MAX_UPLOAD_BYTES``; ``LIMIT_CONCURRENCY`` bounds RPCs in flight across all listeners (see
+:class:`GrpcDoor` for why there are several). Errors map to gRPC status codes:
 400/413/415/422 INVALID_ARGUMENT, 404 NOT_FOUND, 401 UNAUTHENTICATED, a full queue or body budget
 RESOURCE_EXHAUSTED (with ``retry-after`` metadata), not ready or draining UNAVAILABLE, 504
 DEADLINE_EXCEEDED.
@@ -12,7 +13,10 @@ DEADLINE_EXCEEDED.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -61,39 +65,54 @@ Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class GrpcDoor:
-    """The grpc.aio server and its handlers."""
+    """``GRPC_LISTENERS`` grpc.aio servers on one port, and their handlers.
+
+    Why several: a grpc.aio server asks C-core for its next call only after the previous one has
+    reached the event loop, so RPCs arrive one loop iteration apart however many clients wait. Under 32
+    clients resnet20 then ran batches of 4-5 images (16 over HTTP) and gRPC did 0.72-0.86x of
+    ``/predict``; with 8 servers sharing the port (SO_REUSEPORT, the kernel spreads connections) batches
+    were 13 and gRPC 0.94-0.99x, with RSS and thread count unchanged (``/work``-side experiment quoted in
+    benchmarks/README.md). A client's connection stays on one server, so one channel gains nothing and
+    loses nothing.
+    """
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.settings = pipeline.settings
         self.manager = pipeline.state.manager
-        self._server: grpc.aio.Server | None = None
+        self._servers: list[grpc.aio.Server] = []
         self._stopped = False
+        self._in_flight = 0  # RPCs in any listener's handlers; only the event loop touches it
         self.port = 0
 
     async def start(self) -> None:
         s = self.settings
-        limit = s.max_upload_bytes + ENVELOPE_BYTES
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
-            ],
-            maximum_concurrent_rpcs=s.limit_concurrency,
-        )
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, self._handlers()),))
-        self.port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
-        await server.start()
-        self._server = server
-        log.info("gRPC (KServe V2) on %s:%d", s.host, self.port)
+        shared = s.grpc_listeners > 1
+        if shared and s.grpc_port:
+            claim_port(s.host, s.grpc_port)  # SO_REUSEPORT would let a second instance bind it silently
+        options = [
+            ("grpc.max_receive_message_length", s.max_upload_bytes + ENVELOPE_BYTES),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", int(shared)),
+        ]
+        handlers = (grpc.method_handlers_generic_handler(SERVICE, self._handlers()),)
+        port = s.grpc_port
+        for _ in range(s.grpc_listeners):
+            # No maximum_concurrent_rpcs: grpc's limiter counts per server; ours (in _guarded) spans them.
+            server = grpc.aio.server(options=options)
+            server.add_generic_rpc_handlers(handlers)
+            port = server.add_insecure_port(f"{s.host}:{port}")
+            await server.start()
+            self._servers.append(server)
+        self.port = port
+        log.info("gRPC (KServe V2) on %s:%d (%d listeners)", s.host, self.port, len(self._servers))
 
     async def stop(self) -> None:
         """Refuse new RPCs, let in-flight ones finish within the shutdown grace."""
-        if self._server is None or self._stopped:
+        if not self._servers or self._stopped:
             return
         self._stopped = True
-        await self._server.stop(self.settings.shutdown_grace_s)
+        await asyncio.gather(*(server.stop(self.settings.shutdown_grace_s) for server in self._servers))
 
     def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         table: dict[str, tuple[Handler, Any]] = {
@@ -112,11 +131,45 @@ class GrpcDoor:
         # then INVALID_ARGUMENT like any other bad input (grpc's own deserializer would answer UNKNOWN).
         return {
             name: grpc.unary_unary_rpc_method_handler(
-                _guarded(handler, message), request_deserializer=None,
+                self._guarded(handler, message), request_deserializer=None,
                 response_serializer=lambda response: response.SerializeToString(),
             )
             for name, (handler, message) in table.items()
         }
+
+    def _guarded(self, handler: Handler, message: Any) -> Handler:
+        """Admit the call under ``LIMIT_CONCURRENCY``, parse the request (``message`` None: the handler
+        takes the bytes), run the handler; every ServiceError becomes its gRPC status, anything else
+        INTERNAL with nothing leaked."""
+        limit = self.settings.limit_concurrency
+
+        async def run(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                if self._in_flight >= limit:
+                    raise ServiceError(
+                        503, "server_busy", f"more than {limit} gRPC calls in flight; retry shortly",
+                        {"Retry-After": "1"},
+                    )
+                self._in_flight += 1
+                try:
+                    return await handler(raw if message is None else parse_message(message, raw), context)
+                finally:
+                    self._in_flight -= 1
+            except ServiceError as error:
+                metadata: tuple[tuple[str, str], ...] = ()
+                if error.headers and "Retry-After" in error.headers:
+                    retry = error.headers["Retry-After"]
+                    metadata = (("retry-after", retry), ("grpc-retry-pushback-ms", str(int(float(retry) * 1000))))
+                await context.abort(status_for(error), error.message, metadata)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                log.exception("unhandled error in gRPC %s", getattr(handler, "__name__", "handler"))
+                await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+            raise AssertionError("unreachable")  # pragma: no cover  (context.abort raises)
+
+        run.__name__ = getattr(handler, "__name__", "handler")
+        return run
 
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         if not self.pipeline.requires_key:
@@ -302,25 +355,23 @@ def parse_message(message: Any, raw: bytes) -> Any:
         raise ServiceError(400, "invalid_request", f"the {message.__name__} message does not decode: {str(exc)[:200]}") from None
 
 
-def _guarded(handler: Handler, message: Any) -> Handler:
-    """Parse the request (``message`` None: the handler takes the bytes), run the handler; every
-    ServiceError becomes its gRPC status, anything else INTERNAL with nothing leaked."""
+def claim_port(host: str, port: int) -> None:
+    """Fail now if anything listens on ``host:port``: listeners sharing a port with SO_REUSEPORT would
+    otherwise let a second instance (same user) join it and take half the connections unnoticed.
 
-    async def run(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await handler(raw if message is None else parse_message(message, raw), context)
-        except ServiceError as error:
-            metadata: tuple[tuple[str, str], ...] = ()
-            if error.headers and "Retry-After" in error.headers:
-                retry = error.headers["Retry-After"]
-                metadata = (("retry-after", retry), ("grpc-retry-pushback-ms", str(int(float(retry) * 1000))))
-            await context.abort(status_for(error), error.message, metadata)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("unhandled error in gRPC %s", getattr(handler, "__name__", "handler"))
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
-        raise AssertionError("unreachable")  # pragma: no cover  (context.abort raises)
-
-    run.__name__ = getattr(handler, "__name__", "handler")
-    return run
+    The probe sets SO_REUSEADDR like grpc does, so connections of a previous run still in TIME_WAIT do
+    not count as in use; Linux refuses it only where a socket listens.
+    """
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise RuntimeError(f"gRPC host {host!r} does not resolve: {exc}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise RuntimeError(f"gRPC port {host}:{port} is in use (RESNET_SERVE_GRPC_PORT)") from None
+                raise
