@@ -69,11 +69,11 @@ class GrpcDoor:
 
     Why several: a grpc.aio server asks C-core for its next call only after the previous one has
     reached the event loop, so RPCs arrive one loop iteration apart however many clients wait. Under 32
-    clients resnet20 then ran batches of 4-5 images (16 over HTTP) and gRPC did 0.72-0.86x of
-    ``/predict``; with 8 servers sharing the port (SO_REUSEPORT, the kernel spreads connections) batches
-    were 13 and gRPC 0.94-0.99x, with RSS and thread count unchanged (``/work``-side experiment quoted in
-    benchmarks/README.md). A client's connection stays on one server, so one channel gains nothing and
-    loses nothing.
+    clients resnet20 then ran batches of 4-5 images (16 over HTTP) and gRPC did 0.80-0.87x of
+    ``/predict``. With 8 servers sharing the port (SO_REUSEPORT: the kernel spreads the connections)
+    the batches were 13-15 images and gRPC 0.90-0.93x with h2load, 0.84-0.90x with perf_analyzer, in
+    two ``python -m benchmarks service`` runs; RSS and thread count did not change, and 16 servers did
+    no better. A client's connection stays on one server, so one channel gains nothing and loses nothing.
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
