@@ -121,9 +121,8 @@ def listening() -> socket.socket:
 
 
 def test_claim_port_refuses_a_port_something_listens_on() -> None:
-    with listening() as sock:
-        with pytest.raises(RuntimeError, match="is in use"):
-            claim_port("127.0.0.1", sock.getsockname()[1])
+    with listening() as sock, pytest.raises(RuntimeError, match="is in use"):
+        claim_port("127.0.0.1", sock.getsockname()[1])
 
 
 def test_claim_port_accepts_a_port_whose_old_connections_linger_in_time_wait() -> None:

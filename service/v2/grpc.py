@@ -97,13 +97,18 @@ class GrpcDoor:
         ]
         handlers = (grpc.method_handlers_generic_handler(SERVICE, self._handlers()),)
         port = s.grpc_port
-        for _ in range(s.grpc_listeners):
-            # No maximum_concurrent_rpcs: grpc's limiter counts per server; ours (in _guarded) spans them.
-            server = grpc.aio.server(options=options)
-            server.add_generic_rpc_handlers(handlers)
-            port = server.add_insecure_port(f"{s.host}:{port}")
-            await server.start()
-            self._servers.append(server)
+        try:
+            for _ in range(s.grpc_listeners):
+                # No maximum_concurrent_rpcs: grpc's limiter counts per server; ours (in _guarded) spans them.
+                server = grpc.aio.server(options=options)
+                server.add_generic_rpc_handlers(handlers)
+                port = server.add_insecure_port(f"{s.host}:{port}")
+                await server.start()
+                self._servers.append(server)
+        except BaseException:
+            await asyncio.gather(*(server.stop(None) for server in self._servers))  # none left half-started
+            self._servers.clear()
+            raise
         self.port = port
         log.info("gRPC (KServe V2) on %s:%d (%d listeners)", s.host, self.port, len(self._servers))
 
