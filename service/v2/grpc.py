@@ -146,11 +146,10 @@ class GrpcDoor:
         """Admit the call under ``LIMIT_CONCURRENCY``, parse the request (``message`` None: the handler
         takes the bytes), run the handler; every ServiceError becomes its gRPC status, anything else
         INTERNAL with nothing leaked."""
-        limit = self.settings.limit_concurrency
 
         async def run(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
-                if self._in_flight >= limit:
+                if self._in_flight >= (limit := self.settings.limit_concurrency):
                     raise ServiceError(
                         503, "server_busy", f"more than {limit} gRPC calls in flight; retry shortly",
                         {"Retry-After": "1"},
