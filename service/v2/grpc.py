@@ -69,11 +69,13 @@ class GrpcDoor:
 
     Why several: a grpc.aio server asks C-core for its next call only after the previous one has
     reached the event loop, so RPCs arrive one loop iteration apart however many clients wait. Under 32
-    clients resnet20 then ran batches of 4-5 images (16 over HTTP) and gRPC did 0.80-0.87x of
-    ``/predict``. With 8 servers sharing the port (SO_REUSEPORT: the kernel spreads the connections)
-    the batches were 13-15 images and gRPC 0.90-0.93x with h2load, 0.84-0.90x with perf_analyzer, in
-    two ``python -m benchmarks service`` runs; RSS and thread count did not change, and 16 servers did
-    no better. A client's connection stays on one server, so one channel gains nothing and loses nothing.
+    clients resnet20 then ran batches of 4-7 images (16 over HTTP) and gRPC did 0.80-0.88x of
+    ``/predict`` in four runs. With 8 servers sharing the port (SO_REUSEPORT: the kernel spreads the
+    connections) the batches were 11-15 images and gRPC 0.90-1.09x with h2load and 0.84-1.03x with
+    perf_analyzer in three ``python -m benchmarks service`` runs (benchmarks/README.md); RSS and thread
+    count did not change, and 16 servers were no better with h2load (1,019 against 1,114 img/s) and
+    within the noise with perf_analyzer (996 against 959). A client's connection stays on one server,
+    so one channel gains nothing and loses nothing.
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
@@ -81,7 +83,7 @@ class GrpcDoor:
         self.settings = pipeline.settings
         self.manager = pipeline.state.manager
         self._servers: list[grpc.aio.Server] = []
-        self._stopped = False
+        self._stopping: asyncio.Future[Any] | None = None
         self._in_flight = 0  # RPCs in any listener's handlers; only the event loop touches it
         self.port = 0
 
@@ -89,7 +91,9 @@ class GrpcDoor:
         s = self.settings
         shared = s.grpc_listeners > 1
         if shared and s.grpc_port:
-            claim_port(s.host, s.grpc_port)  # SO_REUSEPORT would let a second instance bind it silently
+            # SO_REUSEPORT would let a second instance bind the port silently. (Two instances starting
+            # in the same instant can both pass the probe; the window is the few ms of the binds below.)
+            claim_port(s.host, s.grpc_port)
         options = [
             ("grpc.max_receive_message_length", s.max_upload_bytes + ENVELOPE_BYTES),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -97,27 +101,35 @@ class GrpcDoor:
         ]
         handlers = (grpc.method_handlers_generic_handler(SERVICE, self._handlers()),)
         port = s.grpc_port
+        server: grpc.aio.Server | None = None
         try:
             for _ in range(s.grpc_listeners):
-                # No maximum_concurrent_rpcs: grpc's limiter counts per server; ours (in _guarded) spans them.
-                server = grpc.aio.server(options=options)
+                # The documented limit spans the listeners and is counted in _guarded, once a message has
+                # arrived; grpc's own per-server limiter stays as a backstop that refuses a call before its
+                # message is read (calls still uploading are then at most listeners x LIMIT_CONCURRENCY).
+                server = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.limit_concurrency)
                 server.add_generic_rpc_handlers(handlers)
-                port = server.add_insecure_port(f"{s.host}:{port}")
+                port = server.add_insecure_port(host_port(s.host, port))
                 await server.start()
                 self._servers.append(server)
+                server = None
         except BaseException:
-            await asyncio.gather(*(server.stop(None) for server in self._servers))  # none left half-started
+            started = [*self._servers, *([server] if server is not None else [])]
+            await asyncio.gather(*(listener.stop(None) for listener in started))  # none left half-started
             self._servers.clear()
             raise
         self.port = port
-        log.info("gRPC (KServe V2) on %s:%d (%d listeners)", s.host, self.port, len(self._servers))
+        log.info("gRPC (KServe V2) on %s (%d listeners)", host_port(s.host, self.port), len(self._servers))
 
     async def stop(self) -> None:
-        """Refuse new RPCs, let in-flight ones finish within the shutdown grace."""
-        if not self._servers or self._stopped:
+        """Refuse new RPCs, let in-flight ones finish within the shutdown grace (a second call waits for
+        the first: the lifespan's stop must not return while the drain's is still finishing calls)."""
+        if not self._servers:
             return
-        self._stopped = True
-        await asyncio.gather(*(server.stop(self.settings.shutdown_grace_s) for server in self._servers))
+        if self._stopping is None:
+            grace = self.settings.shutdown_grace_s
+            self._stopping = asyncio.ensure_future(asyncio.gather(*(server.stop(grace) for server in self._servers)))
+        await asyncio.shield(self._stopping)
 
     def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         table: dict[str, tuple[Handler, Any]] = {
@@ -367,15 +379,22 @@ def claim_port(host: str, port: int) -> None:
     not count as in use; Linux refuses it only where a socket listens.
     """
     try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        addresses = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise RuntimeError(f"gRPC host {host!r} does not resolve: {exc}") from None
     for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(address)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise RuntimeError(f"gRPC port {host}:{port} is in use (RESNET_SERVE_GRPC_PORT)") from None
-                raise
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise RuntimeError(f"gRPC port {host_port(host, port)} is in use (RESNET_SERVE_GRPC_PORT)") from None
+            # Anything else is an address family or address this machine lacks (no IPv6): grpc binds
+            # what it can, and reports a real failure itself.
+
+
+def host_port(host: str, port: int) -> str:
+    """grpc's ``host:port``, with an IPv6 literal in brackets (``::1`` -> ``[::1]:8001``)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
