@@ -13,7 +13,6 @@ the server answered fewer OK RPCs than h2load counted, or answered any with an e
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import struct
@@ -24,7 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.loadgen import failed_row
+from benchmarks.loadgen import client_row, failed_row
 from benchmarks.prometheus import samples
 from service.v2.proto import inference_pb2 as pb
 
@@ -97,19 +96,10 @@ def run(
     if served.get("200", 0) < ok:  # warm-up requests are served too, so the server's count is at least h2load's
         errors["unconfirmed"] = ok - served.get("200", 0)
     p50, p90, p99 = np.percentile(durations, [50, 90, 99])
-    return {
-        "scenario": scenario,
-        "images_per_request": 1,
-        "seconds": round(ok / rate, 2) if rate else 0.0,
-        "requests_ok": ok,
-        "requests_per_s": rate,
-        "images_per_s": rate,
-        "p50_ms": float(p50),
-        "p90_ms": float(p90),
-        "p99_ms": float(p99),
-        "errors": errors,
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
+    return client_row(
+        scenario, requests_ok=ok, requests_per_s=rate, seconds=ok / rate if rate else 0.0,
+        p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99), errors=errors,
+    )
 
 
 def _durations_ms(log: Path) -> list[float]:

@@ -76,14 +76,31 @@ class LoadResult:
         }
 
 
+def client_row(
+    scenario: str, *, requests_ok: int, requests_per_s: float, seconds: float, p50_ms: float, p90_ms: float,
+    p99_ms: float, errors: dict[str, object], images_per_request: int = 1,
+) -> dict[str, object]:
+    """One phase of a native load client (wrk, perf_analyzer, h2load): :meth:`LoadResult.summary`'s fields and the load average."""
+    return {
+        "scenario": scenario,
+        "images_per_request": images_per_request,
+        "seconds": round(seconds, 2),
+        "requests_ok": requests_ok,
+        "requests_per_s": requests_per_s,
+        "images_per_s": requests_per_s * images_per_request,
+        "p50_ms": p50_ms,
+        "p90_ms": p90_ms,
+        "p99_ms": p99_ms,
+        "errors": errors,
+        "load_average_1m": round(os.getloadavg()[0], 2),  # other processes on these cores show up here
+    }
+
+
 def failed_row(scenario: str, client: str, why: str) -> dict[str, object]:
     """A one-image phase that measured nothing: zero throughput, NaN latencies, ``errors={client: why}``."""
     nan = float("nan")
-    return {
-        "scenario": scenario, "images_per_request": 1, "seconds": 0.0, "requests_ok": 0, "requests_per_s": 0.0,
-        "images_per_s": 0.0, "p50_ms": nan, "p90_ms": nan, "p99_ms": nan, "errors": {client: why},
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
+    return client_row(scenario, requests_ok=0, requests_per_s=0.0, seconds=0.0, p50_ms=nan, p90_ms=nan, p99_ms=nan,
+                      errors={client: why})
 
 
 def _client(concurrency: int) -> httpx.AsyncClient:

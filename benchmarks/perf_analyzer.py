@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from benchmarks.loadgen import failed_row
+from benchmarks.loadgen import client_row, failed_row
 from benchmarks.peers.venv import PeerUnavailable, ensure, run_checked
 
 #: The last tritonclient wheel on PyPI with ``bin/perf_analyzer``; the runtime pin is the one tried here.
@@ -178,19 +178,12 @@ def _row(scenario: str, report: str, output: str) -> dict[str, object]:
     if count is None or throughput <= 0:
         raise ValueError("no request count or zero throughput")
     ok = int(count.group(1))
-    return {
-        "scenario": scenario,
-        "images_per_request": 1,
-        "seconds": round(ok / throughput, 2),  # the measured windows, without process start and warm-up
-        "requests_ok": ok,
-        "requests_per_s": throughput,
-        "images_per_s": throughput,
-        "p50_ms": float(line["p50 latency"]) / 1000,
-        "p90_ms": float(line["p90 latency"]) / 1000,
-        "p99_ms": float(line["p99 latency"]) / 1000,
-        "errors": {},
-        "load_average_1m": round(os.getloadavg()[0], 2),  # other processes on these cores show up here
-    }
+    return client_row(
+        scenario, requests_ok=ok, requests_per_s=throughput,
+        seconds=ok / throughput,  # the measured windows, without process start and warm-up
+        p50_ms=float(line["p50 latency"]) / 1000, p90_ms=float(line["p90 latency"]) / 1000,
+        p99_ms=float(line["p99 latency"]) / 1000, errors={},
+    )
 
 
 def _failed(scenario: str, why: str) -> dict[str, object]:

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from benchmarks.loadgen import Body
+from benchmarks.loadgen import Body, client_row
 
 LUA_SCRIPT = Path(__file__).with_name("multipart.lua")
 
@@ -49,16 +49,8 @@ def run(
     errors = {name: figures[name] for name in ("status", "connect", "read", "write", "timeout") if figures[name]}
     if errors.get("status"):
         errors["non-2xx"] = errors.pop("status")
-    return {
-        "scenario": f"wrk c={concurrency}",
-        "images_per_request": body.images,
-        "seconds": round(duration, 2),
-        "requests_ok": ok,
-        "requests_per_s": ok / duration,
-        "images_per_s": ok * body.images / duration,
-        "p50_ms": figures["p50_us"] / 1000,
-        "p90_ms": figures["p90_us"] / 1000,
-        "p99_ms": figures["p99_us"] / 1000,
-        "errors": errors if failed else {},
-        "load_average_1m": round(os.getloadavg()[0], 2),  # other processes on these cores show up here
-    }
+    return client_row(
+        f"wrk c={concurrency}", requests_ok=ok, requests_per_s=ok / duration, seconds=duration,
+        p50_ms=figures["p50_us"] / 1000, p90_ms=figures["p90_us"] / 1000, p99_ms=figures["p99_us"] / 1000,
+        errors=errors if failed else {}, images_per_request=body.images,
+    )

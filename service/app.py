@@ -197,9 +197,7 @@ def _version_info(version: ServedVersion) -> dict[str, Any]:
             "max_batch_size": s.max_batch_size,
             "max_batch_delay_ms": s.max_batch_delay_ms,
             "max_queue_size": version.batcher.max_queue_size,
-            "max_queue_wait_s": (
-                s.max_queue_wait_s if s.max_queue_size is None and model.images_per_s is not None else None
-            ),
+            "max_queue_wait_s": s.queue_wait_s(model.images_per_s),
             "measured_images_per_s": None if model.images_per_s is None else round(model.images_per_s, 1),
             "batch_buckets": list(model.buckets),
             "pad_to_buckets": model.pad_to_buckets,

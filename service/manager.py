@@ -105,10 +105,15 @@ class ModelSettings:
         """
         if self.max_queue_size is not None:
             return self.max_queue_size
-        if not images_per_s:
+        wait_s = self.queue_wait_s(images_per_s)
+        if wait_s is None or not images_per_s:
             return max(self.min_queue_size, UNMEASURED_QUEUE_SIZE)
-        wanted = int(images_per_s * self.instances * self.max_queue_wait_s)
+        wanted = int(images_per_s * self.instances * wait_s)
         return max(self.min_queue_size, min(MAX_AUTO_QUEUE_SIZE, wanted))
+
+    def queue_wait_s(self, images_per_s: float | None) -> float | None:
+        """The wait budget that sized the queue: None where an explicit size did, or nothing was timed."""
+        return self.max_queue_wait_s if self.max_queue_size is None and images_per_s else None
 
     def as_dict(self) -> dict[str, Any]:
         return {

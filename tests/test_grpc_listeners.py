@@ -8,9 +8,7 @@ second instance join the port unnoticed.
 
 from __future__ import annotations
 
-import io
 import socket
-import struct
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import shared_path
-from PIL import Image
+from hostile_corpus import framed, slow_jpeg
 from server import GrpcServer, free_port, link_repository, run_grpc_server, run_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -28,10 +26,6 @@ from service.v2.grpc import claim_port, host_port
 LISTENERS = 8
 LIMIT = 2
 GRPC_OWN_REFUSAL = "Concurrent RPC limit exceeded!"
-
-
-def framed(data: bytes) -> bytes:
-    return struct.pack("<I", len(data)) + data
 
 
 def infer_request(jpeg: bytes) -> service_pb2.ModelInferRequest:
@@ -78,9 +72,7 @@ def test_limit_concurrency_counts_calls_on_every_listener_together(shared: GrpcS
     """12 slow calls on 12 connections against a limit of 2: the ones beyond it get RESOURCE_EXHAUSTED
     with a retry hint. Per-listener limits (grpc's own) would admit up to two per listener the
     connections landed on: about 10 of the 12 (6 were refused when this test was tried against them)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (6000, 6000), (120, 130, 140)).save(buffer, "JPEG", quality=50)  # ~0.3 s to decode
-    request = infer_request(buffer.getvalue())
+    request = infer_request(slow_jpeg())
     channels = [own_connection(shared.grpc_port) for _ in range(12)]
     try:
         for channel in channels:  # connect first, so the calls below arrive together
@@ -120,9 +112,7 @@ def test_every_way_a_call_ends_gives_its_slot_back(shared: GrpcServer) -> None:
         with pytest.raises(grpc.RpcError) as refused:
             shared.stub.ModelReady(missing, timeout=10)
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
-    buffer = io.BytesIO()
-    Image.new("RGB", (6000, 6000), (10, 20, 30)).save(buffer, "JPEG", quality=50)
-    slow = infer_request(buffer.getvalue())
+    slow = infer_request(slow_jpeg((10, 20, 30)))
     for _ in range(LIMIT + 1):  # each one gives up long before its decode ends
         with pytest.raises(grpc.RpcError) as expired:
             shared.stub.ModelInfer(slow, timeout=0.05)

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import cifar_sample
-from hostile_corpus import as_file, raw_http_request, send_raw
+from hostile_corpus import send_raw
 from load import open_loop, percentile, predict_request
 from server import link_repository, run_server
 
@@ -86,8 +86,7 @@ def test_a_burst_past_the_old_128_image_queue(
             expected = max(64, min(MAX_AUTO_QUEUE_SIZE, int(batching["measured_images_per_s"] * wait_s)))
         assert abs(batching["max_queue_size"] - expected) <= 1  # /models rounds the rate to 0.1 img/s
         assert refused or batching["max_queue_size"] >= BURST
-        body, headers = as_file(image, "a.jpg")
-        statuses = asyncio.run(_burst(server.port, raw_http_request(server.port, "/predict", body, headers)))
+        statuses = asyncio.run(_burst(server.port, predict_request(server.port, image)))
         assert httpx.get(server.url("/health/ready"), timeout=10).status_code == 200
     print(f"\nqueue {batching['max_queue_size']} images ({batching['measured_images_per_s']} img/s measured): "
           f"{sorted({s: statuses.count(s) for s in set(statuses)}.items(), key=str)}")

@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import shared_path
+from hostile_corpus import framed, slow_jpeg
 from PIL import Image
 from server import GrpcServer, metric_value, run_grpc_server
 from tritonclient.grpc import service_pb2
@@ -34,10 +35,6 @@ def v2(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
     flags = ("--max-upload-bytes", str(MAX_UPLOAD), "--max-files", str(MAX_FILES), "--max-queue-size", str(MAX_QUEUE))
     with run_grpc_server(model_repo, tmp_path_factory.mktemp("v2_errors"), *flags) as server:
         yield server
-
-
-def framed(*elements: bytes) -> bytes:
-    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
 def jpeg() -> bytes:
@@ -261,12 +258,11 @@ def _grpc_count(v2: GrpcServer, status: str) -> float:
 
 def test_a_cancelled_rpc_counts_as_client_closed_not_as_a_server_error(v2: GrpcServer) -> None:
     """A client that cancels while its image decodes is a 499 in the metrics: 5xx alerts mean server faults."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (6000, 6000), (120, 130, 140)).save(buffer, "JPEG", quality=50)  # ~0.3 s to decode
-    assert len(buffer.getvalue()) < MAX_UPLOAD
+    jpeg = slow_jpeg()
+    assert len(jpeg) < MAX_UPLOAD
     request = service_pb2.ModelInferRequest(model_name="resnet20-encoded")
     request.inputs.add(name="image_bytes", datatype="BYTES", shape=[1, 1])
-    request.raw_input_contents.append(framed(buffer.getvalue()))
+    request.raw_input_contents.append(framed(jpeg))
     errors_before, closed_before = _grpc_count(v2, "500"), _grpc_count(v2, "499")
     call = v2.stub.ModelInfer.future(request, timeout=30)
     deadline = time.monotonic() + 10

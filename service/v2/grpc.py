@@ -101,21 +101,18 @@ class GrpcDoor:
         ]
         handlers = (grpc.method_handlers_generic_handler(SERVICE, self._handlers()),)
         port = s.grpc_port
-        server: grpc.aio.Server | None = None
         try:
             for _ in range(s.grpc_listeners):
                 # The documented limit spans the listeners and is counted in _guarded, once a message has
                 # arrived; grpc's own per-server limiter stays as a backstop that refuses a call before its
                 # message is read (calls still uploading are then at most listeners x LIMIT_CONCURRENCY).
                 server = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.limit_concurrency)
+                self._servers.append(server)
                 server.add_generic_rpc_handlers(handlers)
                 port = server.add_insecure_port(host_port(s.host, port))
                 await server.start()
-                self._servers.append(server)
-                server = None
         except BaseException:
-            started = [*self._servers, *([server] if server is not None else [])]
-            await asyncio.gather(*(listener.stop(None) for listener in started))  # none left half-started
+            await asyncio.gather(*(server.stop(None) for server in self._servers))  # none left half-started
             self._servers.clear()
             raise
         self.port = port
@@ -128,7 +125,7 @@ class GrpcDoor:
             return
         if self._stopping is None:
             grace = self.settings.shutdown_grace_s
-            self._stopping = asyncio.ensure_future(asyncio.gather(*(server.stop(grace) for server in self._servers)))
+            self._stopping = asyncio.gather(*(server.stop(grace) for server in self._servers))
         await asyncio.shield(self._stopping)
 
     def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
