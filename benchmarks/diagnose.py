@@ -38,11 +38,9 @@ from typing import Any
 from benchmarks import wrk
 from benchmarks.loadgen import bodies
 from benchmarks.peers.base import SPIN_OFF, SPIN_ON, PeerRequest
+from benchmarks.procstat import CLOCK_TICKS, stat_fields
 from benchmarks.server import free_port, python, running_server
 from benchmarks.workload import DEFAULT_CACHE_DIR, REPO_ROOT, bench_models, model_repository, payloads_for
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
 
 # --- /proc: per-thread CPU of a process group -------------------------------------------------------
 
@@ -52,18 +50,12 @@ def group_pids(pgid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = _stat_fields(entry / "stat")
+                fields = stat_fields(entry / "stat")
             except OSError:
                 continue
             if int(fields[2]) == pgid:
                 found.append(int(entry.name))
     return sorted(found)
-
-
-def _stat_fields(path: Path) -> list[str]:
-    """Fields of a /proc stat file after ``comm`` (which may hold spaces): index 0 is the state."""
-    text = path.read_text()
-    return text[text.rindex(")") + 2 :].split()
 
 
 def process_name(pid: int) -> str:
@@ -86,7 +78,7 @@ def thread_cpu(pids: list[int]) -> dict[int, tuple[int, str, float]]:
     for pid in pids:
         for task in Path(f"/proc/{pid}/task").glob("*"):
             try:
-                fields = _stat_fields(task / "stat")
+                fields = stat_fields(task / "stat")
                 comm = (task / "comm").read_text().strip()
             except OSError:
                 continue

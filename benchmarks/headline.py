@@ -57,6 +57,10 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
             ratio = service_single["images_per_s"] / ceiling(raw[model], SERVICE_MAX_BATCH)
             add(f"service/raw {model} ({service_single['scenario']}, JPEG, 1 img/req)", ratio,
                 f">= {ratio_goal}" if ratio_goal else "-", ratio >= ratio_goal if ratio_goal else None)
+        cpu_ratio = _raw_cpu_over_service(raw.get(model), service_single)
+        if cpu_ratio is not None and service_single:
+            add(f"  CPU per image: raw best batch's over the service's ({service_single['scenario']}; what the door, "
+                "decoding and batching cost besides inference)", cpu_ratio, "-", None)
         if model in raw and service_any and service_any is not service_single:
             ratio = service_any["images_per_s"] / ceiling(raw[model], SERVICE_MAX_BATCH)
             add(f"service/raw {model} ({service_any['scenario']}, {service_any.get('images_per_request', 1)} img/req)",
@@ -80,6 +84,10 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
                 rounds = f", median of {min(v2_rounds, predict_rounds)} interleaved rounds" if v2_rounds > 1 else ""
                 add(f"{door}/predict {model} (c=32, 1 JPEG/req{rounds})", ratio, f">= {ratio_goal_v2}",
                     ratio >= ratio_goal_v2)
+            door_cpu, predict_cpu = median_cpu_ms(service_runs, scenario), median_cpu_ms(service_runs, PREDICT_DOOR)
+            if door_cpu and predict_cpu:
+                add(f"  images per server CPU-second, {door} over /predict (median ms/img {predict_cpu:.2f} "
+                    f"/ {door_cpu:.2f})", predict_cpu / door_cpu, "-", None)
         # wrk's latency excludes the Python client's own CPU time; prefer it where it ran.
         single = _scenario(service_runs, "wrk c=1") or _scenario(service_runs, "closed c=1")
         if model in raw and single:
@@ -98,6 +106,25 @@ def median_rate(runs: list[dict[str, Any]], scenario: str) -> tuple[float | None
     rates = [r["images_per_s"] for r in runs
              if r["scenario"] == scenario and r.get("images_per_request", 1) == 1 and _clean(r)]
     return (statistics.median(rates) if rates else None), len(rates)
+
+
+def median_cpu_ms(runs: list[dict[str, Any]], scenario: str) -> float | None:
+    """The median server CPU ms per image of the clean one-image rows of ``scenario``."""
+    costs = [r["server_cpu_ms_per_image"] for r in runs
+             if r["scenario"] == scenario and r.get("images_per_request", 1) == 1 and _clean(r)
+             and r.get("server_cpu_ms_per_image")]
+    return statistics.median(costs) if costs else None
+
+
+def _raw_cpu_over_service(raw: dict[str, Any] | None, service_row: dict[str, Any] | None) -> float | None:
+    """CPU ms per image of raw's fastest batch (within the service's) over the service row's: 1.0 = no overhead."""
+    if not raw or not service_row or not service_row.get("server_cpu_ms_per_image"):
+        return None
+    rows = [r for r in raw["batches"] if r["batch"] <= SERVICE_MAX_BATCH and r.get("cpu_ms_per_image")]
+    if not rows:
+        return None
+    fastest = max(rows, key=lambda r: r["images_per_s"])
+    return float(fastest["cpu_ms_per_image"]) / float(service_row["server_cpu_ms_per_image"])
 
 
 def _best_raw(raw: dict[str, Any]) -> float:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.headline import median_rate
+from benchmarks.headline import median_cpu_ms, median_rate
 from benchmarks.phases import DOOR_CONCURRENCY, DOORS, REST_DOOR
 
 
@@ -77,8 +77,9 @@ def render(results: dict[str, Any]) -> str:
         )
         parts.append(
             table(
-                ["batch", "img/s", "ms/call mean", "ms/call p50", "runs"],
-                [[r["batch"], r["images_per_s"], r["latency_ms_mean"], r["latency_ms_p50"], r["runs"]] for r in raw["batches"]],
+                ["batch", "img/s", "ms/call mean", "ms/call p50", "cpu ms/img", "runs"],
+                [[r["batch"], r["images_per_s"], r["latency_ms_mean"], r["latency_ms_p50"], r.get("cpu_ms_per_image"),
+                  r["runs"]] for r in raw["batches"]],
             )
         )
     parts.extend(precision_side_by_side(results))
@@ -90,7 +91,8 @@ def render(results: dict[str, Any]) -> str:
                     [section, name, precision(name), run["scenario"] + (f" (round {run['round']})" if run.get("round") else ""),
                      run.get("images_per_request", 1), run["images_per_s"],
                      run["requests_per_s"], run["p50_ms"], run["p90_ms"], run["p99_ms"], _errors(run),
-                     run.get("mean_batch_size"), run.get("load_average_1m")]
+                     run.get("mean_batch_size"), run.get("load_average_1m"), run.get("server_cores"),
+                     run.get("server_cpu_ms_per_image")]
                 )
     for peer, by_model in results.get("peers", {}).items():
         for name, figures in by_model.items():
@@ -101,14 +103,15 @@ def render(results: dict[str, Any]) -> str:
                         [server, name, precision(name), row["scenario"] + note, row.get("images_per_request", 1),
                          row["images_per_s"],
                          row["requests_per_s"], row["p50_ms"], row["p90_ms"], row["p99_ms"], _errors(row),
-                         row.get("mean_batch_size"), row.get("load_average_1m")]
+                         row.get("mean_batch_size"), row.get("load_average_1m"), row.get("server_cores"),
+                         row.get("server_cpu_ms_per_image")]
                     )
     if load_rows:
         parts.append("\nLOAD over HTTP (real servers on 127.0.0.1, real JPEG uploads; peers serve the same ONNX file)")
         parts.append(
             table(
                 ["server", "model", "precision", "scenario", "img/req", "img/s", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors",
-                 "mean batch", "load 1m"],
+                 "mean batch", "load 1m", "srv cores", "srv cpu ms/img"],
                 load_rows,
             )
         )
@@ -144,21 +147,28 @@ def render(results: dict[str, Any]) -> str:
 
 
 def door_rounds(results: dict[str, Any]) -> list[str]:
-    """Each door's images/s per interleaved round, the median, and the median against ``/predict``'s."""
+    """Each door's images/s per interleaved round, the median, the median against ``/predict``'s, and
+    the same for the server's CPU per image (cores the server had, per round)."""
     rows: list[list[Any]] = []
     for name, runs in results.get("service", {}).items():
         by_round = [r for r in runs.get("runs", []) if r.get("round")]
         predict, _ = median_rate(by_round, DOORS[0][1])
+        predict_cpu = median_cpu_ms(by_round, DOORS[0][1])
         for door, scenario in DOORS:
             rates = [r["images_per_s"] if not r.get("errors") else None for r in by_round if r["scenario"] == scenario]
             median, _ = median_rate(by_round, scenario)
+            cpu = median_cpu_ms(by_round, scenario)
             if rates:
                 shown = " / ".join("failed" if rate is None else f"{rate:.1f}" for rate in rates)
-                rows.append([name, door, shown, median, median / predict if median and predict else None])
+                cores = " / ".join(_cell(r.get("server_cores")) for r in by_round if r["scenario"] == scenario)
+                rows.append([name, door, shown, median, median / predict if median and predict else None,
+                             cores, cpu, predict_cpu / cpu if cpu and predict_cpu else None])
     if not rows:
         return []
-    return [f"\nDOORS at {DOOR_CONCURRENCY} clients, one JPEG per request, interleaved rounds (img/s per round, median, median/predict)",
-            table(["model", "door", "rounds", "median", "/predict"], rows)]
+    title = (f"\nDOORS at {DOOR_CONCURRENCY} clients, one JPEG per request, interleaved rounds (img/s per round, median, "
+             "median/predict; cores the server had per round; its CPU ms per image, median, and /predict's over the door's)")
+    return [title,
+            table(["model", "door", "rounds", "median", "/predict", "server cores", "cpu ms/img", "/predict cpu"], rows)]
 
 
 def precision_side_by_side(results: dict[str, Any]) -> list[str]:

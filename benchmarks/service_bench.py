@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from benchmarks.phases import (
     plan_for,
     wrk_phases,
 )
+from benchmarks.procstat import cpu_seconds
 from benchmarks.prometheus import batch_sizes, snapshot
 from benchmarks.server import free_port, python, running_server
 from benchmarks.workload import BenchModel, payloads_for
@@ -57,16 +59,19 @@ def run(
     wrk_note = None
     v2_note = None
     env = service_env(repo, port, grpc_port)
-    with running_server([python(), "-m", "service"], env, f"{base}/health/ready", log_path=log_path):
+    with running_server([python(), "-m", "service"], env, f"{base}/health/ready", log_path=log_path) as server:
         single = loadgen.bodies(payloads, 1)
 
         def measure(row_of: Callable[[], dict[str, object]]) -> dict[str, object]:
             before = snapshot(base, model.name)
+            cpu_before, started = cpu_seconds(server.pid), time.monotonic()
             row = row_of()
+            cpu_after, wall = cpu_seconds(server.pid), time.monotonic() - started
             delta = snapshot(base, model.name).since(before)
             row["mean_batch_size"] = delta.batch.mean
             row["batch_sizes"] = delta.batch.per_bucket()
             row["server_stage_means_ms"] = delta.stage_means_ms()  # where the latency goes, from /metrics
+            row.update(server_cpu(cpu_before, cpu_after, wall, delta.batch.total))
             runs.append(row)
             log(_line("service", model.name, row))
             return row
@@ -103,6 +108,19 @@ def run(
         "wrk_note": wrk_note,
         "v2_note": v2_note,
     }
+
+
+def server_cpu(before: float | None, after: float | None, wall_s: float, images: float) -> dict[str, float | None]:
+    """How many cores the server had during a phase and its CPU milliseconds per image inferred.
+
+    The doors' images/s swing by a third between rounds on this shared box (other tenants take
+    cores: one resnet20 run saw the server get 1.31 cores in one round and 1.71 in the next), while
+    the CPU an image costs the server stays within a few percent; so both go into every row. Warm-up
+    requests count on both sides (CPU and images come from the whole phase)."""
+    if before is None or after is None or wall_s <= 0:
+        return {"server_cores": None, "server_cpu_ms_per_image": None}
+    spent = after - before
+    return {"server_cores": spent / wall_s, "server_cpu_ms_per_image": 1000 * spent / images if images else None}
 
 
 #: Rounds of the door comparison. One phase per door gave ratios that moved by 0.15 between runs on this

@@ -35,6 +35,8 @@ def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path) -> None:
     assert [row["batch"] for row in raw_rows] == [1, 8, 32]
     for row in raw_rows:
         assert row["images_per_s"] > 0 and math.isfinite(row["latency_ms_mean"]) and row["runs"] >= 2
+        # onnxruntime's threads are counted: at least the wall time of one call spread over the images.
+        assert row["cpu_ms_per_image"] > 0.3 * row["latency_ms_mean"] / row["batch"], row
 
     service_runs = results["service"]["resnet20"]["runs"]
     naive_runs = results["naive"]["resnet20"]["runs"]
@@ -47,6 +49,11 @@ def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path) -> None:
     # Batching is visible in /metrics: 32 concurrent single-image clients share batches.
     saturated = next(r for r in service_runs if r["scenario"] == "closed c=32")
     assert saturated["mean_batch_size"] is not None and saturated["mean_batch_size"] >= 1.0
+    # The server's own CPU during the phase: more than nothing, no more than the machine has, and a
+    # resnet20 image costs it more than a microsecond and less than a tenth of a second.
+    for run in service_runs:
+        assert 0.05 < run["server_cores"] <= (os.cpu_count() or 1) + 0.2, run
+        assert 0.001 < run["server_cpu_ms_per_image"] < 100, run
     multi = next(r for r in service_runs if r["images_per_request"] > 1)
     assert multi["mean_batch_size"] > 1.0
 
@@ -280,18 +287,25 @@ def test_door_ratios_are_medians_of_the_interleaved_rounds(
 
     runs = [_wrk_row("wrk c=32", 5000.0, requests_per_s=5000.0)]  # not what the doors are compared with
     for index, (p, g) in enumerate(zip(predict, grpc, strict=True), start=1):
-        runs.append(_wrk_row(PREDICT_DOOR, p, requests_per_s=p, round=index))
+        # The server's CPU per image: 2 ms through /predict, 2.5 ms through gRPC (10 ms in the failed round).
+        runs.append(_wrk_row(PREDICT_DOOR, p, requests_per_s=p, round=index, server_cores=1.7,
+                             server_cpu_ms_per_image=2.0))
         errors = {"perf_analyzer": "exit 1"} if index == failed_round else {}
-        runs.append({**_wrk_row(GRPC_DOOR, g, round=index), "errors": errors})
+        cost = 10.0 if index == failed_round else 2.5
+        runs.append({**_wrk_row(GRPC_DOOR, g, round=index, server_cores=1.6, server_cpu_ms_per_image=cost),
+                     "errors": errors})
     lines = {line["figure"]: line for line in headline({"service": {"resnet20": {"runs": runs}}})}
     rounds = 2 if failed_round else 3
     grpc_line = lines[f"V2 gRPC (perf_analyzer)/predict resnet20 (c=32, 1 JPEG/req, median of {rounds} interleaved rounds)"]
     assert grpc_line["value"] == pytest.approx(expected)
     assert grpc_line["met"] is (expected >= 0.9)
+    cpu_line = next(line for figure, line in lines.items() if figure.startswith("  images per server CPU-second, V2 gRPC"))
+    assert cpu_line["value"] == pytest.approx(2.0 / 2.5) and cpu_line["met"] is None  # failed round left out
     report = "\n".join(door_rounds({"service": {"resnet20": {"runs": runs}}}))
     grpc_row = next(line for line in report.splitlines() if "V2 gRPC" in line)
     assert ("failed" in grpc_row) is (failed_round is not None)
-    assert grpc_row.split()[-1] == f"{expected:.2f}", grpc_row  # the last column: median/predict
+    # The last columns: median/predict, the cores per round, CPU ms per image and /predict's over it.
+    assert grpc_row.split()[-8:] == [f"{expected:.2f}", "1.60", "/", "1.60", "/", "1.60", "2.50", "0.80"], grpc_row
 
 
 def test_report_puts_fp32_and_int8_side_by_side() -> None:
@@ -479,3 +493,50 @@ def test_the_h2load_grpc_frame_is_the_model_infer_request_the_service_parses() -
     assert request.model_name == "resnet20-encoded" and [o.name for o in request.outputs] == ["probabilities"]
     assert len(call.inputs) == 1 and call.inputs[0].name == "image_bytes"
     assert request.raw_input_contents[0] == struct.pack("<I", len(jpeg)) + jpeg
+
+
+def test_procstat_counts_this_process_cpu_and_server_cpu_divides_by_images() -> None:
+    """A real busy loop shows up in /proc; the per-phase figures are plain ratios, None where unknown."""
+    import time
+
+    from benchmarks.procstat import cpu_seconds
+    from benchmarks.service_bench import server_cpu
+
+    before = cpu_seconds(os.getpid())
+    assert before is not None
+    spin_until = time.process_time() + 0.3
+    while time.process_time() < spin_until:
+        pass
+    after = cpu_seconds(os.getpid())
+    assert after is not None and after - before >= 0.2
+    assert cpu_seconds(2**22 + 12345) is None  # no such process
+    assert server_cpu(10.0, 13.4, 2.0, 1700.0) == pytest.approx(
+        {"server_cores": 1.7, "server_cpu_ms_per_image": 2.0})
+    assert server_cpu(None, 13.4, 2.0, 1700.0) == {"server_cores": None, "server_cpu_ms_per_image": None}
+    assert server_cpu(10.0, 13.4, 2.0, 0.0)["server_cpu_ms_per_image"] is None
+
+
+@pytest.mark.parametrize(
+    ("raw_rows", "service_ms", "expected"),
+    [
+        # The fastest batch the service may run (<= 32) sets the raw cost: batch 16 here, not 64.
+        ([(8, 70.0, 27.0), (16, 78.0, 25.0), (64, 80.0, 24.0)], 31.25, 25.0 / 31.25),
+        ([(1, 50.0, 40.0)], 40.0, 1.0),
+        ([(16, 78.0, None)], 31.25, None),  # results from before raw recorded its CPU
+        ([(16, 78.0, 25.0)], None, None),
+    ],
+)
+def test_service_raw_cpu_ratio_uses_the_fastest_raw_batch(
+    raw_rows: list[tuple[int, float, float | None]], service_ms: float | None, expected: float | None,
+) -> None:
+    from benchmarks.headline import headline
+
+    raw = {"batches": [{"batch": b, "images_per_s": rate, "latency_ms_mean": 1.0, "latency_ms_p50": 1.0,
+                        "cpu_ms_per_image": cpu, "runs": 3} for b, rate, cpu in raw_rows]}
+    service = _wrk_row("wrk c=32", 60.0, requests_per_s=60.0, server_cpu_ms_per_image=service_ms)
+    lines = headline({"raw": {"resnet50-int8": raw}, "service": {"resnet50-int8": {"runs": [service]}}})
+    found = [line for line in lines if line["figure"].startswith("  CPU per image: raw best batch's over the service's")]
+    if expected is None:
+        assert found == []
+    else:
+        assert [line["value"] for line in found] == [pytest.approx(expected)]
