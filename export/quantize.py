@@ -9,6 +9,11 @@ The recipe below was chosen by measurement on this project's 2-core AVX-512 VNNI
 * QDQ format, uint8 activations, int8 weights (U8S8). int8 activations (S8S8) ran at fp32 speed
   (29.5 img/s ResNet-50, batch 8) because onnxruntime's fast VNNI kernels take unsigned activations;
   QOperator ran as fast as QDQ (105 vs 98 img/s, within noise) and QDQ is what TensorRT reads too.
+* Symmetric int8 weights (zero point 0, quantize_static's default). This CPU also has AMX-INT8, and
+  onnxruntime 1.31 has an AMX kernel for its generic U8S8 GEMM (a 2048^3 MatMulInteger runs it,
+  ``tdpbusd`` hot under perf), but symmetric-weight convolutions take the VNNI "ConvSym" kernels. Asymmetric
+  weights (``WeightSymmetric: False``) still ran VNNI code under perf and measured 64-72 against 66-81
+  img/s (ResNet-50, batch 16, three interleaved rounds); uint8 weights ran at fp32 speed (21-23 img/s).
 * Per-channel weights: CIFAR held-out top-1 agreement with fp32, resnet20/32/44/56, 99.1/98.0/98.7/98.7 %
   against 99.1/97.7/98.1/97.9 % per-tensor: per-tensor fails the 98 % gate on deeper nets.
 * MinMax calibration: Entropy came out identical to MinMax on all four; Percentile (99.999) mixed,
