@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=None, help="JSON file (default bench-results/bench-<time>.json)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per load phase (overrides the mode)")
     parser.add_argument("--no-wrk", action="store_true", help="skip the native wrk client")
+    parser.add_argument("--no-freeze-idle", action="store_true",
+                        help="peers: leave the idle server running during the other's slices (default: SIGSTOP it)")
     return parser
 
 
@@ -135,12 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The service runs beside each peer, and every phase alternates between the two (see runner).
             results["peers"] = {name: {} for name in peers}
             for model in fp32_models:
-                with serving(model, repos[model.name]) as (url, body):
+                with serving(model, repos[model.name]) as (url, body, pgid):
                     for name in peers:
                         log(f"{name} {model.name} (interleaved with the service) ...")
                         results["peers"][name][model.name] = run_peer(
                             peer(name), model, repos[model.name], cache_dir=args.cache_dir, quick=args.quick,
-                            duration=args.duration, paired=Paired(url, body), log=log,
+                            duration=args.duration, log=log,
+                            paired=Paired(url, body, pgid, freeze_idle=not args.no_freeze_idle),
                         )
         if "naive" in suites:
             from benchmarks import naive

@@ -38,25 +38,11 @@ from typing import Any
 from benchmarks import wrk
 from benchmarks.loadgen import bodies
 from benchmarks.peers.base import SPIN_OFF, SPIN_ON, PeerRequest
-from benchmarks.procstat import CLOCK_TICKS, stat_fields
+from benchmarks.procstat import CLOCK_TICKS, group_pids, stat_fields
 from benchmarks.server import free_port, python, running_server
 from benchmarks.workload import DEFAULT_CACHE_DIR, REPO_ROOT, bench_models, model_repository, payloads_for
 
 # --- /proc: per-thread CPU of a process group -------------------------------------------------------
-
-def group_pids(pgid: int) -> list[int]:
-    """Every live process whose process group is ``pgid`` (the server and what it forked)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = stat_fields(entry / "stat")
-            except OSError:
-                continue
-            if int(fields[2]) == pgid:
-                found.append(int(entry.name))
-    return sorted(found)
-
 
 def process_name(pid: int) -> str:
     try:

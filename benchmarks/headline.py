@@ -191,7 +191,26 @@ def peer_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "figure": f"{figure}, vs {name} [{run.get('variant', '-')}]",
                     "value": ratio, "goal": goal, "met": met(ratio),
                 })
+                cpu = _peer_cpu_line(name, run)
+                if cpu:
+                    lines.append(cpu)
     return lines
+
+
+def _peer_cpu_line(name: str, run: dict[str, Any]) -> dict[str, Any] | None:
+    """Images per server CPU-second, service over peer, and the cores each idle server took meanwhile."""
+    ours, theirs = run["service"].get("server_cpu_ms_per_image"), run.get("server_cpu_ms_per_image")
+    if not ours or not theirs:
+        return None
+    idle_peer, idle_service = run["service"].get("beside_cores"), run.get("beside_cores")
+    return {"figure": f"  images per server CPU-second, service over {name} (ms/img {ours:.2f} / {theirs:.2f}; "
+                      f"idle {name} took {_cores(idle_peer)} cores in the service's slices, the idle service "
+                      f"{_cores(idle_service)} in {name}'s)",
+            "value": theirs / ours, "goal": "-", "met": None}
+
+
+def _cores(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
 
 
 def _clean(run: dict[str, Any]) -> bool:

@@ -92,7 +92,7 @@ def render(results: dict[str, Any]) -> str:
                      run.get("images_per_request", 1), run["images_per_s"],
                      run["requests_per_s"], run["p50_ms"], run["p90_ms"], run["p99_ms"], _errors(run),
                      run.get("mean_batch_size"), run.get("load_average_1m"), run.get("server_cores"),
-                     run.get("server_cpu_ms_per_image")]
+                     run.get("server_cpu_ms_per_image"), None]
                 )
     for peer, by_model in results.get("peers", {}).items():
         for name, figures in by_model.items():
@@ -104,14 +104,14 @@ def render(results: dict[str, Any]) -> str:
                          row["images_per_s"],
                          row["requests_per_s"], row["p50_ms"], row["p90_ms"], row["p99_ms"], _errors(row),
                          row.get("mean_batch_size"), row.get("load_average_1m"), row.get("server_cores"),
-                         row.get("server_cpu_ms_per_image")]
+                         row.get("server_cpu_ms_per_image"), row.get("beside_cores")]
                     )
     if load_rows:
         parts.append("\nLOAD over HTTP (real servers on 127.0.0.1, real JPEG uploads; peers serve the same ONNX file)")
         parts.append(
             table(
                 ["server", "model", "precision", "scenario", "img/req", "img/s", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors",
-                 "mean batch", "load 1m", "srv cores", "srv cpu ms/img"],
+                 "mean batch", "load 1m", "srv cores", "srv cpu ms/img", "idle other cores"],
                 load_rows,
             )
         )
@@ -131,6 +131,11 @@ def render(results: dict[str, Any]) -> str:
             parts.append(f"  {name} wrk: {runs['wrk_note']}")
         if runs.get("v2_note"):
             parts.append(f"  {name} V2: {runs['v2_note']}")
+    frozen = [run.get("idle_frozen") for by_model in results.get("peers", {}).values()
+              for figures in by_model.values() for run in figures.get("runs", [])]
+    if frozen:
+        how = "frozen (SIGSTOP of its process group)" if all(frozen) else "left running (--no-freeze-idle)"
+        parts.append(f"  peers: the idle server was {how} during the other's slices")
     for peer, by_model in results.get("peers", {}).items():
         configs = {label: text for figures in by_model.values() for label, text in figures.get("config", {}).items()}
         for label, text in configs.items():

@@ -22,7 +22,7 @@ from benchmarks.phases import (
     plan_for,
     wrk_phases,
 )
-from benchmarks.procstat import cpu_seconds
+from benchmarks.procstat import cpu_seconds, server_cpu
 from benchmarks.prometheus import batch_sizes, snapshot
 from benchmarks.server import free_port, python, running_server
 from benchmarks.workload import BenchModel, payloads_for
@@ -110,19 +110,6 @@ def run(
     }
 
 
-def server_cpu(before: float | None, after: float | None, wall_s: float, images: float) -> dict[str, float | None]:
-    """How many cores the server had during a phase and its CPU milliseconds per image inferred.
-
-    The doors' images/s swing by a third between rounds on this shared box (other tenants take
-    cores: one resnet20 run saw the server get 1.31 cores in one round and 1.71 in the next), while
-    the CPU an image costs the server stays within a few percent; so both go into every row. Warm-up
-    requests count on both sides (CPU and images come from the whole phase)."""
-    if before is None or after is None or wall_s <= 0:
-        return {"server_cores": None, "server_cpu_ms_per_image": None}
-    spent = after - before
-    return {"server_cores": spent / wall_s, "server_cpu_ms_per_image": 1000 * spent / images if images else None}
-
-
 #: Rounds of the door comparison. One phase per door gave ratios that moved by 0.15 between runs on this
 #: shared box (resnet50 gRPC/predict 0.86 in one run, 0.97-1.00 in the next), more than the differences
 #: between the doors; the median of interleaved rounds is what the ratios are taken from. Five, not three:
@@ -181,15 +168,17 @@ def _v2_phases(
 
 
 @contextmanager
-def serving(model: BenchModel, repo: Path) -> Iterator[tuple[str, loadgen.Body]]:
-    """The service with its defaults, running for the block: (predict URL, the single-JPEG body wrk posts).
+def serving(model: BenchModel, repo: Path) -> Iterator[tuple[str, loadgen.Body, int]]:
+    """The service with its defaults, running for the block: (predict URL, the single-JPEG body wrk
+    posts, its process group).
 
     The peers are measured against it slice by slice (``benchmarks/peers/runner.py``)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = Path(tempfile.gettempdir()) / f"bench-service-paired-{model.name}-{port}.log"
-    with running_server([python(), "-m", "service"], service_env(repo, port), f"{base}/health/ready", log_path=log_path):
-        yield f"{base}/predict?model={model.name}&top_k=5", loadgen.bodies(payloads_for(model), 1)[0]
+    with running_server([python(), "-m", "service"], service_env(repo, port), f"{base}/health/ready",
+                        log_path=log_path) as server:
+        yield f"{base}/predict?model={model.name}&top_k=5", loadgen.bodies(payloads_for(model), 1)[0], server.pid
 
 
 def _line(server: str, model: str, row: dict[str, object]) -> str:

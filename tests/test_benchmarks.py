@@ -356,6 +356,42 @@ def test_interleaved_slices_merge_into_one_row() -> None:
     assert row["images_per_s"] == pytest.approx(200.0) and row["requests_ok"] == 2000 and row["seconds"] == 10.0
     assert row["p50_ms"] == 15.0 and row["p99_ms"] == 50.0 and row["errors"] == {"timeout": 2}
     assert row["slices"] == 2 and row["load_average_1m"] == 2.5
+    assert row["server_cores"] is None and row["beside_cores"] is None  # slices without CPU readings
+
+
+@pytest.mark.parametrize(
+    ("cpu_s", "beside_cpu_s", "expected"),
+    [
+        # 9 s of CPU over 5 s of slices and 2,000 images: 1.8 cores, 4.5 ms an image; the idle peer 0.4 cores.
+        ((4.0, 5.0), (1.0, 1.0), {"server_cores": 1.8, "server_cpu_ms_per_image": 4.5, "beside_cores": 0.4}),
+        # One slice could not read the idle server (no such group any more): that figure only is unknown.
+        ((4.0, 5.0), (1.0, None), {"server_cores": 1.8, "server_cpu_ms_per_image": 4.5, "beside_cores": None}),
+        ((None, 5.0), (1.0, 1.0), {"server_cores": None, "server_cpu_ms_per_image": None, "beside_cores": 0.4}),
+    ],
+)
+def test_slices_merge_their_cpu_over_their_wall_time(
+    cpu_s: tuple[float | None, ...], beside_cpu_s: tuple[float | None, ...], expected: dict[str, float | None],
+) -> None:
+    from benchmarks.peers.runner import merge_slices
+
+    slices = [
+        {**_wrk_row("wrk c=32", 0.0), "seconds": 2.5, "requests_ok": ok, "p50_ms": 10.0, "p90_ms": 20.0,
+         "p99_ms": 30.0, "wall_s": 2.5, "cpu_s": cpu, "beside_cpu_s": beside}
+        for ok, cpu, beside in zip((1000, 1000), cpu_s, beside_cpu_s, strict=True)
+    ]
+    row = merge_slices(slices)
+    assert {key: row[key] for key in expected} == pytest.approx(expected)
+
+
+def test_the_peer_headline_adds_cpu_per_image_and_what_the_idle_server_took() -> None:
+    from benchmarks.headline import peer_ratios
+
+    run = _wrk_row("wrk c=32", 18.0, variant="spin on", server_cpu_ms_per_image=110.0, beside_cores=0.05,
+                   service=_wrk_row("wrk c=32", 15.0, server_cpu_ms_per_image=88.0, beside_cores=0.35))
+    lines = peer_ratios({"peers": {"litserve": {"resnet50": {"runs": [run]}}}})
+    cpu = next(line for line in lines if line["figure"].startswith("  images per server CPU-second"))
+    assert cpu["value"] == pytest.approx(110.0 / 88.0) and cpu["met"] is None
+    assert "idle litserve took 0.35 cores in the service's slices, the idle service 0.05" in cpu["figure"]
 
 
 def test_every_plan_gives_the_service_the_peers_wrk_phases() -> None:
@@ -499,8 +535,7 @@ def test_procstat_counts_this_process_cpu_and_server_cpu_divides_by_images() -> 
     """A real busy loop shows up in /proc; the per-phase figures are plain ratios, None where unknown."""
     import time
 
-    from benchmarks.procstat import cpu_seconds
-    from benchmarks.service_bench import server_cpu
+    from benchmarks.procstat import cpu_seconds, group_cpu_seconds, group_pids, server_cpu
 
     before = cpu_seconds(os.getpid())
     assert before is not None
@@ -510,6 +545,12 @@ def test_procstat_counts_this_process_cpu_and_server_cpu_divides_by_images() -> 
     after = cpu_seconds(os.getpid())
     assert after is not None and after - before >= 0.2
     assert cpu_seconds(2**22 + 12345) is None  # no such process
+    # A process group: this test's own (pytest leads it, or shares its parent's); it includes this process.
+    group = os.getpgid(0)
+    assert os.getpid() in group_pids(group)
+    group_cpu = group_cpu_seconds(group)
+    assert group_cpu is not None and group_cpu >= after
+    assert group_cpu_seconds(2**22 + 12345) is None
     assert server_cpu(10.0, 13.4, 2.0, 1700.0) == pytest.approx(
         {"server_cores": 1.7, "server_cpu_ms_per_image": 2.0})
     assert server_cpu(None, 13.4, 2.0, 1700.0) == {"server_cores": None, "server_cpu_ms_per_image": None}
@@ -540,3 +581,30 @@ def test_service_raw_cpu_ratio_uses_the_fastest_raw_batch(
         assert found == []
     else:
         assert [line["value"] for line in found] == [pytest.approx(expected)]
+
+
+def test_paused_freezes_a_process_group_and_lets_it_go_on() -> None:
+    """A real busy child in its own session: frozen, it takes no CPU and shows state T; afterwards it runs."""
+    import time
+
+    from benchmarks.procstat import group_cpu_seconds, stat_fields
+    from benchmarks.server import paused
+
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+    try:
+        time.sleep(0.3)
+        with paused(child.pid):
+            time.sleep(0.1)  # SIGSTOP lands asynchronously
+            frozen_at = group_cpu_seconds(child.pid)
+            time.sleep(0.5)
+            assert stat_fields(Path(f"/proc/{child.pid}/stat"))[0] == "T"
+            assert group_cpu_seconds(child.pid) == frozen_at
+        time.sleep(0.5)
+        assert stat_fields(Path(f"/proc/{child.pid}/stat"))[0] in ("R", "S")
+        resumed = group_cpu_seconds(child.pid)
+        assert resumed is not None and frozen_at is not None and resumed > frozen_at
+        with paused(None):  # nothing to freeze: the block just runs
+            pass
+    finally:
+        child.kill()
+        child.wait()

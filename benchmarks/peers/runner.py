@@ -26,7 +26,8 @@ from benchmarks.loadgen import Body
 from benchmarks.peers import venv
 from benchmarks.peers.base import Peer, PeerRequest, check_scores
 from benchmarks.phases import PEER_CONCURRENCY, phase_seconds, plan_for
-from benchmarks.server import ServerFailed, running_server
+from benchmarks.procstat import group_cpu_seconds
+from benchmarks.server import ServerFailed, paused, running_server
 from benchmarks.workload import BenchModel, payloads_for
 from service.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from service.preprocess import preprocess_image
@@ -63,6 +64,10 @@ class Paired:
 
     url: str
     body: Body
+    #: The service's process group (its pid): each slice also reads how much CPU the idle one took.
+    pgid: int | None = None
+    #: Freeze the idle server (SIGSTOP its process group) during the other's slices.
+    freeze_idle: bool = True
 
 
 def run(
@@ -94,7 +99,7 @@ def run(
             log_path = Path(tempfile.gettempdir()) / f"bench-{peer.name}-{model.name}-{variant.label.replace(' ', '-')}.log"
             try:
                 with running_server(launch.argv, launch.env, launch.ready_url, log_path=log_path,
-                                    timeout_s=launch.timeout_s, cwd=launch.cwd):
+                                    timeout_s=launch.timeout_s, cwd=launch.cwd) as server:
                     problem = _check(peer, launch.infer_url, request, expected)
                     if problem:
                         raise venv.PeerUnavailable(f"wrong answer: {problem}")
@@ -107,9 +112,11 @@ def run(
                         seconds = phase_seconds(plan, concurrency) / rounds
                         ours, theirs = [], []
                         for _ in range(rounds):
-                            ours.append(_wrk(paired.url, service, concurrency=concurrency, seconds=seconds))
+                            ours.append(_slice(paired.url, service, concurrency, seconds, paired.pgid, server.pid,
+                                               freeze=paired.freeze_idle))
                             _drain(paired.url, service)
-                            theirs.append(_wrk(launch.infer_url, request, concurrency=concurrency, seconds=seconds))
+                            theirs.append(_slice(launch.infer_url, request, concurrency, seconds, server.pid,
+                                                 paired.pgid, freeze=paired.freeze_idle))
                             _drain(launch.infer_url, request)
                         row = merge_slices(theirs)
                         row["variant"] = variant.label
@@ -137,7 +144,7 @@ def merge_slices(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for r in rows:
         for name, count in (r.get("errors") or {}).items():
             errors[name] = errors.get(name, 0) + int(count)
-    return {
+    merged = {
         "scenario": rows[0]["scenario"], "images_per_request": rows[0]["images_per_request"],
         "seconds": round(seconds, 2), "requests_ok": ok,
         "requests_per_s": ok / seconds if seconds else 0.0, "images_per_s": images / seconds if seconds else 0.0,
@@ -145,7 +152,47 @@ def merge_slices(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "p90_ms": max(float(r["p90_ms"]) for r in rows), "p99_ms": max(float(r["p99_ms"]) for r in rows),
         "errors": errors, "slices": len(rows),
         "load_average_1m": max(float(r.get("load_average_1m") or 0.0) for r in rows),
+        "idle_frozen": all(bool(r.get("idle_frozen")) for r in rows),
     }
+    return {**merged, **_merged_cpu(rows, images)}
+
+
+def _slice(
+    url: str, request: PeerRequest, concurrency: int, seconds: float, measured: int | None, beside: int | None,
+    *, freeze: bool,
+) -> dict[str, object]:
+    """One wrk slice, with the CPU of the measured server's process group and of the idle one beside it,
+    which ``freeze`` stops for the slice (see ``benchmarks.server.paused``).
+
+    The idle one matters: a peer whose idle processes poll (LitServe's worker loop, say) takes cores
+    from the service's slices, so its CPU during them is part of what the ratio measured."""
+    def cpu(pgid: int | None) -> float | None:
+        return group_cpu_seconds(pgid) if pgid is not None else None
+
+    with paused(beside if freeze else None):
+        before, beside_before, started = cpu(measured), cpu(beside), time.monotonic()
+        row = _wrk(url, request, concurrency=concurrency, seconds=seconds)
+        after, beside_after, wall = cpu(measured), cpu(beside), time.monotonic() - started
+    row["idle_frozen"] = freeze and beside is not None
+    row["cpu_s"] = after - before if after is not None and before is not None else None
+    row["beside_cpu_s"] = beside_after - beside_before if beside_after is not None and beside_before is not None else None
+    row["wall_s"] = wall
+    return row
+
+
+def _merged_cpu(rows: list[dict[str, Any]], images: int) -> dict[str, float | None]:
+    """Cores and CPU ms per image over the slices' summed wall time; None where a slice could not say."""
+    wall = sum(float(r.get("wall_s") or 0.0) for r in rows)
+    spent = [r.get("cpu_s") for r in rows]
+    beside = [r.get("beside_cpu_s") for r in rows]
+    figures: dict[str, float | None] = {"server_cores": None, "server_cpu_ms_per_image": None, "beside_cores": None}
+    if wall > 0 and all(value is not None for value in spent):
+        total = sum(float(value) for value in spent)  # type: ignore[arg-type]
+        figures["server_cores"] = total / wall
+        figures["server_cpu_ms_per_image"] = 1000 * total / images if images else None
+    if wall > 0 and all(value is not None for value in beside):
+        figures["beside_cores"] = sum(float(value) for value in beside) / wall  # type: ignore[arg-type]
+    return figures
 
 
 def _drain(url: str, request: PeerRequest) -> None:
