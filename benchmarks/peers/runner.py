@@ -4,7 +4,8 @@ Each variant (onnxruntime spinning on/off) gets a fresh server: start, check tha
 in-process onnxruntime on the same crop, warm up with discarded load, then ``wrk`` at concurrency 1
 and 32 with one JPEG per request. The service runs all along (started by the caller), and each phase
 alternates between the two in slices, service then peer, ``ROUNDS`` times: on a shared machine whose
-load drifts by the minute, both see the same machine, so the ratio compares like with like.
+load drifts by the minute, both see the same machine, so the ratio compares like with like. The idle
+one is frozen meanwhile (``Paired.freeze_idle``), and each slice records both servers' CPU.
 Anything that fails (install, start, a wrong answer) is recorded with its reason and the run carries on.
 """
 
