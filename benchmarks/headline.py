@@ -203,9 +203,9 @@ def _peer_cpu_line(name: str, run: dict[str, Any]) -> dict[str, Any] | None:
     if not ours or not theirs:
         return None
     idle_peer, idle_service = run["service"].get("beside_cores"), run.get("beside_cores")
-    return {"figure": f"  images per server CPU-second, service over {name} (ms/img {ours:.2f} / {theirs:.2f}; "
-                      f"idle {name} took {_cores(idle_peer)} cores in the service's slices, the idle service "
-                      f"{_cores(idle_service)} in {name}'s)",
+    return {"figure": f"  images per server CPU-second, service over {name} (ms/img: {name} {theirs:.2f}, service "
+                      f"{ours:.2f}; idle {name} took {_cores(idle_peer)} cores in the service's slices, the idle "
+                      f"service {_cores(idle_service)} in {name}'s)",
             "value": theirs / ours, "goal": "-", "met": None}
 
 

@@ -131,10 +131,12 @@ def render(results: dict[str, Any]) -> str:
             parts.append(f"  {name} wrk: {runs['wrk_note']}")
         if runs.get("v2_note"):
             parts.append(f"  {name} V2: {runs['v2_note']}")
-    frozen = [run.get("idle_frozen") for by_model in results.get("peers", {}).values()
-              for figures in by_model.values() for run in figures.get("runs", [])]
-    if frozen:
-        how = "frozen (SIGSTOP of its process group)" if all(frozen) else "left running (--no-freeze-idle)"
+    frozen = {run["idle_frozen"] for by_model in results.get("peers", {}).values()
+              for figures in by_model.values() for run in figures.get("runs", []) if "idle_frozen" in run}
+    if frozen:  # results from before the freeze carry no such key and get no line
+        how = {frozenset({True}): "frozen (SIGSTOP of its process group)",
+               frozenset({False}): "left running (--no-freeze-idle, or it could not be stopped)"}.get(
+            frozenset(frozen), "frozen in some slices and not in others")
         parts.append(f"  peers: the idle server was {how} during the other's slices")
     for peer, by_model in results.get("peers", {}).items():
         configs = {label: text for figures in by_model.values() for label, text in figures.get("config", {}).items()}

@@ -77,22 +77,24 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def paused(pgid: int | None) -> Iterator[None]:
-    """Stop every process of group ``pgid`` (SIGSTOP) for the block, then let it go on (SIGCONT).
+def paused(pgid: int | None) -> Iterator[bool]:
+    """Stop every process of group ``pgid`` (SIGSTOP) for the block, then let it go on (SIGCONT); the
+    block gets whether the group was stopped.
 
     The peer benchmark freezes the idle server while the other is measured: an idle LitServe took
     0.19-0.22 of this box's two cores during the service's slices (its worker polls), the idle
-    service none; frozen, neither can take the other's cores. SIGCONT is sent however the block ends."""
+    service none; frozen, neither can take the other's cores. SIGCONT is sent however the block ends
+    (a harness killed by SIGKILL leaves the group stopped, as it would leave it running before)."""
     if pgid is None:
-        yield
+        yield False
         return
     try:
         os.killpg(pgid, signal.SIGSTOP)
     except (ProcessLookupError, PermissionError):
-        yield
+        yield False
         return
     try:
-        yield
+        yield True
     finally:
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGCONT)
