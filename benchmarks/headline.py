@@ -6,7 +6,7 @@ import statistics
 from typing import Any
 
 from benchmarks.phases import DOORS, PEER_CONCURRENCY, PREDICT_DOOR
-from benchmarks.raw import batch1_latency_ms, ceiling
+from benchmarks.raw import batch1_latency_ms, ceiling, fastest_batch
 
 #: The service's default MAX_BATCH_SIZE: raw is compared at batch sizes the service can run.
 SERVICE_MAX_BATCH = 32
@@ -101,30 +101,30 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
     return lines
 
 
+def _door_figures(runs: list[dict[str, Any]], scenario: str, key: str) -> list[float]:
+    """``key`` of the clean one-image rows of ``scenario`` (one per door round) that recorded it."""
+    return [r[key] for r in runs
+            if r["scenario"] == scenario and r.get("images_per_request", 1) == 1 and _clean(r) and r.get(key)]
+
+
 def median_rate(runs: list[dict[str, Any]], scenario: str) -> tuple[float | None, int]:
-    """The median images/s of the clean one-image rows of ``scenario`` (one per door round), and how many."""
-    rates = [r["images_per_s"] for r in runs
-             if r["scenario"] == scenario and r.get("images_per_request", 1) == 1 and _clean(r)]
+    """The median images/s of the clean one-image rows of ``scenario``, and how many."""
+    rates = _door_figures(runs, scenario, "images_per_s")
     return (statistics.median(rates) if rates else None), len(rates)
 
 
 def median_cpu_ms(runs: list[dict[str, Any]], scenario: str) -> float | None:
     """The median server CPU ms per image of the clean one-image rows of ``scenario``."""
-    costs = [r["server_cpu_ms_per_image"] for r in runs
-             if r["scenario"] == scenario and r.get("images_per_request", 1) == 1 and _clean(r)
-             and r.get("server_cpu_ms_per_image")]
+    costs = _door_figures(runs, scenario, "server_cpu_ms_per_image")
     return statistics.median(costs) if costs else None
 
 
 def _raw_cpu_over_service(raw: dict[str, Any] | None, service_row: dict[str, Any] | None) -> float | None:
-    """CPU ms per image of raw's fastest batch (within the service's) over the service row's: 1.0 = no overhead."""
+    """CPU ms per image of raw's fastest batch (the one service/raw divides by) over the service row's."""
     if not raw or not service_row or not service_row.get("server_cpu_ms_per_image"):
         return None
-    rows = [r for r in raw["batches"] if r["batch"] <= SERVICE_MAX_BATCH and r.get("cpu_ms_per_image")]
-    if not rows:
-        return None
-    fastest = max(rows, key=lambda r: r["images_per_s"])
-    return float(fastest["cpu_ms_per_image"]) / float(service_row["server_cpu_ms_per_image"])
+    raw_ms = fastest_batch(raw, SERVICE_MAX_BATCH).get("cpu_ms_per_image")  # absent in results from before
+    return float(raw_ms) / float(service_row["server_cpu_ms_per_image"]) if raw_ms else None
 
 
 def _best_raw(raw: dict[str, Any]) -> float:

@@ -55,8 +55,8 @@ def server_cpu(before: float | None, after: float | None, wall_s: float, images:
     """How many cores the server had during a phase and its CPU milliseconds per image inferred.
 
     The doors' images/s swing by a third between rounds on this shared box (other tenants take
-    cores: one resnet20 run saw the server get 1.31 cores in one round and 1.71 in the next), while
-    the CPU an image costs the server stays within a few percent; so both go into every row. Warm-up
+    cores: one resnet20 run gave the server 1.34 cores in one gRPC round and 1.66 in another), while
+    the CPU an image costs the server moves by a few percent; so both go into every row. Warm-up
     requests count on both sides (CPU and images come from the whole phase)."""
     if before is None or after is None or wall_s <= 0:
         return {"server_cores": None, "server_cpu_ms_per_image": None}

@@ -86,10 +86,15 @@ def run(model: BenchModel, repo: Path, *, quick: bool, log: Callable[[str], None
     }
 
 
-def ceiling(raw: dict[str, object], max_batch_size: int) -> float:
-    """Best raw images/s at any batch size the service may run (<= its max batch size)."""
+def fastest_batch(raw: dict[str, object], max_batch_size: int) -> dict[str, float]:
+    """The raw row with the best images/s among the batch sizes the service may run (<= its max batch size)."""
     rows = [row for row in raw["batches"] if row["batch"] <= max_batch_size]  # type: ignore[union-attr]
-    return max(row["images_per_s"] for row in rows)
+    return max(rows, key=lambda row: row["images_per_s"])
+
+
+def ceiling(raw: dict[str, object], max_batch_size: int) -> float:
+    """Best raw images/s at any batch size the service may run."""
+    return fastest_batch(raw, max_batch_size)["images_per_s"]
 
 
 def batch1_latency_ms(raw: dict[str, object]) -> float:

@@ -27,7 +27,7 @@ from benchmarks.loadgen import Body
 from benchmarks.peers import venv
 from benchmarks.peers.base import Peer, PeerRequest, check_scores
 from benchmarks.phases import PEER_CONCURRENCY, phase_seconds, plan_for
-from benchmarks.procstat import group_cpu_seconds
+from benchmarks.procstat import group_cpu_seconds, server_cpu
 from benchmarks.server import ServerFailed, paused, running_server
 from benchmarks.workload import BenchModel, payloads_for
 from service.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
@@ -186,16 +186,13 @@ def _slice(
 def _merged_cpu(rows: list[dict[str, Any]], images: int) -> dict[str, float | None]:
     """Cores and CPU ms per image over the slices' summed wall time; None where a slice could not say."""
     wall = sum(float(r.get("wall_s") or 0.0) for r in rows)
-    spent = [r.get("cpu_s") for r in rows]
-    beside = [r.get("beside_cpu_s") for r in rows]
-    figures: dict[str, float | None] = {"server_cores": None, "server_cpu_ms_per_image": None, "beside_cores": None}
-    if wall > 0 and all(value is not None for value in spent):
-        total = sum(float(value) for value in spent)  # type: ignore[arg-type]
-        figures["server_cores"] = total / wall
-        figures["server_cpu_ms_per_image"] = 1000 * total / images if images else None
-    if wall > 0 and all(value is not None for value in beside):
-        figures["beside_cores"] = sum(float(value) for value in beside) / wall  # type: ignore[arg-type]
-    return figures
+
+    def total(key: str) -> float | None:
+        values = [r.get(key) for r in rows]
+        return None if None in values else sum(float(v) for v in values)
+
+    beside = server_cpu(0.0, total("beside_cpu_s"), wall, images)["server_cores"]
+    return {**server_cpu(0.0, total("cpu_s"), wall, images), "beside_cores": beside}
 
 
 def _drain(url: str, request: PeerRequest) -> None:
