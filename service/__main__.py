@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.logs import configure_logging
-from service.memory import configure_malloc
+from service.memory import configure_malloc, configure_pillow
 from service.settings import ENV_PREFIX, Settings
 from service.state import ServiceState
 
@@ -95,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = settings_from(argv)
     configure_logging(settings.log_level, settings.log_format)
     configure_malloc()  # before any request: big bodies stay on mmap and go back to the OS when freed
+    configure_pillow(settings.decode_threads)  # decoded images reuse freed blocks instead of fresh mmaps
     app = create_app(settings)
     config = uvicorn.Config(
         app,

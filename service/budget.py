@@ -105,12 +105,13 @@ CONNECTION_BUFFER_BYTES = 64 * 1024
 
 
 def rss_bound(idle_rss: int, *, max_inflight_bytes: int, max_inflight_pixels: int, max_image_pixels: int,
-              limit_concurrency: int, queued_crop_bytes: int) -> int:
+              limit_concurrency: int, queued_crop_bytes: int, image_cache_bytes: int) -> int:
     """The most a serving process should hold under any mix of requests (the README states it).
 
     ``idle_rss`` is the process after loading and warming its models (onnxruntime's arenas at the
     largest batch are in it); ``queued_crop_bytes`` is the sum over served versions of their queue
-    size times one model input (side x side x 3 uint8 bytes), the decoded crops waiting for a batch.
+    size times one model input (side x side x 3 uint8 bytes), the decoded crops waiting for a batch;
+    ``image_cache_bytes`` the freed image blocks Pillow keeps for reuse (``service.memory.pillow_cache_bytes``).
     """
     return int(
         idle_rss
@@ -118,4 +119,5 @@ def rss_bound(idle_rss: int, *, max_inflight_bytes: int, max_inflight_pixels: in
         + BYTES_PER_DECODED_PIXEL * max(max_inflight_pixels, max_image_pixels)
         + CONNECTION_BUFFER_BYTES * limit_concurrency
         + queued_crop_bytes
+        + image_cache_bytes
     )

@@ -1,4 +1,5 @@
-"""glibc malloc tuning so request bursts do not ratchet RSS up for good.
+"""glibc malloc and Pillow allocator tuning: request bursts must not ratchet RSS up for good, and a
+decoded photo must not cost a fresh mmap each time.
 
 glibc serves large allocations (request bodies, decoded photos) with mmap and returns them at free,
 but its *dynamic* mmap threshold rises to the size of every such block freed, up to 32 MiB: after the
@@ -14,6 +15,8 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+
+from PIL import Image
 
 log = logging.getLogger("service.memory")
 
@@ -56,6 +59,35 @@ def configure_malloc(arena_max: int = 0) -> bool:
     if not ok:
         log.warning("mallopt refused the memory settings; RSS may stay high after bursts")
     return ok
+
+
+#: Pillow's image blocks: at most this many bytes each (its default is 16 MiB) ...
+PILLOW_BLOCK_BYTES = 1024 * 1024
+#: ... and this many freed blocks kept for reuse per decode thread (its default keeps none). A 500x375
+#: photo holds four blocks through decode, resize and crop (Pillow stores RGB as 4 bytes a pixel: 750,
+#: 511, 349 and 200 KB), the first three over the pinned mmap threshold: without a cache each was a
+#: fresh mmap whose pages fault in on first touch. Measured on one thread (``configure_pillow(2)`` against
+#: none, five alternating runs, medians): 500x375 JPEGs 486 -> 117 minor faults, 0.74 -> 0.22 ms of
+#: system time and 4.29 -> 3.83 ms of CPU per image for decode + resize + crop; 2048x1536 JPEGs 3,745 ->
+#: 386 faults, 8.4 -> 1.0 ms system, 43.4 -> 31.7 ms CPU.
+PILLOW_BLOCKS_PER_DECODE_THREAD = 8
+
+
+def pillow_cache_bytes(decode_threads: int) -> int:
+    """The most freed image memory Pillow keeps for reuse (a term of ``service.budget.rss_bound``)."""
+    return PILLOW_BLOCKS_PER_DECODE_THREAD * max(1, decode_threads) * PILLOW_BLOCK_BYTES
+
+
+def configure_pillow(decode_threads: int) -> int:
+    """Let Pillow reuse freed image blocks instead of unmapping them; returns the bytes it may keep.
+
+    These are the allocator settings Pillow documents as ``PILLOW_BLOCK_SIZE`` and ``PILLOW_BLOCKS_MAX``
+    (read from the environment only when Pillow is imported, hence the calls). A block going back to the
+    cache is shrunk to the block size, so the cache holds at most :func:`pillow_cache_bytes`.
+    """
+    Image.core.set_block_size(PILLOW_BLOCK_BYTES)
+    Image.core.set_blocks_max(PILLOW_BLOCKS_PER_DECODE_THREAD * max(1, decode_threads))
+    return pillow_cache_bytes(decode_threads)
 
 
 #: Allocations between young-generation collections (CPython's default is 700). A request allocates a

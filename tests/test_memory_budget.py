@@ -28,6 +28,7 @@ from PIL import Image
 from server import link_repository, run_server
 
 from service.budget import rss_bound
+from service.memory import pillow_cache_bytes
 from service.settings import Settings
 
 ATTACKERS = 500
@@ -142,7 +143,7 @@ def test_500_maximal_uploads_held_open_stay_within_the_memory_bound(model_repo: 
     bound = rss_bound(
         before, max_inflight_bytes=defaults.max_inflight_bytes, max_inflight_pixels=defaults.max_inflight_pixels,
         max_image_pixels=defaults.max_image_pixels, limit_concurrency=defaults.limit_concurrency,
-        queued_crop_bytes=queued_crop_bytes,
+        queued_crop_bytes=queued_crop_bytes, image_cache_bytes=pillow_cache_bytes(defaults.decode_threads),
     )
     print(
         f"\nRSS before {before / MB:.0f} MB, peak {peak / MB:.0f} MB (bound {bound / MB:.0f} MB), after {after / MB:.0f} MB;"
