@@ -66,16 +66,20 @@ PILLOW_BLOCK_BYTES = 1024 * 1024
 #: ... and this many freed blocks kept for reuse per decode thread (its default keeps none). A 500x375
 #: photo holds four blocks through decode, resize and crop (Pillow stores RGB as 4 bytes a pixel: 750,
 #: 511, 349 and 200 KB), the first three over the pinned mmap threshold: without a cache each was a
-#: fresh mmap whose pages fault in on first touch. Measured on one thread (``configure_pillow(2)`` against
-#: none, five alternating runs, medians): 500x375 JPEGs 486 -> 117 minor faults, 0.74 -> 0.22 ms of
-#: system time and 4.29 -> 3.83 ms of CPU per image for decode + resize + crop; 2048x1536 JPEGs 3,745 ->
-#: 386 faults, 8.4 -> 1.0 ms system, 43.4 -> 31.7 ms CPU.
+#: fresh mmap whose pages fault in on first touch. Measured through ``/predict`` (INT8 ResNet-50, wrk at
+#: 32 clients, both servers up and the idle one frozen, alternating rounds): 2048x1536 JPEGs 3,606 -> 565
+#: faults, 11.3 -> 2.1 ms of system time and 86 -> 76 ms of CPU per image, 22.0 -> 24.6 img/s (three
+#: rounds each); 500x375 JPEGs 264 -> 192 faults, no change in img/s the noise would show (four rounds).
 PILLOW_BLOCKS_PER_DECODE_THREAD = 8
+
+
+def pillow_cache_blocks(decode_threads: int) -> int:
+    return PILLOW_BLOCKS_PER_DECODE_THREAD * max(1, decode_threads)
 
 
 def pillow_cache_bytes(decode_threads: int) -> int:
     """The most freed image memory Pillow keeps for reuse (a term of ``service.budget.rss_bound``)."""
-    return PILLOW_BLOCKS_PER_DECODE_THREAD * max(1, decode_threads) * PILLOW_BLOCK_BYTES
+    return pillow_cache_blocks(decode_threads) * PILLOW_BLOCK_BYTES
 
 
 def configure_pillow(decode_threads: int) -> int:
@@ -86,7 +90,7 @@ def configure_pillow(decode_threads: int) -> int:
     cache is shrunk to the block size, so the cache holds at most :func:`pillow_cache_bytes`.
     """
     Image.core.set_block_size(PILLOW_BLOCK_BYTES)
-    Image.core.set_blocks_max(PILLOW_BLOCKS_PER_DECODE_THREAD * max(1, decode_threads))
+    Image.core.set_blocks_max(pillow_cache_blocks(decode_threads))
     return pillow_cache_bytes(decode_threads)
 
 

@@ -10,7 +10,13 @@ import pytest
 from conftest import SHARED_DIR
 from PIL import Image
 
-from service.memory import PILLOW_BLOCK_BYTES, PILLOW_BLOCKS_PER_DECODE_THREAD, configure_pillow, pillow_cache_bytes
+from service.memory import (
+    PILLOW_BLOCK_BYTES,
+    PILLOW_BLOCKS_PER_DECODE_THREAD,
+    configure_pillow,
+    pillow_cache_blocks,
+    pillow_cache_bytes,
+)
 from service.model_card import Preprocessing
 from service.preprocess import preprocess_image
 
@@ -31,7 +37,7 @@ def pillow_defaults() -> Iterator[None]:
 
 @pytest.mark.parametrize(("decode_threads", "blocks"), [(0, 8), (1, 8), (2, 16), (16, 128)])
 def test_the_cache_is_bounded_by_the_decode_threads(decode_threads: int, blocks: int) -> None:
-    assert blocks == PILLOW_BLOCKS_PER_DECODE_THREAD * max(1, decode_threads)
+    assert pillow_cache_blocks(decode_threads) == blocks
     assert pillow_cache_bytes(decode_threads) == blocks * PILLOW_BLOCK_BYTES
 
 
@@ -48,7 +54,7 @@ def test_decodes_reuse_freed_blocks_and_give_the_same_pixels(size: tuple[int, in
 
     kept = configure_pillow(2)
     assert kept == pillow_cache_bytes(2)
-    assert Image.core.get_blocks_max() == 2 * PILLOW_BLOCKS_PER_DECODE_THREAD
+    assert Image.core.get_blocks_max() == pillow_cache_blocks(2) == 2 * PILLOW_BLOCKS_PER_DECODE_THREAD
     assert Image.core.get_block_size() == PILLOW_BLOCK_BYTES
     preprocess_image(data, IMAGENET)  # fills the cache
     before = Image.core.get_stats()
