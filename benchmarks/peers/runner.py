@@ -177,10 +177,14 @@ def _slice(
         # servers alike; a partial batch in a 10 s resnet50 slice is a few percent).
         after, beside_after, wall = cpu(measured), cpu(beside), time.monotonic() - started
     row["idle_frozen"] = frozen
-    row["cpu_s"] = after - before if after is not None and before is not None else None
-    row["beside_cpu_s"] = beside_after - beside_before if beside_after is not None and beside_before is not None else None
+    row["cpu_s"] = _spent(before, after)
+    row["beside_cpu_s"] = _spent(beside_before, beside_after)
     row["wall_s"] = wall
     return row
+
+
+def _spent(before: float | None, after: float | None) -> float | None:
+    return after - before if after is not None and before is not None else None
 
 
 def _merged_cpu(rows: list[dict[str, Any]], images: int) -> dict[str, float | None]:
@@ -188,8 +192,8 @@ def _merged_cpu(rows: list[dict[str, Any]], images: int) -> dict[str, float | No
     wall = sum(float(r.get("wall_s") or 0.0) for r in rows)
 
     def total(key: str) -> float | None:
-        values = [r.get(key) for r in rows]
-        return None if None in values else sum(float(v) for v in values)
+        known = [float(r[key]) for r in rows if r.get(key) is not None]
+        return sum(known) if len(known) == len(rows) else None
 
     beside = server_cpu(0.0, total("beside_cpu_s"), wall, images)["server_cores"]
     return {**server_cpu(0.0, total("cpu_s"), wall, images), "beside_cores": beside}
