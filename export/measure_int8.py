@@ -278,7 +278,8 @@ def speed_table(repos: dict[str, Path], runs: int) -> list[dict[str, object]]:
 
 
 def _open(repo: Path) -> LoadedModel:
-    (entry,) = scan_repository(repo)
+    (folder,) = scan_repository(repo).values()
+    entry = folder.versions[max(folder.versions)]
     return load_model(entry, Settings(model_dir=repo, max_batch_size=32, warmup=False, providers="auto"))
 
 

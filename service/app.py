@@ -189,7 +189,7 @@ def _version_info(version: ServedVersion) -> dict[str, Any]:
         "input_size": [side, side, 3],
         "preprocessing": card.preprocessing.model_dump(mode="json"),
         "precision": card.export.precision,
-        "verification": _verification_summary(card),
+        "verification": _verification_summary(card, model.int8_exact),
         "requested_providers": model.requested_providers,
         "active_providers": model.active_providers,
         "gpu_fallback": model.gpu_fallback,
@@ -230,8 +230,9 @@ def _refused(served: ServedModel) -> list[dict[str, Any]]:
 _SHOWN_FIGURES = ("top1_agreement", "max_abs_diff", "images", "passed", "skipped", "reference")
 
 
-def _verification_summary(card: ModelCard) -> dict[str, Any]:
-    """What export measured: for INT8, the accuracy gate on held-out images against the fp32 reference."""
+def _verification_summary(card: ModelCard, int8_exact: bool | None) -> dict[str, Any]:
+    """What export measured: for INT8, the accuracy gate on held-out images against the fp32 reference,
+    and whether this CPU computes the file as the gate did (``exact_on_this_cpu``, see ``LoadedModel``)."""
     summary = {key: card.verification[key] for key in _SHOWN_FIGURES if key in card.verification}
     quantization = card.export.quantization
     if quantization is not None:
@@ -243,6 +244,8 @@ def _verification_summary(card: ModelCard) -> dict[str, Any]:
                 "holdout_images": quantization.holdout_images,
                 "calibration_images": quantization.calibration_images,
                 "reference": quantization.reference,
+                "weight_bits": quantization.weight_bits,
+                "exact_on_this_cpu": int8_exact,
             }
         )
     return summary

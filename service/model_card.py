@@ -68,8 +68,16 @@ class Quantization(BaseModel):
     format: str = Field(default="QDQ", description="ONNX representation: QDQ or QOperator.")
     activations: str = Field(default="uint8", description="Activation type.")
     weights: str = Field(default="int8", description="Weight type.")
+    weight_bits: int = Field(
+        default=8, ge=2, le=8,
+        description="Range the int8 weights use: 7 ([-64, 64]) computes exactly on every x86 CPU; 8 (files "
+        "from before the field existed) saturates in onnxruntime's kernels on CPUs without VNNI.",
+    )
     per_channel: bool = True
     calibration_method: str = Field(default="MinMax", description="MinMax, Entropy or Percentile.")
+    calibration_moving_average: bool = Field(
+        default=False, description="MinMax ranges averaged over the calibration batches instead of their extremes."
+    )
     calibration_images: int = Field(ge=1, description="Images the activation ranges were calibrated on.")
     calibration_source: str = Field(description="Where the calibration images came from.")
     calibration_sha256: str = Field(description="SHA-256 over the calibration files' bytes, in order.")

@@ -110,6 +110,9 @@ def test_int8_accuracy_through_http_equals_onnxruntime(
         gate = int8_info["verification"]
         assert gate["top1_agreement"] >= gate["min_agreement"] >= MIN_AGREEMENT
         assert gate["holdout_images"] >= 50 and gate["calibration_images"] >= 1 and gate["max_abs_diff"] > 0
+        # 7-bit weights compute on this CPU exactly what the gate measured, VNNI or not.
+        assert gate["weight_bits"] == 7 and gate["exact_on_this_cpu"] is True
+        assert "exact_on_this_cpu" not in fp32_info["verification"]
         assert int8_info["versions"][0]["precision"] == "int8"
         for name, found in answers.items():
             for start in range(0, len(files), REQUEST_IMAGES):
@@ -132,10 +135,11 @@ def test_int8_card_records_precision_quantization_and_the_gate(repo: Path) -> No
     assert card.export.precision == "int8" and card.architecture == "resnet20"
     q = card.export.quantization
     assert q is not None
-    assert (q.format, q.activations, q.weights, q.per_channel, q.calibration_method) == (
+    assert (q.format, q.activations, q.weights, q.weight_bits, q.per_channel, q.calibration_method) == (
         "QDQ",
         "uint8",
         "int8",
+        7,
         True,
         "MinMax",
     )
@@ -159,6 +163,22 @@ def test_int8_card_records_precision_quantization_and_the_gate(repo: Path) -> No
     assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert path.stat().st_size < model_file(repo, "resnet20").stat().st_size / 2
+    # 7-bit weights (onnxruntime's symmetric reduced range is [-64, 64]): no pair of products passes
+    # 255 x 64 x 2 = 32,640, so no CPU's kernel saturates (test_int8_kernels.py).
+    weights = quantized_weights(graph)
+    assert len(weights) >= 19  # resnet20's convolutions
+    assert all(int(np.abs(w).max()) == 64 for w in weights.values())  # each channel's range used, none wider
+
+
+def quantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The int8 initializers that DequantizeLinear nodes read (the quantized weights), by name."""
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        tensor = initializers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if tensor is not None and tensor.data_type == onnx.TensorProto.INT8:
+            found[tensor.name] = onnx.numpy_helper.to_array(tensor)
+    return found
 
 
 def test_rerun_is_unchanged_and_other_calibration_is_a_new_version(tmp_path: Path) -> None:
@@ -351,4 +371,5 @@ def test_card_contract_old_cards_still_parse_and_int8_needs_its_record() -> None
         ModelCard.from_metadata(_card_props(precision="fp32", quantization=record))
     card = ModelCard.from_metadata(_card_props(precision="int8", quantization=record))
     assert card.export.quantization.top1_agreement == 1.0
+    assert card.export.quantization.weight_bits == 8  # a file from before the field: full-range weights
     assert ModelCard.from_metadata(card.to_metadata()) == card
