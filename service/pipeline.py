@@ -24,7 +24,8 @@ from service.budget import BodyLease
 from service.errors import ServiceError
 from service.manager import ServedVersion
 from service.parsing import shown
-from service.preprocess import decode_opened, open_image, preprocess_image
+from service.model_card import Preprocessing
+from service.preprocess import OpenedImage, decode_opened, open_image, preprocess_image
 
 if TYPE_CHECKING:
     from service.state import ServiceState
@@ -225,10 +226,12 @@ class Pipeline:
         preprocessing = served.model.card.preprocessing
         max_pixels = self.settings.max_image_pixels
         draft = self.settings.jpeg_draft
+        fast = self.settings.fast_jpeg and not draft
         hold = self.state.pixel_budget.hold
         if len(images) == 1:
             try:
-                opened = open_image(images.blobs[0], max_pixels=max_pixels)  # the header only: ~30 us
+                # The header only: ~2 us for a plain JPEG, ~30 us through Pillow.
+                opened = open_image(images.blobs[0], max_pixels=max_pixels, fast_jpeg=fast)
                 if opened.width * opened.height <= INLINE_DECODE_PIXELS:
                     return [decode_opened(opened, preprocessing, jpeg_draft=draft)]
             except ServiceError as error:
@@ -242,7 +245,8 @@ class Pipeline:
             for index in range(start, stop):
                 try:
                     out.append(preprocess_image(
-                        images.blobs[index], preprocessing, max_pixels=max_pixels, jpeg_draft=draft, hold=hold
+                        images.blobs[index], preprocessing, max_pixels=max_pixels, jpeg_draft=draft, hold=hold,
+                        fast_jpeg=fast,
                     ))
                 except ServiceError as error:
                     raise error.about(f"file {shown(images.names[index])}") from None
@@ -261,7 +265,7 @@ class Pipeline:
 
 
 def _decode_in_pool(
-    opened: Any, preprocessing: Any, draft: bool, hold: Any, name: str
+    opened: OpenedImage, preprocessing: Preprocessing, draft: bool, hold: Any, name: str
 ) -> np.ndarray:
     try:
         return decode_opened(opened, preprocessing, jpeg_draft=draft, hold=hold)

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
         description="A request body that sends nothing for this long is cut off with 408 (a stalled upload); "
         "the whole body must also arrive within REQUEST_TIMEOUT_S.",
     )
+    fast_jpeg: bool = Field(
+        default=True,
+        description="Decode plain JPEGs (YCbCr or grey, no EXIF) with libjpeg-turbo straight into an array "
+        "(simplejpeg): the same pixels as Pillow, 11 instead of 120 us for a 32x32 JPEG. false: Pillow decodes all.",
+    )
     jpeg_draft: bool = Field(
         default=False,
         description="Let libjpeg downscale big JPEGs while decoding: several times faster on large photos, "
