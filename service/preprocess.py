@@ -8,11 +8,10 @@ We reproduce those pixel for pixel, with two differences that only add safety or
   (decompression bombs cost nothing), and only well-known raster formats are tried;
 * for extreme aspect ratios (say 10000x10) the resize computes only the crop window (Pillow's ``box``
   argument with the same scale) instead of materialising a huge intermediate image;
-* a plain JPEG (YCbCr or greyscale, no EXIF) is decoded by libjpeg-turbo through simplejpeg straight
-  into an array, the same library and settings Pillow uses (islow IDCT, fancy upsampling), so the
-  same pixels: 11 us instead of Pillow's 120 us for a 32x32 CIFAR JPEG, 0.96 instead of 1.35 ms for
-  a 500x375 photo (one thread, this 2-core EPYC). Anything else, and anything simplejpeg refuses, goes
-  through Pillow, which also decides every error, so bad input is answered as before.
+* a plain JPEG (YCbCr or grey, nothing in its header that Pillow and libjpeg read differently) is
+  decoded by libjpeg-turbo straight into an array (:mod:`service.jpeg`): the same pixels, a tenth of
+  the CPU for small images. Anything else, and anything libjpeg complains about, goes through Pillow,
+  which decides every error.
 
 Normalisation (mean/std) happens inside the exported graph, never here. This module is shared with
 export/ (verification feeds the same pixels to PyTorch and ONNX) and so imports no web framework.
@@ -22,21 +21,17 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from service import jpeg
 from service.errors import ServiceError
 from service.model_card import Preprocessing
-
-try:
-    import simplejpeg
-except ImportError:  # pragma: no cover - a dependency; without it Pillow decodes every JPEG, only slower
-    simplejpeg = None  # type: ignore[assignment]
 
 #: Default cap on width x height read from an image header: a 50-megapixel photo decodes to 150 MB.
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
@@ -58,11 +53,7 @@ _EXIF_ORIENTATION = 0x0112
 #: Resized images larger than this many crop areas are resampled through the crop window only.
 _FULL_RESIZE_MAX_AREA = 16
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-#: JPEG colour spaces libjpeg-turbo turns into RGB exactly as Pillow's ``convert('RGB')`` does.
-_PLAIN_JPEG_COLORSPACES = frozenset({"YCbCr", "Gray"})
-_JPEG_SOI = b"\xff\xd8\xff"
-_EXIF_APP1 = b"Exif\x00\x00"
-Buffer = bytes | bytearray | memoryview
+Buffer = jpeg.Buffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +61,15 @@ class OpenedImage:
     """An upload whose header has been read and checked: its size, and what decodes its pixels.
 
     ``image`` is Pillow's (lazily decoding) image, or None for a plain JPEG that libjpeg-turbo
-    decodes straight into an array (see the module docstring).
+    decodes straight into an array (:mod:`service.jpeg`); ``max_pixels`` is the limit it was checked
+    against, which Pillow applies again if it has to take the file over.
     """
 
     width: int
     height: int
     image: Image.Image | None
     data: Buffer
+    max_pixels: int | None
 
 
 def preprocess_image(
@@ -111,21 +104,26 @@ def decode_opened(
 ) -> np.ndarray:
     """The second half of :func:`preprocess_image`: decode an image :func:`open_image` has checked."""
     with hold(opened.width * opened.height) if hold is not None else nullcontext():
-        if opened.image is None and not jpeg_draft:
-            crop = _plain_jpeg_crop(opened.data, p)
-            if crop is not None:
-                return crop
-        image = opened.image or _open_with_pillow(opened.data, None)  # Pillow decides what libjpeg refused
-        return _decode_with_pillow(image, p, jpeg_draft)
+        image = opened.image
+        if image is None:
+            if not jpeg_draft:
+                pixels = jpeg.decode(opened.data)
+                if pixels is not None:
+                    return _crop_decoded(pixels, p)
+            image = _open_checked(opened.data, opened.max_pixels)  # Pillow decides what libjpeg refused
+        with _pillow_errors():
+            if jpeg_draft and image.format in ("JPEG", "MPO"):
+                _request_draft(image, p.resize_size)
+            image = apply_exif_orientation(image)
+            image = to_rgb(image)
+            return resize_and_crop(image, p)
 
 
-def _decode_with_pillow(image: Image.Image, p: Preprocessing, jpeg_draft: bool) -> np.ndarray:
+@contextmanager
+def _pillow_errors() -> Iterator[None]:
+    """Whatever Pillow raises while decoding or resizing becomes the ServiceError a client gets."""
     try:
-        if jpeg_draft and image.format in ("JPEG", "MPO"):
-            _request_draft(image, p.resize_size)
-        image = apply_exif_orientation(image)
-        image = to_rgb(image)
-        return resize_and_crop(image, p)
+        yield
     except ServiceError:
         raise
     except Image.DecompressionBombError:
@@ -142,13 +140,18 @@ def open_image(data: Buffer, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXEL
     """Identify the format and read the header only; refuse images larger than ``max_pixels``."""
     if not data:
         raise ServiceError(422, "empty_image", "the image is empty (0 bytes)")
-    size = _plain_jpeg_size(data) if fast_jpeg else None
+    size = jpeg.plain_jpeg_size(data) if fast_jpeg else None
     if size is not None:
         _check_size(*size, max_pixels)
-        return OpenedImage(size[0], size[1], None, data)
+        return OpenedImage(size[0], size[1], None, data, max_pixels)
+    image = _open_checked(data, max_pixels)
+    return OpenedImage(image.width, image.height, image, data, max_pixels)
+
+
+def _open_checked(data: Buffer, max_pixels: int | None) -> Image.Image:
     image = _open_with_pillow(data, max_pixels)
     _check_size(image.width, image.height, max_pixels)
-    return OpenedImage(image.width, image.height, image, data)
+    return image
 
 
 def _check_size(width: int, height: int, max_pixels: int | None) -> None:
@@ -183,66 +186,15 @@ def _open_with_pillow(data: Buffer, max_pixels: int | None) -> Image.Image:
     return image
 
 
-def _plain_jpeg_size(data: Buffer) -> tuple[int, int] | None:
-    """(width, height) of a JPEG libjpeg-turbo may decode for Pillow, or None (Pillow's turn).
-
-    Plain means: a YCbCr or greyscale baseline/progressive JPEG whose header segments hold no EXIF
-    block (an orientation needs Pillow's transpose). A header simplejpeg cannot read goes to Pillow.
-    """
-    if simplejpeg is None or bytes(data[:3]) != _JPEG_SOI or _has_exif(data):
-        return None
-    try:
-        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except Exception:  # not a JPEG it understands: Pillow reads it, and names the error if there is one
-        return None
-    return (width, height) if colorspace in _PLAIN_JPEG_COLORSPACES else None
-
-
-def _has_exif(data: Buffer) -> bool:
-    """Whether an APP1 EXIF segment precedes the scan; a header that does not parse counts as yes."""
-    view = memoryview(data).cast("B")
-    position = 2
-    while position + 4 <= len(view):
-        if view[position] != 0xFF:
-            return True
-        marker = view[position + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
-            continue
-        if marker == 0xDA:  # start of scan: no more header segments
-            return False
-        length = (view[position + 2] << 8) | view[position + 3]
-        if length < 2:
-            return True
-        if marker == 0xE1 and bytes(view[position + 4 : position + 10]) == _EXIF_APP1:
-            return True
-        position += 2 + length
-    return True
-
-
-def _decode_plain_jpeg(data: Buffer) -> np.ndarray | None:
-    """libjpeg-turbo's RGB pixels (islow IDCT, fancy upsampling, as Pillow); None on any complaint.
-
-    ``strict`` turns libjpeg's warnings (a truncated scan it would fill with grey) into errors, so
-    only a JPEG Pillow would decode without a word comes back from here.
-    """
-    try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, strict=True)
-    except Exception:
-        return None
-
-
-def _plain_jpeg_crop(data: Buffer, p: Preprocessing) -> np.ndarray | None:
-    """The crop of a plain JPEG decoded by libjpeg-turbo: a slice when no resize is due, else through
-    Pillow's resize (the same as :func:`resize_and_crop` on Pillow's decode). None where it refused."""
-    pixels = _decode_plain_jpeg(data)
-    if pixels is None:
-        return None
+def _crop_decoded(pixels: np.ndarray, p: Preprocessing) -> np.ndarray:
+    """:func:`resize_and_crop` for pixels libjpeg-turbo decoded: a slice when no resize is due, else
+    through Pillow's resize, as on Pillow's own decode."""
     height, width = pixels.shape[:2]
     if resized_size(width, height, p.resize_size) != (width, height):
-        image = Image.fromarray(pixels)
-        del pixels  # only Pillow's copy lives on through the resize (the pixel budget counts 8 bytes a pixel)
-        return resize_and_crop(image, p)
+        with _pillow_errors():
+            image = Image.fromarray(pixels)
+            del pixels  # only Pillow's copy lives on through the resize (the pixel budget counts 8 bytes a pixel)
+            return resize_and_crop(image, p)
     crop = p.crop_size
     top = int(round((height - crop) / 2.0))
     left = int(round((width - crop) / 2.0))

@@ -144,8 +144,9 @@ class Settings(BaseSettings):
     )
     fast_jpeg: bool = Field(
         default=True,
-        description="Decode plain JPEGs (YCbCr or grey, no EXIF) with libjpeg-turbo straight into an array "
-        "(simplejpeg): the same pixels as Pillow, 11 instead of 120 us for a 32x32 JPEG. false: Pillow decodes all.",
+        description="Decode plain JPEGs (YCbCr or grey, header segments Pillow and libjpeg read alike) with "
+        "libjpeg-turbo straight into an array (simplejpeg): the same pixels as Pillow, 11 instead of 120 us for "
+        "a 32x32 JPEG. false: Pillow decodes all.",
     )
     jpeg_draft: bool = Field(
         default=False,

@@ -7,10 +7,12 @@ array or raise the same error; EXIF, CMYK and non-JPEG input must not take it at
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import itertools
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -27,9 +29,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from service import jpeg
 from service.errors import ServiceError
 from service.model_card import Preprocessing
-from service.preprocess import open_image, preprocess_image
+from service.preprocess import decode_opened, open_image, preprocess_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -132,6 +135,106 @@ def test_corrupt_scans_and_the_hostile_image_corpus_answer_as_pillow_does() -> N
             assert_same(data, p)
 
 
+def segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def after_soi(data: bytes, *segments: bytes) -> bytes:
+    """``data`` with ``segments`` right after its SOI marker."""
+    return data[:2] + b"".join(segments) + data[2:]
+
+
+def rewrite_segment(data: bytes, marker: int, payload: bytes) -> bytes:
+    """``data`` with its first ``marker`` segment's payload replaced."""
+    position = 2
+    while data[position + 1] != marker:
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    end = position + 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return data[:position] + segment(marker, payload) + data[end:]
+
+
+PLAIN = encode(gradient(48, 40), "JPEG", quality=90)
+EXIF_ROTATED = jpeg_with_exif_orientation(6)
+#: Headers libjpeg reads and Pillow refuses, or reads differently: none may take the fast path.
+PILLOW_DECIDES = [
+    ("a restart marker before the EXIF orientation", after_soi(EXIF_ROTATED, b"\xff\xd0")),
+    ("a short JFIF segment", rewrite_segment(PLAIN, 0xE0, b"JFIF\x00")),
+    ("a short Adobe segment", after_soi(PLAIN, segment(0xEE, b"Adobe"))),
+    ("a short ICC chunk", after_soi(PLAIN, segment(0xE2, b"ICC_PROFILE\x00"))),
+    ("a partial quantization table", after_soi(PLAIN, segment(0xDB, bytes(40)))),
+    ("a 12-bit frame", PLAIN.replace(b"\xff\xc0\x00\x11\x08", b"\xff\xc0\x00\x11\x0c", 1)),
+    ("Photoshop resource blocks", after_soi(PLAIN, segment(0xED, b"Photoshop 3.0\x008BIM\x04"))),
+    ("an MPF segment", after_soi(PLAIN, segment(0xE2, b"MPF\x00" + bytes(12)))),
+    ("a fill byte before a marker", PLAIN[:2] + b"\xff" + PLAIN[2:]),
+    ("junk between segments", after_soi(PLAIN, b"\x00\x00")),
+]
+
+
+@pytest.mark.parametrize("data", [c[1] for c in PILLOW_DECIDES], ids=[c[0] for c in PILLOW_DECIDES])
+def test_headers_pillow_reads_differently_do_not_take_the_fast_path(data: bytes) -> None:
+    assert not jpeg.plain_segments(data)
+    assert_same(data, CIFAR)
+    assert_same(data, IMAGENET)
+
+
+def test_segments_both_read_alike_keep_the_fast_path() -> None:
+    with_extras = after_soi(
+        PLAIN,
+        segment(0xE2, b"ICC_PROFILE\x00\x01\x01" + bytes(64)),
+        segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x/>"),
+        segment(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x01"),
+        segment(0xFE, b"a comment"),
+    )
+    assert open_image(with_extras).image is None
+    assert_same(with_extras, CIFAR)
+
+
+def test_pillows_own_bomb_limit_applies_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service limit above Pillow's (2 x Image.MAX_IMAGE_PIXELS) must not let the fast path decode more."""
+    data = encode(gradient(40, 30), "JPEG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # Pillow refuses above 1,000 pixels
+    assert jpeg.plain_jpeg_size(data) is None
+    for fast in (True, False):
+        with pytest.raises(ServiceError) as refused:
+            preprocess_image(data, CIFAR, max_pixels=10**6, fast_jpeg=fast)
+        assert (refused.value.status, refused.value.code) == (413, "image_too_large")
+
+
+def test_a_scan_libjpeg_complains_about_holds_the_pixel_budget_once_and_pillow_answers() -> None:
+    """The truncated scan is refused by the strict decode, Pillow answers 422, the budget is released."""
+    data = PLAIN[: len(PLAIN) * 2 // 3]
+    opened = open_image(data)
+    assert opened.image is None  # the header is plain: only the decode finds the scan cut
+    held: list[int] = []
+    released: list[int] = []
+
+    @contextlib.contextmanager
+    def hold(pixels: int) -> Iterator[None]:
+        held.append(pixels)
+        try:
+            yield
+        finally:
+            released.append(pixels)
+
+    with pytest.raises(ServiceError) as refused:
+        decode_opened(opened, CIFAR, hold=hold)
+    assert refused.value.status == 422 and (refused.value.status, refused.value.code) == outcome(data, CIFAR, False)
+    assert held == released == [48 * 40]
+
+
+def test_the_fast_path_turns_itself_off_when_the_libraries_disagree(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = jpeg.decode
+    monkeypatch.setattr(jpeg, "decode", lambda data: None if (pixels := real(data)) is None else pixels ^ 1)
+    jpeg.agrees_with_pillow.cache_clear()
+    try:
+        assert not jpeg.agrees_with_pillow()
+        assert jpeg.plain_jpeg_size(PLAIN) is None and open_image(PLAIN).image is not None
+    finally:
+        monkeypatch.undo()
+        jpeg.agrees_with_pillow.cache_clear()
+    assert jpeg.agrees_with_pillow() and open_image(PLAIN).image is None
+
+
 def test_too_many_pixels_is_refused_from_the_header_before_decoding() -> None:
     data = encode(gradient(400, 300), "JPEG")
     with pytest.raises(ServiceError) as refused:
@@ -151,11 +254,18 @@ def jpeg_seeds() -> tuple[bytes, ...]:
     )
 
 
+def header_length(data: bytes) -> int:
+    """Bytes up to the first scan's data: where Pillow's and libjpeg's header parsers differ."""
+    return data.index(b"\xff\xda") + 2 + int.from_bytes(data[data.index(b"\xff\xda") + 2 :][:2], "big")
+
+
 @st.composite
 def mutated_jpegs(draw: st.DrawFn) -> bytes:
     data = bytearray(draw(st.sampled_from(jpeg_seeds())))
+    in_header = draw(st.booleans())  # half the mutations land in the header segments
     for _ in range(draw(st.integers(1, 4))):
-        position = draw(st.integers(0, len(data) - 1))
+        limit = min(len(data), header_length(bytes(data))) if in_header and b"\xff\xda" in data else len(data)
+        position = draw(st.integers(0, max(0, limit - 1)))
         action = draw(st.sampled_from(("flip", "insert", "delete", "cut")))
         if action == "flip":
             data[position] ^= 1 << draw(st.integers(0, 7))

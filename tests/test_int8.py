@@ -167,7 +167,10 @@ def test_int8_card_records_precision_quantization_and_the_gate(repo: Path) -> No
     # 255 x 64 x 2 = 32,640, so no CPU's kernel saturates (test_int8_kernels.py).
     weights = quantized_weights(graph)
     assert len(weights) >= 19  # resnet20's convolutions
-    assert all(int(np.abs(w).max()) == 64 for w in weights.values())  # each channel's range used, none wider
+    for name, w in weights.items():
+        magnitude = np.abs(w.astype(np.int16)).reshape(len(w), -1).max(axis=1)  # per output channel
+        assert magnitude.max() <= 64, name
+        assert (magnitude[magnitude > 0] == 64).all(), name  # every non-zero channel uses its whole range
 
 
 def quantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
