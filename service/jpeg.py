@@ -1,16 +1,16 @@
 """Plain JPEGs straight from libjpeg-turbo into an array, for exactly the files where that equals Pillow.
 
 Pillow decodes a JPEG with libjpeg-turbo too, but reads its header in Python first and feeds the
-decoder through its own load loop: 120 us for a 32x32 CIFAR JPEG, of which the decoding is ~10.
+decoder through its own load loop: 142 us to preprocess a 32x32 CIFAR JPEG, of which decoding is ~10.
 simplejpeg calls libjpeg-turbo on the bytes in one go with the settings Pillow uses (islow IDCT, fancy
 upsampling), so the pixels are the same; what differs is what each accepts. Pillow's header parser is
 stricter than libjpeg (a short JFIF or Adobe segment, a partial quantization table: Pillow refuses,
 libjpeg reads on), and Pillow acts on segments libjpeg ignores (an EXIF orientation). So a file takes
 this path only when its header is made of segments both read alike, and the decode is strict: any
 libjpeg warning (a truncated or corrupt scan, which it would fill with grey) sends the file back to
-Pillow, which then decides the answer, error or not. Measured on this 2-core EPYC: 11 us instead of
-120 us for a CIFAR JPEG (resnet20 ``/predict`` +16 % req/s at 32 clients), 0.96 instead of 1.35 ms
-for a 500x375 photo.
+Pillow, which then decides the answer, error or not. Measured on this 2-core EPYC, one thread, the
+whole preprocessing of a 32x32 CIFAR JPEG: 29 us (header check 7, decode 11) instead of 142 us
+(resnet20 ``/predict`` +16 % req/s at 32 clients); decoding a 500x375 photo: 0.96 instead of 1.35 ms.
 
 The two libraries are separate builds of libjpeg-turbo (Pillow 13 and simplejpeg 1.9 bundle 3.2 and
 3.1): :func:`agrees_with_pillow` decodes a few probe JPEGs both ways once per process and turns the
