@@ -82,8 +82,9 @@ QUANT_FORMAT = QuantFormat.QDQ
 ACTIVATION_TYPE = QuantType.QUInt8
 WEIGHT_TYPE = QuantType.QInt8
 PER_CHANNEL = True
-#: Weights use [-64, 64] (onnxruntime's ``reduce_range``): exact on CPUs without VNNI (module docstring).
-WEIGHT_BITS = 7
+#: onnxruntime's ``reduce_range``: weights in [-64, 64], exact on CPUs without VNNI (module docstring).
+REDUCE_RANGE = True
+WEIGHT_BITS = 7 if REDUCE_RANGE else 8  # onnxruntime offers these two
 MOVING_AVERAGE = True
 CALIBRATION_METHOD = CalibrationMethod.MinMax
 #: QuantizeLinear/DequantizeLinear with a per-channel axis exist from opset 13.
@@ -203,7 +204,7 @@ def quantize(model_bytes: bytes, calibration: np.ndarray) -> tuple[onnx.ModelPro
                 _PixelReader(calibration),
                 quant_format=QUANT_FORMAT,
                 per_channel=PER_CHANNEL,
-                reduce_range=WEIGHT_BITS == 7,
+                reduce_range=REDUCE_RANGE,
                 activation_type=ACTIVATION_TYPE,
                 weight_type=WEIGHT_TYPE,
                 calibrate_method=CALIBRATION_METHOD,

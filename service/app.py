@@ -153,6 +153,7 @@ def models_body(state: ServiceState) -> dict[str, Any]:
         "runtime": {
             "cpus": settings.cpus.as_dict(),
             "decode_threads": settings.decode_threads,
+            "fast_jpeg": state.fast_jpeg,
             "model_control": settings.model_control,
             "repository_poll_s": settings.repository_poll_s if settings.model_control == "poll" else 0,
             "max_inflight_bytes": settings.max_inflight_bytes,

@@ -153,5 +153,7 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     unavailable: list[UnavailableModel] = Field(default_factory=list)
     runtime: dict[str, object] = Field(
-        default_factory=dict, description="Usable CPUs (affinity, cgroup quota), decode threads, model control."
+        default_factory=dict,
+        description="Usable CPUs (affinity, cgroup quota), decode threads, whether plain JPEGs take the libjpeg-turbo "
+        "path (fast_jpeg: the setting, and the start-up probe against Pillow), model control.",
     )

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from service import jpeg
 from service.budget import ByteBudget, PixelBudget
 from service.manager import ModelManager
 from service.memory import tune_gc
@@ -32,6 +33,9 @@ class ServiceState:
         self.decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         self.body_budget = ByteBudget(settings.max_inflight_bytes)
         self.pixel_budget = PixelBudget(settings.max_inflight_pixels)
+        #: Plain JPEGs go through libjpeg-turbo directly (service/jpeg.py): asked for, not replaced by draft
+        #: decoding, and the probe that compares it with Pillow passed. Decided once, here, not per request.
+        self.fast_jpeg = settings.fast_jpeg and not settings.jpeg_draft and jpeg.agrees_with_pillow()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Called once when the drain begins (the gRPC server registers its graceful stop here).

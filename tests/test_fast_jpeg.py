@@ -13,6 +13,7 @@ import io
 import itertools
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,9 +31,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from service import jpeg
+from service.app import models_body
 from service.errors import ServiceError
+from service.metrics import Metrics
 from service.model_card import Preprocessing
 from service.preprocess import decode_opened, open_image, preprocess_image
+from service.settings import Settings
+from service.state import ServiceState
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -286,3 +291,20 @@ def mutated_jpegs(draw: st.DrawFn) -> bytes:
 def test_mutated_jpegs_answer_as_pillow_does(data: bytes) -> None:
     """Flipped, inserted, deleted and cut bytes: the same crop, or the same status and code."""
     assert_same(data, CIFAR)
+
+
+@pytest.mark.parametrize(
+    ("fast_jpeg", "jpeg_draft", "taken"),
+    [(True, False, True), (False, False, False), (True, True, False)],
+    ids=["default", "turned off", "draft decoding wins"],
+)
+def test_the_service_decides_the_path_once_at_start(
+    tmp_path: Path, fast_jpeg: bool, jpeg_draft: bool, taken: bool
+) -> None:
+    """The state holds the decision (setting, draft mode, the probe); /models shows it under runtime."""
+    state = ServiceState(Settings(model_dir=tmp_path, fast_jpeg=fast_jpeg, jpeg_draft=jpeg_draft), Metrics())
+    try:
+        assert state.fast_jpeg is taken
+        assert models_body(state)["runtime"]["fast_jpeg"] is taken
+    finally:
+        state.decode_pool.shutdown()
