@@ -90,7 +90,8 @@ def run_int8(
     started = time.perf_counter()
     calibration = load_images(plan.calibration_files, preprocessing, plan.calibration_source)
     log(f"{prefix} INT8: calibrating on {plan.calibration_source}")
-    quantized, kept = quantize(float_bytes, calibration.pixels)
+    result = quantize(float_bytes, calibration.pixels)
+    quantized, kept = result.model, result.float_nodes
     check_graph(quantized)
     counts: dict[str, int] = {}
     for node in quantized.graph.node:
@@ -100,6 +101,12 @@ def run_int8(
         f" ({counts.get('QuantizeLinear', 0)} QuantizeLinear, {counts.get('DequantizeLinear', 0)}"
         f" DequantizeLinear; float: {', '.join(kept) or 'nothing'})"
     )
+    if result.bias_correction is not None:
+        done = result.bias_correction
+        log(
+            f"{prefix} INT8: bias correction on {done.corrected} of {done.convolutions} convolutions"
+            f" ({done.seconds:.1f} s)"
+        )
     gate_started = time.perf_counter()
     holdout = load_images(plan.holdout_files, preprocessing, plan.holdout_source)
     figures = verify_quantized(

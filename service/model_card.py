@@ -78,6 +78,11 @@ class Quantization(BaseModel):
     calibration_moving_average: bool = Field(
         default=False, description="MinMax ranges averaged over the calibration batches instead of their extremes."
     )
+    bias_correction: bool = Field(
+        default=False,
+        description="Each convolution's mean output shift from rounding its weights, measured on the "
+        "calibration images, taken out of its bias.",
+    )
     calibration_images: int = Field(ge=1, description="Images the activation ranges were calibrated on.")
     calibration_source: str = Field(description="Where the calibration images came from.")
     calibration_sha256: str = Field(description="SHA-256 over the calibration files' bytes, in order.")

@@ -148,6 +148,7 @@ def test_int8_card_records_precision_quantization_and_the_gate(repo: Path) -> No
         and q.holdout_images == 1000 - DEFAULT_CALIBRATION_COUNT
     )
     assert q.min_agreement == MIN_AGREEMENT <= q.top1_agreement
+    assert q.bias_correction is True and q.calibration_moving_average is True
     assert 0 < q.max_abs_diff < 1 and q.reference.startswith("PyTorch")
     assert {"/Softmax", "/Transpose", "/Cast"} <= set(q.float_nodes)
     assert any(name.endswith("/Gemm") for name in q.float_nodes)  # the classifier head
@@ -375,4 +376,5 @@ def test_card_contract_old_cards_still_parse_and_int8_needs_its_record() -> None
     card = ModelCard.from_metadata(_card_props(precision="int8", quantization=record))
     assert card.export.quantization.top1_agreement == 1.0
     assert card.export.quantization.weight_bits == 8  # a file from before the field: full-range weights
+    assert card.export.quantization.bias_correction is False  # and biases as quantize_static left them
     assert ModelCard.from_metadata(card.to_metadata()) == card
