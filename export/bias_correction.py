@@ -70,6 +70,8 @@ def _quantized_convs(model: onnx.ModelProto, float_weights: dict[str, np.ndarray
         if weight_dq.op_type != "DequantizeLinear" or bias_dq.op_type != "DequantizeLinear":
             continue
         weight, bias = initializers.get(weight_dq.input[0]), initializers.get(bias_dq.input[0])
+        # quantize_static names a quantized weight "<float name>_quantized"; a conv whose weight is named
+        # otherwise keeps its bias (the export log counts corrected against all convolutions).
         original = float_weights.get(weight_dq.input[0].removesuffix("_quantized"))
         if weight is None or bias is None or bias.data_type != onnx.TensorProto.INT32 or original is None:
             continue
