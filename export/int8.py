@@ -127,6 +127,8 @@ def run_int8(
     if plan.options.min_agreement == 0:
         log(f"{prefix} INT8: --min-agreement 0: no accuracy gate, for benchmarks only")
     settings = asdict(recipe())
+    # The card says what happened: a graph none of whose convolutions could be corrected says false.
+    settings["bias_correction"] = result.bias_correction is not None and result.bias_correction.corrected > 0
     record = Quantization(
         **settings,
         calibration_images=len(plan.calibration_files),
