@@ -74,6 +74,8 @@ def plain_jpeg_size(data: Buffer) -> tuple[int, int] | None:
     bomb = Image.MAX_IMAGE_PIXELS
     if bomb is not None and width * height > 2 * bomb:
         return None  # Pillow refuses it as a decompression bomb: let it say so
+    # Cached after the first call (the service makes that call at start-up, ServiceState.fast_jpeg); kept
+    # here so that export/ and the benchmarks, which call preprocess_image directly, are covered too.
     return (width, height) if agrees_with_pillow() else None
 
 

@@ -196,12 +196,8 @@ def _crop_decoded(pixels: np.ndarray, p: Preprocessing) -> np.ndarray:
             del pixels  # only Pillow's copy lives on through the resize (the pixel budget counts 8 bytes a pixel)
             return resize_and_crop(image, p)
     crop = p.crop_size
-    top = int(round((height - crop) / 2.0))
-    left = int(round((width - crop) / 2.0))
-    window = pixels[top : top + crop, left : left + crop]
-    if window.shape != (crop, crop, 3):
-        raise ServiceError(422, "corrupt_image", f"decoded to an unexpected shape {window.shape}")
-    return np.ascontiguousarray(window)
+    top, left = _centre_offsets(width, height, crop)
+    return _checked_crop(pixels[top : top + crop, left : left + crop], crop)
 
 
 class _ViewReader(io.RawIOBase):
@@ -308,8 +304,7 @@ def resize_and_crop(image: Image.Image, p: Preprocessing) -> np.ndarray:
     width, height = image.size
     new_width, new_height = resized_size(width, height, p.resize_size)
     crop = p.crop_size
-    top = int(round((new_height - crop) / 2.0))
-    left = int(round((new_width - crop) / 2.0))
+    top, left = _centre_offsets(new_width, new_height, crop)
     if (new_width, new_height) == (width, height):
         window = image.crop((left, top, left + crop, top + crop))
     elif new_width * new_height <= _FULL_RESIZE_MAX_AREA * crop * crop:
@@ -320,7 +315,16 @@ def resize_and_crop(image: Image.Image, p: Preprocessing) -> np.ndarray:
         scale_y = height / new_height
         box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
         window = image.resize((crop, crop), _RESAMPLE[p.interpolation], box=box)
-    pixels = np.asarray(window, dtype=np.uint8)
+    return _checked_crop(np.asarray(window, dtype=np.uint8), crop)
+
+
+def _centre_offsets(width: int, height: int, crop: int) -> tuple[int, int]:
+    """(top, left) of torchvision's centre crop."""
+    return round((height - crop) / 2.0), round((width - crop) / 2.0)
+
+
+def _checked_crop(pixels: np.ndarray, crop: int) -> np.ndarray:
+    """The crop as a C-contiguous (crop, crop, 3) array; anything else is a corrupt image, never a 500."""
     if pixels.shape != (crop, crop, 3):
         raise ServiceError(422, "corrupt_image", f"decoded to an unexpected shape {pixels.shape}")
     return np.ascontiguousarray(pixels)
