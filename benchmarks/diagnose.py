@@ -119,11 +119,11 @@ ROLES = (
 CATEGORIES = (
     ("onnxruntime run", r"run \(onnxruntime|InferenceSession|libonnxruntime|onnxruntime_pybind|Mlas"),
     ("decode: preprocess_image", r"preprocess_image|ImagingDecode|libjpeg|ImagingResample|_imaging"),
-    ("multipart parsing (service.upload + python-multipart)", r"service/upload|multipart"),
+    ("multipart parsing (service.doors.upload + python-multipart)", r"service/upload|multipart"),
     ("JSON / response rendering", r"json|JSONResponse|render \(|_top_k"),
     ("Prometheus metrics", r"prometheus|metrics\.py"),
     ("HTTP protocol (uvicorn httptools)", r"httptools|h11|protocols/http|on_body|on_headers|data_received"),
-    ("batcher (service.batcher)", r"service/batcher"),
+    ("batcher (service.engine.batcher)", r"service/batcher"),
     ("Starlette/FastAPI routing + middleware", r"starlette|fastapi|routing|middleware"),
     ("predict handler (service.app)", r"service/app"),
     ("asyncio / uvloop scheduling", r"asyncio|uvloop|base_events|events\.py|futures\.py|tasks\.py"),

@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks.loadgen import client_row, failed_row
 from benchmarks.prometheus import samples
-from service.v2.proto import inference_pb2 as pb
+from service.doors.v2.proto import inference_pb2 as pb
 
 GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
 PROTOCOL_LABEL = "v2-grpc"

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.workload import PHOTO_FILES, photo_jpegs, shared_path
-from service.model_card import Preprocessing
-from service.preprocess import preprocess_image, resize_and_crop
+from servable.images import preprocess_image, resize_and_crop
+from servable.preprocessing import Preprocessing
 
 #: The reference crops in the npz file are keyed "<file>|resize256_crop224_bilinear".
 REFERENCE = Preprocessing(resize_size=256, crop_size=224, interpolation="bilinear")

@@ -1,6 +1,6 @@
 """The ceiling: an in-process onnxruntime session, opened exactly as the service opens it.
 
-The session comes from ``service.runtime.load_model`` (same providers, same session options), so
+The session comes from ``service.engine.runtime.load_model`` (same providers, same session options), so
 the only difference from the service is everything around ``session.run``: HTTP, decoding, queueing.
 Inputs are real preprocessed crops (the model's uint8 NHWC input), tiled to each batch size.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.workload import BenchModel, payloads_for
-from service.preprocess import preprocess_image
-from service.repository import scan_repository
-from service.runtime import LoadedModel, load_model
+from servable.images import preprocess_image
+from service.engine.repository import scan_repository
+from service.engine.runtime import LoadedModel, load_model
 from service.settings import Settings
 
 FULL_BATCHES = (1, 2, 4, 8, 16, 32, 64)

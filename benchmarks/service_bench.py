@@ -26,8 +26,8 @@ from benchmarks.procstat import cpu_seconds, server_cpu
 from benchmarks.prometheus import batch_sizes, snapshot
 from benchmarks.server import free_port, python, running_server
 from benchmarks.workload import BenchModel, payloads_for
-from service.model_card import OUTPUT_NAME
-from service.v2.protocol import ENCODED_INPUT, ENCODED_SUFFIX
+from servable.card import OUTPUT_NAME
+from service.doors.v2.protocol import ENCODED_INPUT, ENCODED_SUFFIX
 
 
 def service_env(repo: Path, port: int, grpc_port: int | None = None) -> dict[str, str]:

@@ -32,7 +32,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from service.model_card import INPUT_NAME
+from servable.card import INPUT_NAME
 
 #: Names the measuring graph adds; nothing in an exported graph starts with it.
 _PREFIX = "bias_correction/"

@@ -1,7 +1,7 @@
 """The images an INT8 export calibrates on and the different, held-out images its accuracy gate uses.
 
 Both come from folders of ordinary image files, decoded and cropped by the service's own
-preprocessing (``service.preprocess``), so the activation ranges are those of the pixels the service
+preprocessing (``servable.images``), so the activation ranges are those of the pixels the service
 will feed. Order is deterministic: files are grouped by their folder (one folder per class in the
 usual layout), each group sorted, then taken round-robin, so the first N images spread over every
 class. Without a separate held-out folder the one folder is split: calibration takes at most half of
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import ExportError
-from service.errors import ServiceError
-from service.model_card import Preprocessing
-from service.preprocess import preprocess_image
+from servable.errors import ImageError
+from servable.images import preprocess_image
+from servable.preprocessing import Preprocessing
 
 #: File suffixes taken as images (others in the folder, say a labels.txt, are ignored).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"})
@@ -82,7 +82,7 @@ def load_images(files: Sequence[Path], preprocessing: Preprocessing, source: str
     for path in files:
         try:
             pixels.append(preprocess_image(path.read_bytes(), preprocessing))
-        except ServiceError as exc:
+        except ImageError as exc:
             raise ExportError(f"cannot use {path} as an image: {exc.message}") from None
         except OSError as exc:
             raise ExportError(f"cannot read {path}: {exc}") from None

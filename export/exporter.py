@@ -25,7 +25,8 @@ from export.quantize import MIN_OPSET as INT8_MIN_OPSET
 from export.repository import check_name
 from export.verify import INT8_MIN_TOP1_AGREEMENT, default_image_count, gather_inputs, torch_reference
 from export.verify import verify as verify_graph
-from service.model_card import ExportInfo, ModelCard, Preprocessing, WeightsSource
+from servable.card import ExportInfo, ModelCard, WeightsSource
+from servable.preprocessing import Preprocessing
 
 #: Seed for random-init exports, so re-running one is reproducible (and idempotent).
 RANDOM_INIT_SEED = 0
@@ -84,7 +85,7 @@ def export_model(
     labels = resolve_labels(arch, classes, labels_file)
     if labels.labels[0] == "class_0":
         log(f"{prefix} labels: {labels.origin}")
-    preprocessing = _card_preprocessing(models.preprocessing_for(arch, checkpoint))
+    preprocessing = models.preprocessing_for(arch, checkpoint)
     plan = (
         int8_step.plan_int8(
             int8_step.Int8Options(calibration, calibration_count, holdout, holdout_count, min_agreement),
@@ -214,17 +215,6 @@ def _build_network(arch: str, classes: int, checkpoint: Any) -> nn.Module:
     except models.CheckpointError as exc:
         raise ExportError(f"the weights do not fit {arch}: {exc}") from exc
     return network.eval().to(torch.float32)
-
-
-def _card_preprocessing(source: Any) -> Preprocessing:
-    """models.Preprocessing (a dataclass) -> the card's pydantic Preprocessing."""
-    return Preprocessing(
-        resize_size=int(source.resize_size),
-        crop_size=int(source.crop_size),
-        interpolation=str(source.interpolation),
-        mean=tuple(float(v) for v in source.mean),
-        std=tuple(float(v) for v in source.std),
-    )
 
 
 def _settings(

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-from service.model_card import INPUT_NAME, OUTPUT_NAME
+from servable.card import INPUT_NAME, OUTPUT_NAME
 
 #: Newest opset the TorchScript exporter writes that onnxruntime and TensorRT both read.
 DEFAULT_OPSET = 17

@@ -22,7 +22,8 @@ from export.errors import ExportError
 from export.graph import check_graph
 from export.quantize import quantize, recipe
 from export.verify import INT8_MIN_TOP1_AGREEMENT, Reference, verify_quantized
-from service.model_card import Preprocessing, Quantization
+from servable.card import Quantization
+from servable.preprocessing import Preprocessing
 
 Log = Callable[[str], None]
 

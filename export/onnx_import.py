@@ -36,7 +36,8 @@ from export.presets import PreprocessingSpec, resolve
 from export.publish import ExportResult, fingerprint, publish, target_version, up_to_date
 from export.repository import check_name
 from export.verify import BATCH_SIZE, Reference, default_image_count, gather_inputs, verify
-from service.model_card import INPUT_NAME, OUTPUT_NAME, ExportInfo, ModelCard, Preprocessing, WeightsSource
+from servable.card import INPUT_NAME, OUTPUT_NAME, ExportInfo, ModelCard, WeightsSource
+from servable.preprocessing import Preprocessing
 
 OutputKind = Literal["auto", "logits", "probabilities"]
 OUTPUT_KINDS: tuple[str, ...] = ("auto", "logits", "probabilities")

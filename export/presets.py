@@ -14,12 +14,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from export.errors import ExportError
-from service.model_card import Preprocessing
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INCEPTION_MEAN = (0.5, 0.5, 0.5)
-INCEPTION_STD = (0.5, 0.5, 0.5)
+from servable.preprocessing import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ import onnx
 
 from export.errors import ExportError
 from export.graph import set_metadata
-from export.repository import existing_versions, read_card, version_path, write_version
-from service.model_card import ModelCard
+from export.repository import existing_versions, read_card, write_version
+from servable.card import ModelCard
+from servable.layout import model_path
 
 Log = Callable[[str], None]
 
@@ -55,12 +56,12 @@ def target_version(
         if not versions:
             return 1, None
         latest = versions[-1]
-        card = read_card(version_path(model_dir, name, latest))
+        card = read_card(model_path(model_dir, name, latest))
         if card is not None and _card_fingerprint(card) == settings_fingerprint:
             return latest, card
         return latest + 1, None
     if version in versions:
-        card = read_card(version_path(model_dir, name, version))
+        card = read_card(model_path(model_dir, name, version))
         if card is not None and _card_fingerprint(card) == settings_fingerprint:
             return version, card
         raise ExportError(
@@ -74,7 +75,7 @@ def up_to_date(
     model_dir: Path, name: str, version: int, card: ModelCard, started: float, prefix: str, log: Log
 ) -> ExportResult:
     """The result for a version that already holds these weights and settings."""
-    path = version_path(model_dir, name, version)
+    path = model_path(model_dir, name, version)
     log(
         f"{prefix} up to date: version {version} already holds these weights and settings ({path});"
         " nothing to do"

@@ -86,7 +86,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export.bias_correction import BiasCorrection, correct_biases
 from export.errors import ExportError
-from service.model_card import INPUT_NAME
+from servable.card import INPUT_NAME
 
 QUANT_FORMAT = QuantFormat.QDQ
 ACTIVATION_TYPE = QuantType.QUInt8

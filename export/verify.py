@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-from service.model_card import INPUT_NAME, Preprocessing
-from service.preprocess import preprocess_image
+from servable.card import INPUT_NAME
+from servable.images import preprocess_image
+from servable.preprocessing import Preprocessing
 
 #: fp32: largest allowed |probability difference| between onnxruntime and PyTorch.
 FP32_MAX_ABS_DIFF = 1e-4

@@ -15,13 +15,14 @@ Each family is an architecture module (``models/resnet.py``, ``preact_resnet.py`
 
 import models.zoo
 from models.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint
-from models.config import ModelConfig, Preprocessing, PublishedCheckpoint
+from models.config import ModelConfig, PublishedCheckpoint
 from models.densenet import DenseNet
 from models.factory import build_model, create_model, labels_for, preprocessing_for
 from models.inception_resnet import InceptionResNetV2
 from models.preact_resnet import PreActResNet
 from models.registry import get_model_config, list_families, list_models
 from models.resnet import ResNet
+from servable.preprocessing import Preprocessing
 
 __all__ = [
     "CheckpointError",

@@ -8,11 +8,12 @@ optional hook that renames the keys of old checkpoint files).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
+
+from servable.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     import torch
@@ -23,58 +24,6 @@ Layout = Literal["torchvision", "timm", "cifar"]
 LabelSet = Literal["imagenet1k", "cifar10"]
 #: Renames the keys of a state_dict saved by an older release of the layout (torchvision's DenseNet files).
 KeyAdapter = Callable[[dict[str, "torch.Tensor"]], dict[str, "torch.Tensor"]]
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-#: timm's "inception" normalisation (pixels to [-1, 1]): ResNetV2 a1h, Inception-ResNet, ResNet-D ra4.
-INCEPTION_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
-INCEPTION_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a checkpoint expects its input: resize the shorter side, centre-crop, normalise.
-
-    Mirrors the fields of ``service.model_card.Preprocessing`` so export/ can convert one into the
-    other, but stays a plain dataclass: models/ knows nothing of pydantic or HTTP.
-    """
-
-    resize_size: int
-    crop_size: int
-    interpolation: str = "bilinear"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def __post_init__(self) -> None:
-        if self.crop_size > self.resize_size:
-            raise ValueError(f"crop_size {self.crop_size} exceeds resize_size {self.resize_size}")
-        if self.interpolation not in ("nearest", "bilinear", "bicubic"):
-            raise ValueError(f"unknown interpolation {self.interpolation!r}")
-
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        """(channels, height, width) of the tensor the model receives."""
-        return (3, self.crop_size, self.crop_size)
-
-    @classmethod
-    def from_crop_pct(
-        cls,
-        crop_size: int,
-        crop_pct: float,
-        interpolation: str = "bicubic",
-        *,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-    ) -> Preprocessing:
-        """timm's convention: resize to floor(crop / crop_pct) (0.875 -> 256, 0.95 -> 235 for 224)."""
-        return cls(
-            resize_size=math.floor(crop_size / crop_pct),
-            crop_size=crop_size,
-            interpolation=interpolation,
-            mean=mean,
-            std=std,
-        )
-
 
 TORCHVISION_V1 = Preprocessing(resize_size=256, crop_size=224, interpolation="bilinear")
 TORCHVISION_V2 = Preprocessing(resize_size=232, crop_size=224, interpolation="bilinear")

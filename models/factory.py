@@ -9,8 +9,8 @@ from importlib import resources
 from torch import nn
 
 from models.checkpoints import LoadedCheckpoint, load_checkpoint, load_into, resolve_published
-from models.config import Preprocessing
 from models.registry import get_model_config
+from servable.preprocessing import Preprocessing
 
 WeightsSpec = str | os.PathLike[str] | LoadedCheckpoint
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from models.config import CIFAR, Preprocessing, PublishedCheckpoint
+from models.config import CIFAR, PublishedCheckpoint
+from servable.preprocessing import Preprocessing
 
 TORCHVISION_URL = "https://download.pytorch.org/models/{arch}-{sha}.pth"
 HF_URL = "https://huggingface.co/{hub_id}/resolve/main/model.safetensors"

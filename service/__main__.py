@@ -12,9 +12,10 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
+from service import __version__
 from service.app import create_app
+from service.limits.memory import configure_malloc, configure_pillow
 from service.logs import configure_logging
-from service.memory import configure_malloc, configure_pillow
 from service.settings import ENV_PREFIX, Settings
 from service.state import ServiceState
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve exported ResNet ONNX models over HTTP. Every flag can also be set as an "
         f"environment variable {ENV_PREFIX}<NAME>; flags take precedence.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env = ENV_PREFIX + name.upper()
@@ -85,7 +87,7 @@ class GracefulServer(uvicorn.Server):
 def _http_protocol() -> type | str:
     """httptools (C, the fast parser) with a bound on the request head; h11 where httptools is missing."""
     try:
-        from service.http import BoundedHttpToolsProtocol
+        from service.doors.http import BoundedHttpToolsProtocol
     except ImportError:  # uvicorn without its [standard] extras: h11 bounds heads itself
         return "h11"
     return BoundedHttpToolsProtocol

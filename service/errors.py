@@ -4,7 +4,7 @@ Clients (and the hardening tests) rely on a single body layout for every status,
 404/405s, validation 422s and even the should-never-happen 500 use it: ``{"error": {"code",
 "message"}}`` everywhere, except under ``/v2`` where the Open Inference Protocol's own
 ``{"error": "<message>"}`` is answered (the gRPC door maps the same errors to status codes).
-This module imports no web framework at import time: ``service.preprocess`` (shared with export/)
+This module imports no web framework at import time: ``servable.images`` (shared with export/)
 raises :class:`ServiceError` without pulling FastAPI in.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-log = logging.getLogger("service.errors")
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):

@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.cpus import CpuBudget, cpu_budget
-from service.preprocess import DEFAULT_MAX_IMAGE_PIXELS
+from servable.images import DEFAULT_MAX_IMAGE_PIXELS
+from service.limits.cpus import CpuBudget, cpu_budget
 
 ENV_PREFIX = "RESNET_SERVE_"
 

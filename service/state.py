@@ -1,6 +1,6 @@
 """What a running service holds: the model manager, the decode pool, the memory budgets, readiness.
 
-One :class:`ServiceState` per app; every door reaches it through :class:`service.pipeline.Pipeline`.
+One :class:`ServiceState` per app; every door reaches it through :class:`service.pipeline.core.Pipeline`.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from service import jpeg
-from service.budget import ByteBudget, PixelBudget
-from service.manager import ModelManager
-from service.memory import tune_gc
+from servable import jpeg
+from service.engine.manager import ModelManager
+from service.limits.budget import ByteBudget, PixelBudget
+from service.limits.memory import tune_gc
 from service.metrics import Metrics
 from service.settings import Settings
 
-log = logging.getLogger("service.state")
+log = logging.getLogger(__name__)
 
 class ServiceState:
     """Loads models in the background, answers readiness, and owns the resources requests share."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from service.batcher import Batcher
+from service.engine.batcher import Batcher
 from service.errors import ServiceError
 from service.metrics import Metrics
 

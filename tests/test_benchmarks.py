@@ -521,8 +521,8 @@ def test_the_h2load_grpc_frame_is_the_model_infer_request_the_service_parses() -
     """h2load posts bytes it cannot check: they must be exactly one gRPC message of a valid request."""
     import struct
 
-    from service.v2.grpc import parse_infer_request
-    from service.v2.proto import inference_pb2 as pb
+    from service.doors.v2.grpc_codec import parse_infer_request
+    from service.doors.v2.proto import inference_pb2 as pb
 
     jpeg = shared_path("data", "cifar10-sample", "cat", "0000.jpg").read_bytes()
     frame = h2load.model_infer_frame("resnet20-encoded", "image_bytes", "probabilities", jpeg)

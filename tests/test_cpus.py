@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from service.cpus import affinity_count, cgroup_quota, cpu_budget
-from service.manager import ModelSettings
-from service.repository import ModelConfig
+from service.engine.model_settings import ModelSettings
+from service.engine.repository import ServingConfig
+from service.limits.cpus import affinity_count, cgroup_quota, cpu_budget
 from service.settings import Settings
 
 V2 = "0::/kubepods/pod1/container\n"
@@ -71,6 +71,6 @@ def test_thread_pools_are_sized_from_the_usable_cpus(tmp_path: Path) -> None:
     settings = Settings(model_dir=tmp_path)
     usable = settings.cpus.usable
     assert settings.decode_threads == usable and settings.inference_threads == usable
-    two_instances = ModelSettings.resolve(settings, ModelConfig(instances=2))
+    two_instances = ModelSettings.resolve(settings, ServingConfig(instances=2))
     assert two_instances.intra_op_threads == max(1, usable // 2)
-    assert ModelSettings.resolve(Settings(model_dir=tmp_path, intra_op_threads=3), ModelConfig()).intra_op_threads == 3
+    assert ModelSettings.resolve(Settings(model_dir=tmp_path, intra_op_threads=3), ServingConfig()).intra_op_threads == 3

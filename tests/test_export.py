@@ -15,7 +15,7 @@ from PIL import Image
 import export.verify
 import models
 from export import ExportError, export_model
-from service.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from servable.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 
 IMAGENET_SHAPED = ["resnet50", "resnext50_32x4d", "seresnet50"]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import itertools
 import os
 from collections.abc import Iterator
@@ -30,12 +29,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from service import jpeg
-from service.app import models_body
-from service.errors import ServiceError
+from servable import jpeg
+from servable.errors import ImageError
+from servable.images import decode_opened, open_image, preprocess_image
+from servable.preprocessing import Preprocessing
+from service.doors.admin import models_body
 from service.metrics import Metrics
-from service.model_card import Preprocessing
-from service.preprocess import decode_opened, open_image, preprocess_image
+from service.pipeline.decode import image_refusal
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -47,14 +47,12 @@ CIFAR = Preprocessing(resize_size=32, crop_size=32)
 MAX_PIXELS = 2_000_000
 EXAMPLES = int(os.environ.get("RESNET_SERVE_FUZZ_EXAMPLES", "300"))
 
-
 def outcome(data: bytes, p: Preprocessing, fast: bool) -> np.ndarray | tuple[int, str]:
     """The crop, or the (status, code) of the error: what a client would see."""
     try:
         return preprocess_image(data, p, max_pixels=MAX_PIXELS, fast_jpeg=fast)
-    except ServiceError as error:
-        return (error.status, error.code)
-
+    except ImageError as error:
+        return (image_refusal(error).status, error.code)
 
 def assert_same(data: bytes, p: Preprocessing) -> None:
     fast, pillow = outcome(data, p, True), outcome(data, p, False)
@@ -64,11 +62,9 @@ def assert_same(data: bytes, p: Preprocessing) -> None:
     else:
         assert fast == pillow
 
-
 @functools.cache
 def photos() -> tuple[Image.Image, ...]:
     return tuple(Image.open(path).convert("RGB") for path in sorted(shared_path("data", "photos").glob("*.jpg")))
-
 
 def test_real_files_decode_as_pillow_does_and_take_the_fast_path() -> None:
     """The shared photos as published and all 1,000 CIFAR sample JPEGs, in ImageNet and CIFAR crops."""
@@ -81,9 +77,7 @@ def test_real_files_decode_as_pillow_does_and_take_the_fast_path() -> None:
         assert open_image(data).image is None, f"{path.name} did not take the fast path"
         assert_same(data, p)
 
-
 ENCODINGS = list(itertools.product((0, 1, 2), (35, 90, 100), (False, True)))  # subsampling 4:4:4/4:2:2/4:2:0
-
 
 @pytest.mark.parametrize(("subsampling", "quality", "progressive"), ENCODINGS)
 def test_every_encoder_setting_decodes_as_pillow_does(subsampling: int, quality: int, progressive: bool) -> None:
@@ -96,7 +90,6 @@ def test_every_encoder_setting_decodes_as_pillow_does(subsampling: int, quality:
             for p in (IMAGENET, TIMM, CIFAR):
                 assert_same(data, p)
 
-
 CMYK = encode(gradient(40, 30).convert("CMYK"), "JPEG")
 ROUTES = [
     ("plain JPEG", encode(gradient(40, 30), "JPEG"), True),
@@ -107,17 +100,15 @@ ROUTES = [
     ("JPEG cut after its header", encode(gradient(40, 30), "JPEG")[:200], False),
 ]
 
-
 @pytest.mark.parametrize(("data", "fast"), [r[1:] for r in ROUTES], ids=[r[0] for r in ROUTES])
 def test_only_plain_jpegs_take_the_fast_path(data: bytes, fast: bool) -> None:
     try:
         opened = open_image(data)
-    except ServiceError:
+    except ImageError:
         assert not fast
         return
     assert (opened.image is None) is fast
     assert_same(data, CIFAR)
-
 
 def uploaded_files() -> list[bytes]:
     """The file bytes inside the hostile corpus's single-file multipart bodies."""
@@ -130,7 +121,6 @@ def uploaded_files() -> list[bytes]:
             files.append(body[body.index(b"\r\n\r\n") + 4 : -len(closing)])
     return files
 
-
 def test_corrupt_scans_and_the_hostile_image_corpus_answer_as_pillow_does() -> None:
     cases = uploaded_files()
     assert len(cases) >= 20
@@ -139,15 +129,12 @@ def test_corrupt_scans_and_the_hostile_image_corpus_answer_as_pillow_does() -> N
         for p in (CIFAR, IMAGENET):
             assert_same(data, p)
 
-
 def segment(marker: int, payload: bytes) -> bytes:
     return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
-
 
 def after_soi(data: bytes, *segments: bytes) -> bytes:
     """``data`` with ``segments`` right after its SOI marker."""
     return data[:2] + b"".join(segments) + data[2:]
-
 
 def rewrite_segment(data: bytes, marker: int, payload: bytes) -> bytes:
     """``data`` with its first ``marker`` segment's payload replaced."""
@@ -156,7 +143,6 @@ def rewrite_segment(data: bytes, marker: int, payload: bytes) -> bytes:
         position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
     end = position + 2 + int.from_bytes(data[position + 2 : position + 4], "big")
     return data[:position] + segment(marker, payload) + data[end:]
-
 
 PLAIN = encode(gradient(48, 40), "JPEG", quality=90)
 EXIF_ROTATED = jpeg_with_exif_orientation(6)
@@ -174,13 +160,11 @@ PILLOW_DECIDES = [
     ("junk between segments", after_soi(PLAIN, b"\x00\x00")),
 ]
 
-
 @pytest.mark.parametrize("data", [c[1] for c in PILLOW_DECIDES], ids=[c[0] for c in PILLOW_DECIDES])
 def test_headers_pillow_reads_differently_do_not_take_the_fast_path(data: bytes) -> None:
     assert not jpeg.plain_segments(data)
     assert_same(data, CIFAR)
     assert_same(data, IMAGENET)
-
 
 def test_segments_both_read_alike_keep_the_fast_path() -> None:
     with_extras = after_soi(
@@ -193,17 +177,15 @@ def test_segments_both_read_alike_keep_the_fast_path() -> None:
     assert open_image(with_extras).image is None
     assert_same(with_extras, CIFAR)
 
-
 def test_pillows_own_bomb_limit_applies_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     """A service limit above Pillow's (2 x Image.MAX_IMAGE_PIXELS) must not let the fast path decode more."""
     data = encode(gradient(40, 30), "JPEG")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # Pillow refuses above 1,000 pixels
     assert jpeg.plain_jpeg_size(data) is None
     for fast in (True, False):
-        with pytest.raises(ServiceError) as refused:
+        with pytest.raises(ImageError) as refused:
             preprocess_image(data, CIFAR, max_pixels=10**6, fast_jpeg=fast)
-        assert (refused.value.status, refused.value.code) == (413, "image_too_large")
-
+        assert (image_refusal(refused.value).status, refused.value.code) == (413, "image_too_large")
 
 def test_a_scan_libjpeg_complains_about_holds_the_pixel_budget_once_and_pillow_answers() -> None:
     """The truncated scan is refused by the strict decode, Pillow answers 422, the budget is released."""
@@ -221,11 +203,11 @@ def test_a_scan_libjpeg_complains_about_holds_the_pixel_budget_once_and_pillow_a
         finally:
             released.append(pixels)
 
-    with pytest.raises(ServiceError) as refused:
+    with pytest.raises(ImageError) as refused:
         decode_opened(opened, CIFAR, hold=hold)
-    assert refused.value.status == 422 and (refused.value.status, refused.value.code) == outcome(data, CIFAR, False)
+    status = image_refusal(refused.value).status
+    assert status == 422 and (status, refused.value.code) == outcome(data, CIFAR, False)
     assert held == released == [48 * 40]
-
 
 def test_the_fast_path_turns_itself_off_when_the_libraries_disagree(monkeypatch: pytest.MonkeyPatch) -> None:
     real = jpeg.decode
@@ -239,14 +221,12 @@ def test_the_fast_path_turns_itself_off_when_the_libraries_disagree(monkeypatch:
         jpeg.agrees_with_pillow.cache_clear()
     assert jpeg.agrees_with_pillow() and open_image(PLAIN).image is None
 
-
 def test_too_many_pixels_is_refused_from_the_header_before_decoding() -> None:
     data = encode(gradient(400, 300), "JPEG")
-    with pytest.raises(ServiceError) as refused:
+    with pytest.raises(ImageError) as refused:
         open_image(data, max_pixels=400 * 300 - 1)
-    assert (refused.value.status, refused.value.code) == (413, "image_too_large")
+    assert (image_refusal(refused.value).status, refused.value.code) == (413, "image_too_large")
     assert open_image(data, max_pixels=400 * 300).image is None
-
 
 @functools.cache
 def jpeg_seeds() -> tuple[bytes, ...]:
@@ -258,11 +238,9 @@ def jpeg_seeds() -> tuple[bytes, ...]:
         encode(photo.convert("L"), "JPEG", quality=60),
     )
 
-
 def header_length(data: bytes) -> int:
     """Bytes up to the first scan's data: where Pillow's and libjpeg's header parsers differ."""
     return data.index(b"\xff\xda") + 2 + int.from_bytes(data[data.index(b"\xff\xda") + 2 :][:2], "big")
-
 
 @st.composite
 def mutated_jpegs(draw: st.DrawFn) -> bytes:
@@ -284,14 +262,12 @@ def mutated_jpegs(draw: st.DrawFn) -> bytes:
             break
     return bytes(data)
 
-
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(mutated_jpegs())
 def test_mutated_jpegs_answer_as_pillow_does(data: bytes) -> None:
     """Flipped, inserted, deleted and cut bytes: the same crop, or the same status and code."""
     assert_same(data, CIFAR)
-
 
 @pytest.mark.parametrize(
     ("fast_jpeg", "jpeg_draft", "taken"),

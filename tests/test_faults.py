@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from server import run_server
 
-from service.model_card import INPUT_NAME, OUTPUT_NAME
+from servable.card import INPUT_NAME, OUTPUT_NAME
 
 #: Classes of the CIFAR card the broken model borrows.
 CLASSES = 10

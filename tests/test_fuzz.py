@@ -1,9 +1,9 @@
 """Property-based fuzzing of the decode/preprocess entry point (hypothesis, CI-sized budget).
 
-``service.preprocess.preprocess_image`` is what every uploaded byte goes through. Whatever it is
+``servable.images.preprocess_image`` is what every uploaded byte goes through. Whatever it is
 given (random bytes, or real images in every accepted format with bytes flipped, inserted, deleted
 or cut), it must either return the model's (crop, crop, 3) uint8 input or raise the documented
-:class:`ServiceError` with a 4xx status (413, 415 or 422): nothing else may escape.
+:class:`~servable.errors.ImageError` whose status is 4xx (413, 415 or 422): nothing else may escape.
 
 Budget: :data:`EXAMPLES` examples per property (3x for the mutations), about half a minute on 2
 cores in all; ``RESNET_SERVE_FUZZ_EXAMPLES=20000`` widens a local run. Examples are derandomized so
@@ -25,9 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from service.errors import ServiceError
-from service.model_card import Preprocessing
-from service.preprocess import preprocess_image
+from servable.errors import ImageError
+from servable.images import preprocess_image
+from servable.preprocessing import Preprocessing
+from service.pipeline.decode import image_refusal
 
 #: Pillow warns (corrupt EXIF, oversized tags) on many mutants; the property is about what escapes.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -72,7 +73,8 @@ def seeds() -> tuple[bytes, ...]:
 def assert_only_documented_errors(data: bytes, preprocessing: Preprocessing) -> None:
     try:
         pixels = preprocess_image(data, preprocessing, max_pixels=MAX_PIXELS)
-    except ServiceError as error:
+    except ImageError as caught:
+        error = image_refusal(caught)
         assert error.status in DOCUMENTED_STATUSES, error
         assert error.code and error.message
         return

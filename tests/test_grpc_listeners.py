@@ -21,7 +21,7 @@ from hostile_corpus import framed, slow_jpeg
 from server import GrpcServer, free_port, link_repository, run_grpc_server, run_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from service.v2.grpc import claim_port, host_port
+from service.doors.sockets import claim_port, host_port
 
 LISTENERS = 8
 LIMIT = 2

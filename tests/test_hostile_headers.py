@@ -84,7 +84,7 @@ WRONG = {
     "the key without a scheme": auth(KEY.encode()),
     "tab instead of a space": auth(b"Bearer\t" + KEY.encode()),
 }
-#: Heads past service.http.MAX_HEAD_BYTES: 431 before the application runs, whether they arrive in
+#: Heads past service.doors.http.MAX_HEAD_BYTES: 431 before the application runs, whether they arrive in
 #: one read or many.
 HUGE = {
     "100 KB bearer": auth(b"Bearer " + b"a" * 100_000),

@@ -8,7 +8,7 @@
   UTF-8 in a string field, truncated or garbage bytes) are sent raw through a generic stub.
 * Cost: one request at a time, on both transports, the RSS it adds must stay within what the byte
   budget charged it (``BODY_OVERHEAD`` x charge + :data:`RSS_SLACK`): the budget is what bounds the
-  process under concurrency (``service.budget.rss_bound``), so a request that holds 50x its charge
+  process under concurrency (``service.limits.budget.rss_bound``), so a request that holds 50x its charge
   breaks that bound N-fold with N such requests in flight.
 """
 
@@ -37,9 +37,9 @@ from hostile_corpus import (
 from server import GrpcServer, run_grpc_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from service.budget import BODY_OVERHEAD
-from service.v2.grpc import TYPED_ELEMENT_BYTES
-from service.v2.rest import JSON_EXPANSION
+from service.doors.v2.grpc_codec import TYPED_ELEMENT_BYTES
+from service.doors.v2.rest import JSON_EXPANSION
+from service.limits.budget import BODY_OVERHEAD
 
 MAX_UPLOAD = 8 * 1024 * 1024
 MAX_FILES = 16

@@ -19,7 +19,7 @@ from server import run_server
 from export import ExportError, export_model
 from export.calibration import DEFAULT_CALIBRATION_COUNT, list_images
 from export.config import load_config
-from service.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from servable.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 
 #: The goals of issue 15: INT8 accuracy within this of fp32 on the 1,000 images, agreement at least this.
 MAX_ACCURACY_LOSS = 0.5

@@ -18,9 +18,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service.cpus import int8_pairs_saturate
-from service.model_card import ModelCard
-from service.runtime import int8_exactness
+from servable.card import ModelCard
+from service.engine.runtime import int8_exactness
+from service.limits.cpus import int8_pairs_saturate
 
 #: (weight value, its bits): the largest magnitudes the exporter's range ([-64, 64], onnxruntime's
 #: symmetric reduced range) and the full int8 range allow.

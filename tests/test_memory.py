@@ -1,4 +1,4 @@
-"""service.memory: Pillow's block cache is on, bounded, and changes no pixel."""
+"""service.limits.memory: Pillow's block cache is on, bounded, and changes no pixel."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pytest
 from conftest import SHARED_DIR
 from PIL import Image
 
-from service.memory import (
+from servable.images import preprocess_image
+from servable.preprocessing import Preprocessing
+from service.limits.memory import (
     PILLOW_BLOCK_BYTES,
     PILLOW_BLOCKS_PER_DECODE_THREAD,
     configure_pillow,
     pillow_cache_blocks,
     pillow_cache_bytes,
 )
-from service.model_card import Preprocessing
-from service.preprocess import preprocess_image
 
 PHOTO = SHARED_DIR / "data" / "photos" / "chelsea.jpg"
 IMAGENET = Preprocessing(resize_size=256, crop_size=224)

@@ -8,7 +8,7 @@ refuses it (503 server_busy before reading), it holds the connection open anyway
 the application starts reading the body) rather than a timing guess on a busy box; a few more
 attackers ignore everything and blast their bodies, which the server must discard without holding.
 The valid clients must get answers or fast 503s (no timeout, no reset), RSS must stay within the
-bound the README states (service.budget.rss_bound) and below 1.5 GB, come back to within 200 MB of
+bound the README states (service.limits.budget.rss_bound) and below 1.5 GB, come back to within 200 MB of
 where it started, and the service must stay ready.
 """
 
@@ -27,8 +27,8 @@ from hostile_corpus import RssSampler, raw_http_request, rss_bytes, send_raw
 from PIL import Image
 from server import link_repository, run_server
 
-from service.budget import rss_bound
-from service.memory import pillow_cache_bytes
+from service.limits.budget import rss_bound
+from service.limits.memory import pillow_cache_bytes
 from service.settings import Settings
 
 ATTACKERS = 500

@@ -19,8 +19,8 @@ from conftest import shared_path
 import models
 from export import export_model
 from export.exporter import RANDOM_INIT_SEED
-from service.model_card import INPUT_NAME, ModelCard
-from service.preprocess import preprocess_image
+from servable.card import INPUT_NAME, ModelCard
+from servable.images import preprocess_image
 
 #: The smallest name of each family (ResNet-D stands for the resnet family's new names).
 ONE_PER_FAMILY = {

@@ -25,8 +25,8 @@ from export import ExportError
 from export.config import ImportRequest, load_config
 from export.onnx_import import import_onnx
 from export.presets import PreprocessingSpec
-from service.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
-from service.preprocess import preprocess_image
+from servable.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from servable.images import preprocess_image
 
 LABELS = ("apple", "bear", "cloud", "dune")
 MEAN = (0.45, 0.4, 0.35)

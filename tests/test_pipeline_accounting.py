@@ -1,4 +1,4 @@
-"""How ``Pipeline.request`` counts a request that ended abnormally, generated from data.
+"""How ``Pipeline.account`` counts a request that ended abnormally, generated from data.
 
 A status label of 5xx must mean the server failed: a client that cancelled is 499, a request the
 server aborted because its drain grace ran out is 503, a service error keeps its own status, and
@@ -15,7 +15,8 @@ import pytest
 
 from service.errors import ServiceError
 from service.metrics import Metrics
-from service.pipeline import CLIENT_CLOSED, V2_GRPC, Pipeline
+from service.pipeline.call import CLIENT_CLOSED, V2_GRPC
+from service.pipeline.core import Pipeline
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -54,7 +55,7 @@ def test_an_abnormal_end_is_counted_with_the_status_it_deserves(
     pipeline = Pipeline(state)
 
     async def request() -> None:
-        with pipeline.request(V2_GRPC):
+        with pipeline.account(V2_GRPC):
             await work()  # type: ignore[operator]
 
     try:

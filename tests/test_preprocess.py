@@ -12,9 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from servable.errors import ImageError
+from servable.images import preprocess_image, resized_size
+from servable.preprocessing import Preprocessing
 from service.errors import ServiceError
-from service.model_card import Preprocessing
-from service.preprocess import preprocess_image, resized_size
+from service.pipeline.decode import image_refusal
 
 IMAGENET = Preprocessing(resize_size=256, crop_size=224, interpolation="bilinear")
 
@@ -176,10 +178,11 @@ def test_jpeg_draft_mode_keeps_the_parity_bound() -> None:
 
 
 def expect_error(data: bytes, status: int, code: str, **kwargs: object) -> ServiceError:
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(ImageError) as caught:
         preprocess_image(data, IMAGENET, **kwargs)  # type: ignore[arg-type]
-    assert (caught.value.status, caught.value.code) == (status, code), caught.value
-    return caught.value
+    refusal = image_refusal(caught.value)
+    assert (refusal.status, refusal.code) == (status, code), refusal
+    return refusal
 
 
 def test_bad_input_gets_the_documented_error() -> None:
@@ -210,11 +213,11 @@ def test_decompression_bombs_are_refused_from_the_header() -> None:
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=512), st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a"]))
-def test_arbitrary_bytes_raise_only_service_errors(tail: bytes, magic: bytes) -> None:
+def test_arbitrary_bytes_raise_only_image_errors(tail: bytes, magic: bytes) -> None:
     try:
         preprocess_image(magic + tail, IMAGENET)
-    except ServiceError as error:
-        assert error.status in (413, 415, 422)
+    except ImageError as error:
+        assert image_refusal(error).status in (413, 415, 422)
 
 
 def test_reference_crop_files_exist() -> None:

@@ -22,30 +22,30 @@ from hostile_corpus import send_raw
 from load import open_loop, percentile, predict_request
 from server import link_repository, run_server
 
-from service.manager import MAX_AUTO_QUEUE_SIZE, UNMEASURED_QUEUE_SIZE, ModelSettings
-from service.repository import ModelConfig
+from service.engine.model_settings import MAX_AUTO_QUEUE_SIZE, UNMEASURED_QUEUE_SIZE, ModelSettings
+from service.engine.repository import ServingConfig
 from service.settings import Settings
 
 #: (case, settings, per-model config, measured images/s of one instance, expected queue size)
-SIZING: list[tuple[str, dict[str, object], ModelConfig, float | None, int]] = [
-    ("resnet50 on 2 cores: 5 s of 26.2 img/s", {}, ModelConfig(), 26.2, 131),
-    ("slow model: at least one multipart request", {}, ModelConfig(), 3.0, 64),
-    ("big batch: at least one batch", {}, ModelConfig(max_batch_size=128), 3.0, 128),
-    ("resnet20: capped for memory", {}, ModelConfig(), 2_500.0, MAX_AUTO_QUEUE_SIZE),
-    ("two instances drain twice as fast", {}, ModelConfig(instances=2), 11.0, 110),
-    ("shorter wait budget", {"max_queue_wait_s": 1.0}, ModelConfig(), 200.0, 200),
-    ("no warm-up: nothing measured", {}, ModelConfig(), None, UNMEASURED_QUEUE_SIZE),
-    ("no warm-up: the floor still holds", {"max_files": 200}, ModelConfig(), None, 200),
-    ("the floor wins over the cap", {"max_files": 2000}, ModelConfig(), 2_500.0, 2000),
-    ("explicit global size wins", {"max_queue_size": 7}, ModelConfig(), 2_500.0, 7),
-    ("explicit per-model size wins", {"max_queue_size": 7}, ModelConfig(max_queue_size=40), 2_500.0, 40),
+SIZING: list[tuple[str, dict[str, object], ServingConfig, float | None, int]] = [
+    ("resnet50 on 2 cores: 5 s of 26.2 img/s", {}, ServingConfig(), 26.2, 131),
+    ("slow model: at least one multipart request", {}, ServingConfig(), 3.0, 64),
+    ("big batch: at least one batch", {}, ServingConfig(max_batch_size=128), 3.0, 128),
+    ("resnet20: capped for memory", {}, ServingConfig(), 2_500.0, MAX_AUTO_QUEUE_SIZE),
+    ("two instances drain twice as fast", {}, ServingConfig(instances=2), 11.0, 110),
+    ("shorter wait budget", {"max_queue_wait_s": 1.0}, ServingConfig(), 200.0, 200),
+    ("no warm-up: nothing measured", {}, ServingConfig(), None, UNMEASURED_QUEUE_SIZE),
+    ("no warm-up: the floor still holds", {"max_files": 200}, ServingConfig(), None, 200),
+    ("the floor wins over the cap", {"max_files": 2000}, ServingConfig(), 2_500.0, 2000),
+    ("explicit global size wins", {"max_queue_size": 7}, ServingConfig(), 2_500.0, 7),
+    ("explicit per-model size wins", {"max_queue_size": 7}, ServingConfig(max_queue_size=40), 2_500.0, 40),
 ]
 
 
 @pytest.mark.parametrize(("settings", "config", "rate", "expected"), [case[1:] for case in SIZING],
                          ids=[case[0] for case in SIZING])
 def test_queue_size_is_seconds_of_measured_throughput_within_bounds(
-    tmp_path: Path, settings: dict[str, object], config: ModelConfig, rate: float | None, expected: int
+    tmp_path: Path, settings: dict[str, object], config: ServingConfig, rate: float | None, expected: int
 ) -> None:
     resolved = ModelSettings.resolve(Settings(model_dir=tmp_path, **settings), config)  # type: ignore[arg-type]
     assert resolved.queue_size(rate) == expected

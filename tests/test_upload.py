@@ -1,6 +1,6 @@
 """The one-piece multipart fast path answers exactly as the streaming parser does, on every body.
 
-``service.upload`` splits a multipart body that arrived in one piece with a few ``bytes.find`` calls
+``service.doors.upload`` splits a multipart body that arrived in one piece with a few ``bytes.find`` calls
 and hands anything not plainly formed to python-multipart's streaming parser. Each body below is read
 both ways (in one piece, and in chunks that force the streaming parser): the images, filenames and
 form shape, or the error status and code, must be the same.
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.doors.multipart import read_multipart
 from service.errors import ServiceError
-from service.upload import _read_multipart
 
 BOUNDARY = b"b0undary-7f"
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 3 + b"\xff\xd9"
@@ -78,7 +78,7 @@ def read(data: bytes, pieces: int) -> object:
 
     async def run() -> object:
         try:
-            uploads = await _read_multipart(chunks(), BOUNDARY, 1 << 20, MAX_FILES)
+            uploads = await read_multipart(chunks(), BOUNDARY, 1 << 20, MAX_FILES)
         except ServiceError as error:
             return ("error", error.status, error.code)
         return ("ok", uploads.multiple, [(u.filename, bytes(u.data)) for u in uploads.files])

@@ -23,8 +23,8 @@ from conftest import cifar_sample, shared_path
 from server import RunningServer, free_port, link_repository, run_server
 from tritonclient.utils import InferenceServerException
 
-from service.model_card import Preprocessing
-from service.preprocess import preprocess_image
+from servable.images import preprocess_image
+from servable.preprocessing import Preprocessing
 
 CIFAR = Preprocessing(resize_size=32, crop_size=32)
 IMAGENET = Preprocessing(resize_size=256, crop_size=224)

@@ -13,10 +13,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from service.doors.v2.json_codec import parse_infer_request
+from service.doors.v2.rest import JSON_EXPANSION
+from service.doors.v2.tensors import join_bytes_elements, split_bytes_elements
 from service.errors import ServiceError
 from service.parsing import parse_int, shown
-from service.v2.rest import JSON_EXPANSION, parse_infer_request
-from service.v2.tensors import join_bytes_elements, split_bytes_elements
 
 
 def tensor(name: str = "images", datatype: str = "UINT8", shape: object = (1, 2, 2, 3), **extra: object) -> dict:

@@ -11,8 +11,8 @@ import pytest
 from google.protobuf.descriptor import Descriptor, EnumDescriptor
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from service.v2.grpc import SERVICE, GrpcDoor
-from service.v2.proto import inference_pb2 as ours
+from service.doors.v2.grpc import SERVICE, GrpcDoor
+from service.doors.v2.proto import inference_pb2 as ours
 
 TRITON_FILES = (service_pb2.DESCRIPTOR, model_config_pb2.DESCRIPTOR)
 

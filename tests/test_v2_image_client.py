@@ -2,9 +2,8 @@
 and the CIFAR-10 sample accuracy table through V2 REST and gRPC with encoded images.
 
 image_client.py is not published on any package registry (it lives in triton-inference-server/client,
-``src/python/examples``): point ``RESNET_SERVE_TRITON_EXAMPLES`` at that folder (default: a checkout
-of the client repository beside this one, ``../triton-client/src/python/examples``); the test skips
-with that reason otherwise. It preprocesses by resizing to the model's input size (no crop), so its
+``src/python/examples``); ``../shared/triton-client/src/python/examples`` holds it as published, and
+``RESNET_SERVE_TRITON_EXAMPLES`` points elsewhere; the test skips with that reason when it is absent. It preprocesses by resizing to the model's input size (no crop), so its
 top-3 is compared with onnxruntime run directly on the served file with exactly those pixels.
 """
 
@@ -22,13 +21,13 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import CIFAR_SAMPLE_ACCURACY, REPO_ROOT, cifar_sample, shared_path
+from conftest import CIFAR_SAMPLE_ACCURACY, SHARED_DIR, cifar_sample, shared_path
 from PIL import Image
 from server import RunningServer, free_port, link_repository, run_server
 
-from service.model_card import ModelCard
+from servable.card import ModelCard
 
-EXAMPLES = Path(os.environ.get("RESNET_SERVE_TRITON_EXAMPLES", REPO_ROOT.parent / "triton-client/src/python/examples"))
+EXAMPLES = Path(os.environ.get("RESNET_SERVE_TRITON_EXAMPLES", SHARED_DIR / "triton-client/src/python/examples"))
 LINE = re.compile(r"^\s+(\S+) \((\d+)\) = (.+)$")
 
 

@@ -30,8 +30,8 @@ from benchmarks.phases import PEER_CONCURRENCY, phase_seconds, plan_for
 from benchmarks.procstat import group_cpu_seconds, server_cpu
 from benchmarks.server import ServerFailed, paused, running_server
 from benchmarks.workload import BenchModel, payloads_for
-from service.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
-from service.preprocess import preprocess_image
+from servable.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from servable.images import preprocess_image
 
 
 def onnx_file(repo: Path, model: BenchModel) -> Path:

@@ -7,7 +7,7 @@
 - :mod:`~models.checkpoints.loader`: :func:`load_checkpoint`, which strings them together.
 """
 
-from models.checkpoints.download import cache_dir, cache_path_for, downloads_allowed, file_sha256, fsync_dir
+from models.checkpoints.download import cache_dir, cache_path_for, downloads_allowed, file_sha256
 from models.checkpoints.errors import CheckpointError
 from models.checkpoints.fit import (
     adapt,
@@ -34,7 +34,6 @@ __all__ = [
     "expected_shapes",
     "file_sha256",
     "fitting_architectures",
-    "fsync_dir",
     "infer_num_classes",
     "load_checkpoint",
     "load_into",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from models.checkpoints.errors import CheckpointError
 from models.config import PublishedCheckpoint
+from servable.layout import fsync_dir
 
 CACHE_DIR_ENV = "RESNET_SERVE_CACHE_DIR"
 OFFLINE_ENV = "RESNET_SERVE_OFFLINE"
@@ -164,17 +165,3 @@ def _download(remote: Remote) -> str:
         return sha
     finally:
         temp_path.unlink(missing_ok=True)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make the rename durable where the platform allows fsync on a directory."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

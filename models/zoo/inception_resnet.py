@@ -6,10 +6,11 @@ weights (tf_in1k, timm's default, and the ensemble-adversarially trained tf_ens_
 
 from __future__ import annotations
 
-from models.config import INCEPTION_MEAN, INCEPTION_STD, ModelConfig, Preprocessing
+from models.config import ModelConfig
 from models.inception_resnet import InceptionResNetV2
 from models.registry import register
 from models.sources import timm_checkpoints
+from servable.preprocessing import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 
 FAMILY = "inception_resnet"
 

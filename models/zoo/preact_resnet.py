@@ -8,10 +8,11 @@ The paper's CIFAR nets have no published weights: they are architectures to trai
 
 from __future__ import annotations
 
-from models.config import CIFAR, INCEPTION_MEAN, INCEPTION_STD, TIMM_DEFAULT, ModelConfig, Preprocessing
+from models.config import CIFAR, TIMM_DEFAULT, ModelConfig
 from models.preact_resnet import PreActResNet
 from models.registry import register
 from models.sources import default_preprocessing, timm_checkpoints
+from servable.preprocessing import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 
 FAMILY = "preact_resnet"
 

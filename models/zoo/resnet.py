@@ -11,16 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from models.config import (
-    CIFAR,
-    INCEPTION_MEAN,
-    INCEPTION_STD,
-    TIMM_DEFAULT,
-    TORCHVISION_V1,
-    TORCHVISION_V2,
-    ModelConfig,
-    Preprocessing,
-)
+from models.config import CIFAR, TIMM_DEFAULT, TORCHVISION_V1, TORCHVISION_V2, ModelConfig
 from models.registry import register
 from models.resnet import ResNet
 from models.sources import (
@@ -29,6 +20,7 @@ from models.sources import (
     timm_checkpoints,
     torchvision_checkpoints,
 )
+from servable.preprocessing import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 
 FAMILY = "resnet"
 

@@ -1,7 +1,7 @@
 """What every peer server runs: the benchmark's ONNX file in onnxruntime and the service's preprocessing.
 
 Imported by the peer apps inside their own virtual environments (``PYTHONPATH`` = the repository root,
-so ``service.preprocess`` and ``service.model_card`` are the very code the service runs). Nothing here
+so ``servable.images`` and ``servable.card`` are the very code the service runs). Nothing here
 imports the benchmark package: the peer venvs have no httpx, no torch unless the peer needs it.
 
 The session is opened the way a user of each peer would open it: ``ort.InferenceSession(path,
@@ -17,8 +17,8 @@ import os
 import numpy as np
 import onnxruntime as ort
 
-from service.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
-from service.preprocess import preprocess_image
+from servable.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from servable.images import preprocess_image
 
 
 def _spinning_from_env() -> bool | None:

@@ -4,7 +4,7 @@ A TorchServe handler module with one class (``initialize(context)`` once per wor
 context)`` per batch), as TorchServe's custom-handler guide writes it. Each request row holds the
 multipart field ``file`` (the service's own upload body); the answer is the top-5 as the service's.
 ``peer_config.json`` beside it (written by the benchmark into the archive) names the ONNX file, the
-repository root (for ``service.preprocess``) and the onnxruntime settings of the variant.
+repository root (for ``servable.images``) and the onnxruntime settings of the variant.
 """
 
 from __future__ import annotations
