@@ -30,6 +30,11 @@ class ServiceError(Exception):
         self.message = message
         self.headers = dict(headers) if headers else None
 
+    @classmethod
+    def retry_later(cls, code: str, message: str, retry_after_s: int) -> ServiceError:
+        """A 503 the client may retry: ``Retry-After`` (HTTP) or ``retry-after`` metadata (gRPC) says when."""
+        return cls(503, code, message, {"Retry-After": str(retry_after_s)})
+
     def about(self, subject: str) -> ServiceError:
         """The same error with ``subject`` (e.g. the uploaded file's name) prefixed to the message."""
         return ServiceError(self.status, self.code, f"{subject}: {self.message}", self.headers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -19,71 +21,64 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter(
+        counter = partial(Counter, registry=self.registry)
+        gauge = partial(Gauge, registry=self.registry)
+        seconds = partial(Histogram, labelnames=["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        by_version = ["model", "version"]
+
+        self.requests = counter(
             "resnet_serve_requests",
             "Prediction requests by model, HTTP status and protocol (predict, v2-rest, v2-grpc).",
-            ["model", "status", "protocol"], registry=r,
+            ["model", "status", "protocol"],
         )
-        self.images = Counter("resnet_serve_images", "Images classified, by model.", ["model"], registry=r)
-        self.rejections = Counter(
-            "resnet_serve_rejections", "Requests refused, by model and reason (error code).", ["model", "reason"],
-            registry=r,
+        self.images = counter("resnet_serve_images", "Images classified, by model.", ["model"])
+        self.rejections = counter(
+            "resnet_serve_rejections", "Requests refused, by model and reason (error code).", ["model", "reason"]
         )
-        self.request_latency = Histogram(
-            "resnet_serve_request_seconds", "End-to-end latency of a prediction request (any protocol), body read to response.", ["model"],
-            buckets=LATENCY_BUCKETS, registry=r,
+        self.request_latency = seconds(
+            "resnet_serve_request_seconds",
+            "End-to-end latency of a prediction request (any protocol), body read to response.",
         )
-        self.queue_wait = Histogram(
-            "resnet_serve_queue_wait_seconds", "Time an image waited in the batch queue.", ["model"],
-            buckets=LATENCY_BUCKETS, registry=r,
+        self.queue_wait = seconds("resnet_serve_queue_wait_seconds", "Time an image waited in the batch queue.")
+        self.preprocess_latency = seconds(
+            "resnet_serve_preprocess_seconds", "Decode + resize + crop time of one request's images."
         )
-        self.preprocess_latency = Histogram(
-            "resnet_serve_preprocess_seconds", "Decode + resize + crop time of one request's images.", ["model"],
-            buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.inference_latency = Histogram(
-            "resnet_serve_inference_seconds", "onnxruntime time per batch.", ["model"],
-            buckets=LATENCY_BUCKETS, registry=r,
-        )
+        self.inference_latency = seconds("resnet_serve_inference_seconds", "onnxruntime time per batch.")
         self.batch_size = Histogram(
-            "resnet_serve_batch_size", "Images per inference batch.", ["model"], buckets=BATCH_SIZE_BUCKETS, registry=r
+            "resnet_serve_batch_size", "Images per inference batch.", ["model"], buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
         )
-        self.queue_depth = Gauge(
-            "resnet_serve_queue_depth", "Images waiting for a batch (decoded, not yet running).", ["model", "version"],
-            registry=r,
+        self.queue_depth = gauge(
+            "resnet_serve_queue_depth", "Images waiting for a batch (decoded, not yet running).", by_version
         )
-        self.inflight_images = Gauge(
+        self.inflight_images = gauge(
             "resnet_serve_inflight_images",
             "Images admitted and not yet answered (decoding, queued or running): the per-pod autoscaling signal.",
-            ["model", "version"], registry=r,
+            by_version,
         )
-        self.model_info = Gauge(
-            "resnet_serve_model_info", "Served models (value 1).",
-            ["model", "version", "architecture", "num_classes", "input_size"], registry=r,
+        self.model_info = gauge(
+            "resnet_serve_model_info", "Served models (value 1).", [*by_version, "architecture", "num_classes", "input_size"]
         )
-        self.provider_info = Gauge(
+        self.provider_info = gauge(
             "resnet_serve_provider_info",
             "Execution providers per model (value 1); gpu_fallback=true when a GPU was asked for but is unused.",
-            ["model", "version", "requested", "active", "gpu_fallback"], registry=r,
+            [*by_version, "requested", "active", "gpu_fallback"],
         )
-        self.version_loads = Counter(
-            "resnet_serve_version_loads", "Model versions loaded, warmed and switched in.", ["model"], registry=r,
+        self.version_loads = counter(
+            "resnet_serve_version_loads", "Model versions loaded, warmed and switched in.", ["model"]
         )
-        self.version_refusals = Counter(
+        self.version_refusals = counter(
             "resnet_serve_version_refusals",
             "New or changed versions refused (cause=load: the file failed to load or warm; config: config.toml).",
-            ["model", "cause"], registry=r,
+            ["model", "cause"],
         )
-        self.refused_versions = Gauge(
-            "resnet_serve_refused_versions", "Versions on disk currently refused (not served), per model.",
-            ["model"], registry=r,
+        self.refused_versions = gauge(
+            "resnet_serve_refused_versions", "Versions on disk currently refused (not served), per model.", ["model"]
         )
-        self.body_bytes = Gauge(
-            "resnet_serve_inflight_body_bytes", "Request-body bytes held across connections (MAX_INFLIGHT_BYTES).",
-            registry=r,
+        self.body_bytes = gauge(
+            "resnet_serve_inflight_body_bytes", "Request-body bytes held across connections (MAX_INFLIGHT_BYTES)."
         )
-        self.ready = Gauge("resnet_serve_ready", "1 when every model is loaded, warmed and batching.", registry=r)
+        self.ready = gauge("resnet_serve_ready", "1 when every model is loaded, warmed and batching.")
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,6 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from servable.preprocessing import Preprocessing
 
 
+def _example(**answer: Any) -> ConfigDict:
+    """The example /docs shows for an answer of version 1 of a model."""
+    return ConfigDict(json_schema_extra={"examples": [{**answer, "version": 1}]})
+
+
 class Prediction(BaseModel):
     label: str = Field(examples=["tabby"])
     index: int = Field(examples=[281], description="Class index in the model's output.")
@@ -18,19 +23,9 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     """One image sent as field `file` or as a raw image body."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "model": "resnet50",
-                    "version": 1,
-                    "predictions": [
-                        {"label": "tabby", "index": 281, "score": 0.61},
-                        {"label": "tiger cat", "index": 282, "score": 0.27},
-                    ],
-                }
-            ]
-        }
+    model_config = _example(
+        model="resnet50",
+        predictions=[{"label": "tabby", "index": 281, "score": 0.61}, {"label": "tiger cat", "index": 282, "score": 0.27}],
     )
 
     model: str
@@ -46,19 +41,12 @@ class FileResult(BaseModel):
 class BatchPredictResponse(BaseModel):
     """Several images sent as repeated field `files`; results in request order."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "model": "resnet20",
-                    "version": 1,
-                    "results": [
-                        {"filename": "a.jpg", "predictions": [{"label": "cat", "index": 3, "score": 0.9}]},
-                        {"filename": "b.jpg", "predictions": [{"label": "ship", "index": 8, "score": 0.8}]},
-                    ],
-                }
-            ]
-        }
+    model_config = _example(
+        model="resnet20",
+        results=[
+            {"filename": "a.jpg", "predictions": [{"label": "cat", "index": 3, "score": 0.9}]},
+            {"filename": "b.jpg", "predictions": [{"label": "ship", "index": 8, "score": 0.8}]},
+        ],
     )
 
     model: str

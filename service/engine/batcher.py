@@ -30,8 +30,9 @@ from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-#: Seconds a client is told to wait after a 503 for a full queue.
+#: Seconds a client is told to wait after a 503 for a full queue, and for a version that is stopping.
 RETRY_AFTER_S = 1
+SHUTDOWN_RETRY_AFTER_S = 5
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
 
@@ -112,13 +113,12 @@ class Batcher:
     def check_capacity(self, count: int = 1) -> None:
         """Raise 503 if ``count`` more images would not fit right now (reserves nothing)."""
         if self._closing:
-            raise ServiceError(503, "shutting_down", f"{self.label} is shutting down", {"Retry-After": "5"})
+            raise ServiceError.retry_later("shutting_down", f"{self.label} is shutting down", SHUTDOWN_RETRY_AFTER_S)
         if self.load + count > self.max_queue_size:
-            raise ServiceError(
-                503,
+            raise ServiceError.retry_later(
                 "queue_full",
                 f"{self.label} has {self.load} images queued (limit {self.max_queue_size}); retry later",
-                {"Retry-After": str(RETRY_AFTER_S)},
+                RETRY_AFTER_S,
             )
 
     def reserve(self, count: int) -> None:
@@ -275,7 +275,9 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        stopped = ServiceError(503, "shutting_down", f"{self.label} stopped before this image ran", {"Retry-After": "5"})
+        stopped = ServiceError.retry_later(
+            "shutting_down", f"{self.label} stopped before this image ran", SHUTDOWN_RETRY_AFTER_S
+        )
         while self._pending:
             item = self._pending.popleft()
             if not item.future.done():

@@ -33,6 +33,9 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Seconds a client is told to wait while models load (a load takes seconds).
+LOADING_RETRY_AFTER_S = 5
+
 
 class ModelManager:
     """Loads, switches and retires model versions; answers which version serves a request."""
@@ -58,7 +61,7 @@ class ModelManager:
             if len(self.models) == 1:
                 name = next(iter(self.models))
             elif not self.models:
-                raise ServiceError(503, "not_ready", self.problem or "no model loaded", {"Retry-After": "5"})
+                raise ServiceError.retry_later("not_ready", self.problem or "no model loaded", LOADING_RETRY_AFTER_S)
             else:
                 raise ServiceError(
                     422, "model_required",
@@ -70,7 +73,9 @@ class ModelManager:
         if version is None:
             latest = served.latest()
             if latest is None:
-                raise ServiceError(503, "model_unavailable", f"model {name!r} is {served.status()}", {"Retry-After": "5"})
+                raise ServiceError.retry_later(
+                    "model_unavailable", f"model {name!r} is {served.status()}", LOADING_RETRY_AFTER_S
+                )
             return latest
         chosen = served.versions.get(version)
         if chosen is None:

@@ -36,11 +36,10 @@ class ByteBudget:
         if count <= 0:
             return
         if self.held + count > self.capacity:
-            raise ServiceError(
-                503,
+            raise ServiceError.retry_later(
                 "server_busy",
                 f"the server holds {self.held} bytes of request bodies (limit {self.capacity}); retry later",
-                {"Retry-After": str(BUSY_RETRY_AFTER_S)},
+                BUSY_RETRY_AFTER_S,
             )
         self.held += count
         self.peak = max(self.peak, self.held)

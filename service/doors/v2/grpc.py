@@ -165,9 +165,8 @@ class GrpcDoor:
         async def run(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
                 if self._in_flight >= (limit := self.settings.limit_concurrency):
-                    raise ServiceError(
-                        503, "server_busy", f"more than {limit} gRPC calls in flight; retry shortly",
-                        {"Retry-After": "1"},
+                    raise ServiceError.retry_later(
+                        "server_busy", f"more than {limit} gRPC calls in flight; retry shortly", 1
                     )
                 self._in_flight += 1
                 try:

@@ -21,6 +21,7 @@ from service.doors.upload import read_body
 from service.doors.v2 import protocol
 from service.doors.v2.json_codec import HEADER_LENGTH, encode_response, parse_infer_request, parse_json
 from service.doors.v2.protocol import InferCall
+from service.engine.manager import ModelManager
 from service.errors import ServiceError
 from service.limits.budget import BodyLease
 from service.parsing import MAX_INT_DIGITS, shown
@@ -109,30 +110,14 @@ def router(pipeline: Pipeline) -> APIRouter:
             return JSONResponse({"ready": True})
         return JSONResponse({"ready": False, "error": reason}, status_code=400)
 
-    @api.get("/models/{model_name}", summary="Model metadata (highest loaded version).")
-    @api.get("/models/{model_name}/versions/{version}", summary="Model metadata of one version.",
-             openapi_extra=_VERSION_PARAMETER)
-    async def model_metadata(request: Request, model_name: str) -> Response:
-        pipeline.authorize(request.headers.getlist("authorization"))
-        target = protocol.lookup(manager, model_name)
-        return JSONResponse(protocol.model_metadata(manager, target, protocol.parse_version(_version(request))))
-
-    @api.get("/models/{model_name}/ready", summary="200 when the model (version) is ready, 400 otherwise.")
-    @api.get("/models/{model_name}/versions/{version}/ready", summary="200 when that version is ready.",
-             openapi_extra=_VERSION_PARAMETER)
-    async def model_ready(request: Request, model_name: str) -> Response:
-        pipeline.authorize(request.headers.getlist("authorization"))
-        target = protocol.lookup(manager, model_name)
-        ready = protocol.model_ready(manager, target, protocol.parse_version(_version(request)))
-        return JSONResponse({"name": target.name, "ready": ready}, status_code=200 if ready else 400)
-
-    @api.get("/models/{model_name}/config", summary="Triton model configuration.")
-    @api.get("/models/{model_name}/versions/{version}/config", summary="Triton model configuration of one version.",
-             openapi_extra=_VERSION_PARAMETER)
-    async def model_config(request: Request, model_name: str) -> Response:
-        pipeline.authorize(request.headers.getlist("authorization"))
-        target = protocol.lookup(manager, model_name)
-        return JSONResponse(protocol.model_config(manager, target, protocol.parse_version(_version(request))))
+    for suffix, summary, answer in _MODEL_ROUTES:
+        handler = _model_route(pipeline, answer)
+        handler.__name__ = f"model_{answer.__name__.strip('_')}"
+        api.add_api_route(f"/models/{{model_name}}{suffix}", handler, methods=["GET"], summary=summary)
+        api.add_api_route(
+            f"/models/{{model_name}}/versions/{{version}}{suffix}", handler, methods=["GET"],
+            summary=f"{summary} (one version)", openapi_extra=_VERSION_PARAMETER,
+        )
 
     @api.post(
         "/repository/index", summary="Every model and version with its state (READY, UNAVAILABLE, ...).",
@@ -162,6 +147,42 @@ def router(pipeline: Pipeline) -> APIRouter:
         return await infer_request(pipeline, request, model_name, _version(request))
 
     return api
+
+
+ModelAnswer = Callable[[ModelManager, protocol.V2Model, "int | None"], Response]
+
+
+def _metadata(manager: ModelManager, target: protocol.V2Model, version: int | None) -> Response:
+    return JSONResponse(protocol.model_metadata(manager, target, version))
+
+
+def _ready(manager: ModelManager, target: protocol.V2Model, version: int | None) -> Response:
+    ready = protocol.model_ready(manager, target, version)
+    return JSONResponse({"name": target.name, "ready": ready}, status_code=200 if ready else 400)
+
+
+def _config(manager: ModelManager, target: protocol.V2Model, version: int | None) -> Response:
+    return JSONResponse(protocol.model_config(manager, target, version))
+
+
+#: The per-model GET routes: (path suffix, summary, answer); each also exists under /versions/{version}.
+_MODEL_ROUTES: tuple[tuple[str, str, ModelAnswer], ...] = (
+    ("", "Model metadata (highest loaded version).", _metadata),
+    ("/ready", "200 when the model (version) is ready, 400 otherwise.", _ready),
+    ("/config", "Triton model configuration.", _config),
+)
+
+
+def _model_route(pipeline: Pipeline, answer: ModelAnswer) -> Callable[[Request, str], Awaitable[Response]]:
+    """A per-model GET: the API key, the model (or its encoded companion) and the version, then ``answer``."""
+    manager = pipeline.state.manager
+
+    async def route(request: Request, model_name: str) -> Response:
+        pipeline.authorize(request.headers.getlist("authorization"))
+        target = protocol.lookup(manager, model_name)
+        return answer(manager, target, protocol.parse_version(_version(request)))
+
+    return route
 
 
 def _version(request: Request) -> str | None:
