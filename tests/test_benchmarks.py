@@ -16,14 +16,20 @@ from benchmarks import h2load
 from benchmarks.phases import GRPC_DOOR, H2LOAD_GRPC_DOOR, PREDICT_DOOR, REST_DOOR
 
 
+@pytest.fixture(scope="module")
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One exported-model cache for the runs below: a model one run exports, the next finds (the export skips)."""
+    return tmp_path_factory.mktemp("bench-cache")
+
+
 @pytest.mark.slow
-def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path) -> None:
+def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path, export_cache: Path) -> None:
     shared_path("weights", "cifar10")
     shared_path("data", "photos")
     output = tmp_path / "bench.json"
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", "raw", "service", "naive", "--quick", "--models", "resnet20",
-         "--duration", "1.5", "--no-wrk", "--cache-dir", str(tmp_path / "cache"), "--output", str(output)],
+         "--duration", "1.5", "--no-wrk", "--cache-dir", str(export_cache), "--output", str(output)],
         cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=240,
         env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
     )
@@ -64,7 +70,7 @@ def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path: Path) -> None:
+def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path: Path, export_cache: Path) -> None:
     """The INT8 export behind its gate, served, and the same JPEG through /predict and V2 REST (wrk)."""
     from benchmarks import wrk
 
@@ -74,7 +80,7 @@ def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path:
     output = tmp_path / "bench.json"
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", "raw", "service", "--quick", "--models", "resnet20,resnet20-int8",
-         "--duration", "1.5", "--no-perf-analyzer", "--cache-dir", str(tmp_path / "cache"), "--output", str(output)],
+         "--duration", "1.5", "--no-perf-analyzer", "--cache-dir", str(export_cache), "--output", str(output)],
         cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=600,
         env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
     )
@@ -95,6 +101,33 @@ def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path:
     assert "raw resnet20-int8/resnet20 img/s (best batch of each)" in figures
     assert "V2 REST (wrk)/predict resnet20-int8 (c=32, 1 JPEG/req)" in figures
 
+
+@pytest.mark.slow
+def test_quick_int8_suite_measures_the_checkpoints_real_accuracy_through_both_paths(
+    tmp_path: Path, export_cache: Path,
+) -> None:
+    """resnet20 in fp32 and INT8 on the 1,000 CIFAR sample JPEGs: onnxruntime and the service agree image for
+    image, the fp32 file scores what its publisher reports, and the INT8 file stays within its gate."""
+    shared_path("weights", "cifar10")
+    shared_path("data", "cifar10-sample")
+    output = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "int8", "--quick", "--cache-dir", str(export_cache), "--output", str(output)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=600,
+        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "INT8 ACCURACY" in completed.stdout and "INT8 SPEED" in completed.stdout
+    int8 = json.loads(output.read_text())["int8"]
+    direct, served = int8["accuracy"]
+    assert (direct["model"], direct["via"], served["via"]) == ("resnet20", "onnxruntime", "HTTP")
+    assert {k: v for k, v in served.items() if k != "via"} == {k: v for k, v in direct.items() if k != "via"}
+    assert direct["fp32_acc"] == pytest.approx(direct["published"], abs=0.05)
+    assert abs(direct["int8_acc"] - direct["fp32_acc"]) <= 1.0
+    assert direct["agree_held"] >= 98.0 and direct["gate_vs_pytorch"] >= 98.0
+    assert [row["batch"] for row in int8["speed"]] == [1, 8, 32, "best"]
+    assert all(row["fp32"] > 0 and row["int8"] > 0 for row in int8["speed"])
+    assert int8["speed"][-1]["int8"] == max(row["int8"] for row in int8["speed"][:-1])
 
 def test_preprocess_suite_measures_pillow_exactly(tmp_path: Path) -> None:
     shared_path("reference", "preprocess", "torchvision_crops.npz")
