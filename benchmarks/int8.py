@@ -95,7 +95,7 @@ def run(
 
 def cifar_files() -> tuple[list[Path], np.ndarray]:
     """The sample in the exporter's order (calibration = the first 300) and the true classes."""
-    from export.calibration import list_images  # the exporter's order; torch only when measuring
+    from export.calibration import list_images  # the exporter's order; export loads torch, so not for --help
 
     classes = shared_path("labels", "cifar10.txt").read_text().split()
     files = list_images(shared_path("data", "cifar10-sample"), "CIFAR sample")
