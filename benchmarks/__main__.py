@@ -1,4 +1,4 @@
-"""``python -m benchmarks [raw|service|naive|preprocess|pytriton|litserve|torchserve|all] [--quick]``:
+"""``python -m benchmarks [raw|service|naive|preprocess|pytriton|litserve|torchserve|int8|all] [--quick]``:
 one run, one table, one JSON file."""
 
 from __future__ import annotations
@@ -25,25 +25,27 @@ from benchmarks.workload import (
 )
 
 SUITES = ("preprocess", "raw", "service", "naive", "pytriton")
-#: Peers outside ``all``: each needs a venv of its own (TorchServe: torch and Java) and minutes per model.
-OPT_IN = ("litserve", "torchserve")
+#: Outside ``all``, run when named: each of these peers needs a venv of its own (TorchServe: torch and Java)
+#: and minutes per model; ``int8`` exports ten models and measures the accuracy of four.
+OPT_IN = ("litserve", "torchserve", "int8")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Benchmark the service against in-process onnxruntime (raw), FastAPI + PyTorch eager (naive) "
-        "and peer servers (PyTriton; LitServe and TorchServe on request) serving the same ONNX file.",
+        "and peer servers (PyTriton; LitServe and TorchServe on request) serving the same ONNX file; on request, "
+        "INT8 against fp32 in accuracy and raw speed (int8; finer switches: python -m benchmarks.int8 --help).",
     )
     parser.add_argument(
         "suites", nargs="*", choices=(*SUITES, *OPT_IN, "all"), default=["all"],
-        help=f"what to run (default: all = {' '.join(SUITES)}; {' and '.join(OPT_IN)} only when named)",
+        help=f"what to run (default: all = {' '.join(SUITES)}; {', '.join(OPT_IN)} only when named)",
     )
     parser.add_argument("--quick", action="store_true", help="a one-minute smoke run: fewer sizes, shorter phases")
     parser.add_argument(
         "--models", default=",".join(BENCH_MODEL_NAMES),
         help="comma-separated: resnet50 (224x224, random weights), resnet20 (real CIFAR-10 weights), and their "
-        "-int8 exports (default: all four; naive and peers run the fp32 ones)",
+        "-int8 exports (default: all four; naive and peers run the fp32 ones; int8 has its own)",
     )
     parser.add_argument("--no-perf-analyzer", action="store_true",
                         help="skip V2 gRPC (Triton's perf_analyzer, installed into the cache dir on first use)")
@@ -145,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                             duration=args.duration, log=log,
                             paired=Paired(url, body, pgid, freeze_idle=not args.no_freeze_idle),
                         )
+        if "int8" in suites:
+            from benchmarks import int8
+
+            log("int8 ...")
+            results["int8"] = int8.run(args.cache_dir, quick=args.quick, log=log)
         if "naive" in suites:
             from benchmarks import naive
 

@@ -1,216 +1,170 @@
-"""Measure INT8 against fp32: CIFAR accuracy and agreement (onnxruntime and HTTP), raw CPU speed by batch.
+"""INT8 against fp32: CIFAR accuracy and agreement (onnxruntime and HTTP), raw CPU speed by batch.
 
-``python -m benchmarks.int8 [--out DIR] [--skip-http] [--skip-speed] [--skip-accuracy] [--runs N]``
+``python -m benchmarks int8 [--quick]`` (opt-in: not in ``all``), or on its own with finer switches:
+``python -m benchmarks.int8 [--quick] [--skip-accuracy] [--skip-http] [--skip-speed] [--runs N]``.
 
-A measuring script, not part of the exporter (nothing in export/ imports it; it belongs with
-benchmarks/ once the benchmark suite grows INT8 rows). It exports, into ``--out``, the four CIFAR
-ResNets with the ../shared weights in fp32 and INT8 (calibrated on the first 300 of the 1,000-image
-sample in class-interleaved order, gated on the other 700) and ResNet-50 with seeded random weights in
-fp32 and INT8 (calibrated on 4 of the 8 photos, ``--min-agreement 0``: random weights, speed only), then:
+The ``raw`` and ``service`` suites measure the speed of the two benchmark models' INT8 files; this suite
+measures what an INT8 file costs in accuracy, on all four CIFAR ResNets with the ../shared weights
+(``--quick``: resnet20 only). Each is exported in fp32 and INT8 as the other suites export theirs
+(:func:`benchmarks.workload.model_repository`: INT8 calibrated on the first 300 of the 1,000-image
+sample in the exporter's class-interleaved order, gated on the other 700; reused from the cache while
+nothing changed), plus ResNet-50 with seeded random weights (calibrated on the photos, gate off: speed
+only). Then:
 
 * accuracy on all 1,000 images and on the 700 held out, and top-1 agreement with the fp32 file, through
-  onnxruntime directly and through a real ``python -m service`` (POST /predict, 25 images a request);
-* raw images/s at batch 1..32 with the service's own session builder (``service.engine.runtime.load_model``,
-  as benchmarks/raw.py does): batch / the fastest of N calls, fp32 and INT8 calls alternating.
+  onnxruntime directly and through a real ``python -m service`` (``POST /predict``, 25 images a request);
+* raw images/s at each batch size with the service's own session (:func:`benchmarks.raw.open_model`):
+  batch / the fastest of N calls, fp32 and INT8 calls alternating one by one, so that on a shared box
+  both precisions see the same load, and the fastest call is the one least disturbed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 
-from export import export_model
-from export.calibration import list_images
-from export.verify import shared_data_dir
-from servable.card import INPUT_NAME, OUTPUT_NAME
+from benchmarks.peers.runner import onnx_file
+from benchmarks.raw import crops, open_model
+from benchmarks.server import free_port, python, running_server
+from benchmarks.workload import (
+    DEFAULT_CACHE_DIR,
+    REPO_ROOT,
+    BenchModel,
+    MissingSharedData,
+    cifar_checkpoint,
+    model_repository,
+    shared_path,
+)
+from servable.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from servable.images import preprocess_image
-from servable.preprocessing import Preprocessing
-from service.engine.repository import scan_repository
-from service.engine.runtime import LoadedModel, load_model
 from service.settings import Settings
 
-CIFAR = {"resnet20": 80.4, "resnet32": 84.0, "resnet44": 82.1, "resnet56": 82.5}
-BATCHES = (1, 2, 4, 8, 16, 32)
+#: Top-1 % on the CIFAR-10 test set that each checkpoint's publisher reports (the README's table).
+PUBLISHED_ACCURACY = {"resnet20": 80.4, "resnet32": 84.0, "resnet44": 82.1, "resnet56": 82.5}
+QUICK_ARCHS = ("resnet20",)
+#: The exporter's default: the first 300 sample JPEGs calibrate, the rest are the held-out gate.
 CALIBRATION_COUNT = 300
 REQUEST_IMAGES = 25
+BATCHES = (1, 2, 4, 8, 16, 32)
+QUICK_BATCHES = (1, 8, 32)
+RUNS, QUICK_RUNS = 9, 2
+
+Log = Callable[[str], None]
 
 
-def quiet(_line: str) -> None:
-    """Export log sink."""
+def pair(arch: str) -> tuple[BenchModel, BenchModel]:
+    """(fp32, INT8) of one architecture, named as the other suites name theirs (``resnet20``, ``resnet20-int8``)."""
+    if arch in PUBLISHED_ACCURACY:
+        weights = cifar_checkpoint(arch)
+        return BenchModel(arch, arch, weights, "cifar"), BenchModel(f"{arch}-int8", arch, weights, "cifar", int8=True)
+    return BenchModel(arch, arch, None, "imagenet"), BenchModel(f"{arch}-int8", arch, None, "imagenet", int8=True)
 
 
-def shared() -> Path:
-    data = shared_data_dir()
-    if data is None:
-        sys.exit("../shared/data is absent: this script measures on the real CIFAR sample and photos")
-    return data.parent
-
-
-def export_all(out: Path) -> dict[str, Path]:
-    """fp32 and INT8 repositories, one model each (so ``scan_repository`` finds exactly one)."""
-    root = shared()
-    sample = root / "data" / "cifar10-sample"
-    photos = root / "data" / "photos"
+def run(
+    cache_dir: Path, *, quick: bool, log: Log = print, accuracy: bool = True, http: bool = True,
+    speed: bool = True, runs: int | None = None,
+) -> dict[str, Any]:
+    """The accuracy and speed tables (each None when skipped), with what they were measured with."""
+    archs = QUICK_ARCHS if quick else tuple(PUBLISHED_ACCURACY)
+    speed_archs = QUICK_ARCHS if quick else ("resnet50", "resnet20")
+    wanted = {*(archs if accuracy else ()), *(speed_archs if speed else ())}
     repos: dict[str, Path] = {}
-    for arch in CIFAR:
-        weights = str(next((root / "weights" / "cifar10").glob(f"{arch}-*.th")))
-        for precision in ("fp32", "int8"):
-            repo = out / f"{arch}-{precision}"
-            int8 = precision == "int8"
-            result = export_model(
-                arch,
-                weights,
-                model_dir=repo,
-                name=f"{arch}-{precision}",
-                int8=int8,
-                calibration=sample if int8 else None,
-                calibration_count=CALIBRATION_COUNT,
-                log=quiet,
-            )
-            repos[result.name] = repo
-    for precision in ("fp32", "int8"):
-        repo = out / f"resnet50-{precision}"
-        int8 = precision == "int8"
-        result = export_model(
-            "resnet50",
-            None,
-            model_dir=repo,
-            name=f"resnet50-{precision}",
-            int8=int8,
-            calibration=photos if int8 else None,
-            min_agreement=0.0,
-            log=quiet,
-        )
-        repos[result.name] = repo
-    return repos
+    for arch in sorted(wanted):
+        for model in pair(arch):
+            log(f"int8: exporting {model.name} into {cache_dir} (skipped when already there) ...")
+            repos[model.name] = model_repository(model, cache_dir)
+    calls = runs or (QUICK_RUNS if quick else RUNS)
+    return {
+        "accuracy": accuracy_table(archs, repos, http=http, log=log) if accuracy else None,
+        "speed": speed_table(speed_archs, repos, calls, QUICK_BATCHES if quick else BATCHES, log=log) if speed else None,
+        "speed_runs": calls,
+        "intra_op_threads": Settings(model_dir=cache_dir).inference_threads,
+    }
 
 
 def cifar_files() -> tuple[list[Path], np.ndarray]:
     """The sample in the exporter's order (calibration = the first 300) and the true classes."""
-    root = shared()
-    classes = (root / "labels" / "cifar10.txt").read_text().split()
-    files = list_images(root / "data" / "cifar10-sample", "CIFAR sample")
+    from export.calibration import list_images  # the exporter's order; export loads torch, so not for --help
+
+    classes = shared_path("labels", "cifar10.txt").read_text().split()
+    files = list_images(shared_path("data", "cifar10-sample"), "CIFAR sample")
     return files, np.array([classes.index(path.parent.name) for path in files])
 
 
-def onnx_top1(path: Path, pixels: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    rows = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i : i + 250]})[0] for i in range(0, len(pixels), 250)
-    ]
-    return np.concatenate(rows).argmax(1)
-
-
-def accuracy_table(repos: dict[str, Path], http: bool) -> list[dict[str, object]]:
+def accuracy_table(archs: Sequence[str], repos: dict[str, Path], *, http: bool, log: Log) -> list[dict[str, Any]]:
+    """One row per architecture and path (onnxruntime, HTTP): accuracy, held-out accuracy, agreement, gate."""
     files, truth = cifar_files()
-    pixels = np.stack(
-        [preprocess_image(p.read_bytes(), Preprocessing(resize_size=32, crop_size=32)) for p in files]
-    )
     held = slice(CALIBRATION_COUNT, None)
-    top1: dict[tuple[str, str], np.ndarray] = {}
-    for name, repo in repos.items():
-        if name.startswith("resnet50"):
-            continue
-        top1[(name, "onnxruntime")] = onnx_top1(repo / name / "1" / "model.onnx", pixels)
+    files_of = {model.name: onnx_file(repos[model.name], model) for arch in archs for model in pair(arch)}
+    top1 = {(name, "onnxruntime"): _session_top1(path, files) for name, path in files_of.items()}
     if http:
-        cifar_repos = {name: repo for name, repo in repos.items() if not name.startswith("resnet50")}
-        with serve(cifar_repos) as url:
-            for name in cifar_repos:
+        with serve(files_of) as url:
+            for name in files_of:
+                log(f"int8: {name} through POST /predict ...")
                 top1[(name, "HTTP")] = http_top1(url, name, files)
     rows = []
-    for arch, readme in CIFAR.items():
+    for arch in archs:
+        gate = _card(files_of[f"{arch}-int8"]).export.quantization  # an INT8 file carries its gate's figures
         for via in ("onnxruntime", "HTTP") if http else ("onnxruntime",):
-            fp32, int8 = top1[(f"{arch}-fp32", via)], top1[(f"{arch}-int8", via)]
-            card = json.loads(
-                _metadata(repos[f"{arch}-int8"] / f"{arch}-int8" / "1" / "model.onnx")["export"]
-            )
-            rows.append(
-                {
-                    "model": arch,
-                    "via": via,
-                    "readme": readme,
-                    "fp32_acc": 100 * float(np.mean(fp32 == truth)),
-                    "int8_acc": 100 * float(np.mean(int8 == truth)),
-                    "fp32_acc_held": 100 * float(np.mean(fp32[held] == truth[held])),
-                    "int8_acc_held": 100 * float(np.mean(int8[held] == truth[held])),
-                    "agree_all": 100 * float(np.mean(fp32 == int8)),
-                    "agree_held": 100 * float(np.mean(fp32[held] == int8[held])),
-                    "gate_vs_pytorch": 100 * card["quantization"]["top1_agreement"],
-                }
-            )
+            fp32, int8 = top1[(arch, via)], top1[(f"{arch}-int8", via)]
+            rows.append({
+                "model": arch, "via": via, "published": PUBLISHED_ACCURACY[arch],
+                "fp32_acc": _percent(fp32 == truth), "int8_acc": _percent(int8 == truth),
+                "fp32_acc_held": _percent(fp32[held] == truth[held]), "int8_acc_held": _percent(int8[held] == truth[held]),
+                "agree_all": _percent(fp32 == int8), "agree_held": _percent(fp32[held] == int8[held]),
+                "gate_vs_pytorch": 100 * gate.top1_agreement if gate else None,
+            })
     return rows
 
 
-def _metadata(path: Path) -> dict[str, str]:
+def _percent(hits: np.ndarray) -> float:
+    return 100 * float(np.mean(hits))
+
+
+def _session_top1(path: Path, files: list[Path]) -> np.ndarray:
+    """Top-1 of each file through onnxruntime directly, cropped as the file's card says."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.get_modelmeta().custom_metadata_map
+    card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
+    pixels = np.stack([preprocess_image(p.read_bytes(), card.preprocessing) for p in files])
+    rows = [session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i : i + 250]})[0] for i in range(0, len(pixels), 250)]
+    return np.concatenate(rows).argmax(1)
+
+
+def _card(path: Path) -> ModelCard:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
 
 
 @contextmanager
-def serve(repos: dict[str, Path]) -> Iterator[str]:
-    """A real ``python -m service`` over one repository linking every model (version 1)."""
-    with tempfile.TemporaryDirectory(prefix="measure-int8-") as tmp:
-        root = Path(tmp)
-        for name, repo in repos.items():
-            (root / name / "1").mkdir(parents=True)
-            (root / name / "1" / "model.onnx").symlink_to((repo / name / "1" / "model.onnx").resolve())
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RESNET_SERVE_")}
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "--model-dir",
-                str(root),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            import httpx
+def serve(files: dict[str, Path]) -> Iterator[str]:
+    """A real ``python -m service`` over one repository linking every file (as version 1 of its name)."""
+    from benchmarks.service_bench import service_env
 
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            else:
-                raise RuntimeError("service not ready in 180 s")
+    with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
+        root = Path(tmp)
+        for name, path in files.items():
+            (root / name / "1").mkdir(parents=True)
+            (root / name / "1" / "model.onnx").symlink_to(path.resolve())
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with running_server([python(), "-m", "service"], service_env(root, port), f"{url}/health/ready",
+                            log_path=root.with_name(f"{root.name}.log")):
             yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
 
 
 def http_top1(url: str, name: str, files: list[Path]) -> np.ndarray:
-    import httpx
-
-    classes = (shared() / "labels" / "cifar10.txt").read_text().split()
+    classes = shared_path("labels", "cifar10.txt").read_text().split()
     answers: list[int] = []
     with httpx.Client(timeout=60) as client:
         for start in range(0, len(files), REQUEST_IMAGES):
@@ -224,112 +178,67 @@ def http_top1(url: str, name: str, files: list[Path]) -> np.ndarray:
     return np.array(answers)
 
 
-def speed_table(repos: dict[str, Path], runs: int) -> list[dict[str, object]]:
-    """images/s = batch / fastest of ``runs`` calls; fp32 and INT8 calls alternate one by one.
-
-    On a shared 2-core box other jobs come and go within seconds; alternating single calls exposes
-    both precisions to the same load, and the fastest call is the one least disturbed.
-    """
-    photos = sorted(p for p in (shared() / "data" / "photos").glob("*.jpg"))
-    rows = []
-    for model in ("resnet50", "resnet20"):
-        loaded = {p: _open(repos[f"{model}-{p}"]) for p in ("fp32", "int8")}
-        card = loaded["fp32"].card.preprocessing
-        images = np.stack([preprocess_image(p.read_bytes(), card) for p in photos])
-        best: dict[tuple[str, int], float] = {}
-        for batch in BATCHES:
+def speed_table(
+    archs: Sequence[str], repos: dict[str, Path], runs: int, batches: Sequence[int], *, log: Log,
+) -> list[dict[str, Any]]:
+    """images/s = batch / fastest of ``runs`` calls (x5 for the CIFAR nets); fp32 and INT8 alternate call by call."""
+    rows: list[dict[str, Any]] = []
+    for arch in archs:
+        fp32_model, int8_model = pair(arch)
+        loaded = {"fp32": open_model(repos[fp32_model.name], max_batch_size=32),
+                  "int8": open_model(repos[int8_model.name], max_batch_size=32)}
+        images = crops(fp32_model, loaded["fp32"])
+        calls = runs if fp32_model.kind == "imagenet" else runs * 5
+        for batch in batches:
             data = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
             fastest = {precision: float("inf") for precision in loaded}
             least_cpu = {precision: float("inf") for precision in loaded}
-            for precision, session in loaded.items():
+            for session in loaded.values():
                 session.run(data)  # first call at a new shape: not timed
-            calls = runs if model == "resnet50" else runs * 5
             for _ in range(calls):
                 for precision, session in loaded.items():
                     begun, cpu = time.perf_counter(), time.process_time()
                     session.run(data)
                     fastest[precision] = min(fastest[precision], time.perf_counter() - begun)
                     least_cpu[precision] = min(least_cpu[precision], time.process_time() - cpu)
-            for precision in loaded:
-                best[(precision, batch)] = batch / fastest[precision]
-            fp32, int8 = best[("fp32", batch)], best[("int8", batch)]
-            rows.append(
-                {
-                    "model": model,
-                    "batch": batch,
-                    "fp32": fp32,
-                    "int8": int8,
-                    "ratio": int8 / fp32,
-                    # CPU time (threads sleep when idle: spinning is off) is what other jobs disturb least.
-                    "cpu_ms_fp32": 1000 * least_cpu["fp32"] / batch,
-                    "cpu_ms_int8": 1000 * least_cpu["int8"] / batch,
-                }
-            )
-        top = {p: max(best[(p, b)] for b in BATCHES) for p in loaded}
-        rows.append(
-            {
-                "model": model,
-                "batch": "best",
-                "fp32": top["fp32"],
-                "int8": top["int8"],
-                "ratio": top["int8"] / top["fp32"],
-            }
-        )
+            fp32, int8 = batch / fastest["fp32"], batch / fastest["int8"]
+            # CPU time (threads sleep when idle: spinning is off) is what other jobs disturb least.
+            rows.append({"model": arch, "batch": batch, "fp32": fp32, "int8": int8, "ratio": int8 / fp32,
+                         "cpu_ms_fp32": 1000 * least_cpu["fp32"] / batch, "cpu_ms_int8": 1000 * least_cpu["int8"] / batch})
+            log(f"int8: raw {arch} batch {batch:>2}: fp32 {fp32:8.1f}, int8 {int8:8.1f} img/s")
+        mine = [row for row in rows if row["model"] == arch]
+        top = {p: max(row[p] for row in mine) for p in ("fp32", "int8")}
+        rows.append({"model": arch, "batch": "best", "fp32": top["fp32"], "int8": top["int8"],
+                     "ratio": top["int8"] / top["fp32"], "cpu_ms_fp32": None, "cpu_ms_int8": None})
     return rows
 
 
-def _open(repo: Path) -> LoadedModel:
-    (folder,) = scan_repository(repo).values()
-    entry = folder.versions[max(folder.versions)]
-    return load_model(entry, Settings(model_dir=repo, max_batch_size=32, warmup=False, providers="auto"))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.int8", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("bench-results/int8"), help="model repositories")
-    parser.add_argument("--skip-http", action="store_true")
-    parser.add_argument("--skip-speed", action="store_true")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.int8", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="resnet20 only, three batch sizes, fewer calls")
     parser.add_argument("--skip-accuracy", action="store_true")
-    parser.add_argument("--runs", type=int, default=9, help="timed calls per batch size (x5 for resnet20)")
-    args = parser.parse_args()
+    parser.add_argument("--skip-http", action="store_true", help="accuracy through onnxruntime only")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--runs", type=int, default=None, help=f"timed calls per batch size (default {RUNS}, "
+                        f"--quick {QUICK_RUNS}; x5 for resnet20)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="exported models are kept here")
+    parser.add_argument("--output", type=Path, default=None, help="JSON file (default bench-results/int8-<time>.json)")
+    args = parser.parse_args(argv)
+    from benchmarks import report
+
     started = time.perf_counter()
-    repos = export_all(args.out)
-    print(f"exported into {args.out} in {time.perf_counter() - started:.0f} s")
-    if not args.skip_accuracy:
-        print("\nCIFAR-10 sample, top-1 %: all 1,000 images / the 700 held out (not calibrated on)")
-        print(
-            f"{'model':<9} {'via':<12} {'README':>6} {'fp32':>6} {'int8':>6} {'fp32h':>6} {'int8h':>6}"
-            f" {'agree':>6} {'agreeh':>6} {'gate':>6}"
-        )
-        for row in accuracy_table(repos, http=not args.skip_http):
-            print(
-                f"{row['model']:<9} {row['via']:<12} {row['readme']:>6.1f} {row['fp32_acc']:>6.1f}"
-                f" {row['int8_acc']:>6.1f}"
-                f" {row['fp32_acc_held']:>6.1f} {row['int8_acc_held']:>6.1f} {row['agree_all']:>6.1f}"
-                f" {row['agree_held']:>6.1f} {row['gate_vs_pytorch']:>6.1f}"
-            )
-    if not args.skip_speed:
-        threads = Settings(model_dir=args.out).inference_threads
-        print(
-            f"\nraw onnxruntime CPU images/s (service session options, {threads} threads),"
-            f" fastest of {args.runs} alternating calls"
-        )
-        print(
-            f"{'model':<9} {'batch':>5} {'fp32':>9} {'int8':>9} {'x':>6}"
-            f"  {'cpu ms/img fp32':>15} {'int8':>6} {'x':>6}"
-        )
-        for row in speed_table(repos, args.runs):
-            print(
-                f"{row['model']:<9} {row['batch']!s:>5} {row['fp32']:>9.1f} {row['int8']:>9.1f}"
-                f" {row['ratio']:>6.2f}"
-                + (
-                    f"  {row['cpu_ms_fp32']:>15.2f} {row['cpu_ms_int8']:>6.2f}"
-                    f" {row['cpu_ms_fp32'] / row['cpu_ms_int8']:>6.2f}"
-                    if "cpu_ms_fp32" in row
-                    else ""
-                )
-            )
+    try:
+        results = {"int8": run(args.cache_dir, quick=args.quick, accuracy=not args.skip_accuracy,
+                               http=not args.skip_http, speed=not args.skip_speed, runs=args.runs)}
+    except MissingSharedData as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    output = args.output or REPO_ROOT / "bench-results" / f"int8-{datetime.now():%Y%m%d-%H%M%S}.json"
+    report.write_json(results, output)
+    print("\n".join(report.int8_tables(results["int8"])))
+    print(f"\nwrote {output} in {time.perf_counter() - started:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

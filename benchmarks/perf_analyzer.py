@@ -35,7 +35,7 @@ REQUIREMENTS = ("tritonclient==2.50.0", "nvidia-cuda-runtime-cu12==12.9.79")
 DEBIAN_PACKAGE = "libb64-0d"
 INSTALL_TIMEOUT_S = 600
 #: perf_analyzer needs three windows before it calls a measurement stable, and each window lasts about
-#: 1.2 x ``-p`` (measured: -p 2000 gave 7.2 s of measured requests, -p 1700 gave 6.1 s).
+#: 1.2 x ``-p`` (``-p 2000`` gave 7.2 s of measured requests).
 WINDOWS = 3
 WINDOW_STRETCH = 1.2
 #: Stability is not what we ask of it (the machine is shared): so large a threshold makes the first three
@@ -126,8 +126,8 @@ def command(
     return [
         str(binary), "-m", model, "-u", url.removeprefix("http://"), "-i", protocol,
         "-b", "1", "--shape", f"{input_name}:1", "--input-data", str(input_file),
-        # --sync: one thread per request in flight, like wrk's connections (async measured no faster here:
-        # 352 vs 381 infer/s at c=8, 423 vs 470 at c=32, machine busy).
+        # --sync: one thread per request in flight, like wrk's connections (async was no faster: 423
+        # against 470 infer/s at c=32).
         "--sync", "--concurrency-range", f"{concurrency}:{concurrency}",
         "--measurement-mode", "time_windows", "-p", str(window_ms),
         "--max-trials", str(WINDOWS), "-s", str(STABILITY_PERCENT), "--percentile=99",

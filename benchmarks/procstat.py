@@ -19,13 +19,18 @@ def stat_fields(path: Path) -> list[str]:
     return text[text.rindex(")") + 2 :].split()
 
 
+def _cpu(fields: list[str]) -> float:
+    """User + system CPU seconds from a stat file's fields (utime, stime)."""
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of every thread of ``pid`` so far; None where /proc cannot say."""
     try:
         fields = stat_fields(Path(f"/proc/{pid}/stat"))
     except (OSError, ValueError):
         return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return _cpu(fields)
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -62,3 +67,40 @@ def server_cpu(before: float | None, after: float | None, wall_s: float, images:
         return {"server_cores": None, "server_cpu_ms_per_image": None}
     spent = after - before
     return {"server_cores": spent / wall_s, "server_cpu_ms_per_image": 1000 * spent / images if images else None}
+
+
+def thread_cpu(pids: list[int]) -> dict[int, tuple[int, str, float]]:
+    """tid -> (pid, thread name, CPU seconds so far) for every thread of ``pids``."""
+    out = {}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                fields = stat_fields(task / "stat")
+                comm = (task / "comm").read_text().strip()
+            except (OSError, ValueError):
+                continue
+            out[int(task.name)] = (pid, comm, _cpu(fields))
+    return out
+
+
+def process_name(pid: int) -> str:
+    """What a process is, for a person: the script a Python process runs, else the program's name."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    names = [Path(a.decode(errors="replace")).name for a in argv if a]
+    if names and names[0].startswith("python"):
+        script = next((n for n in names[1:] if not n.startswith("-")), None)
+        if "-c" in names[1:] or script is None:
+            return f"{names[0]} (helper: {' '.join(names[1:3])[:30]})"
+        return script
+    return names[0] if names else "?"
+
+
+def is_python(pid: int) -> bool:
+    """Whether ``pid`` runs a Python interpreter (py-spy can read it), from its mapped libraries or name."""
+    try:
+        return "libpython" in Path(f"/proc/{pid}/maps").read_text() or "python" in process_name(pid)
+    except OSError:
+        return False

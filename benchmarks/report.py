@@ -83,6 +83,8 @@ def render(results: dict[str, Any]) -> str:
             )
         )
     parts.extend(precision_side_by_side(results))
+    if "int8" in results:
+        parts.extend(int8_tables(results["int8"]))
     load_rows = []
     for section in ("service", "naive"):
         for name, runs in results.get(section, {}).items():
@@ -203,6 +205,29 @@ def precision_side_by_side(results: dict[str, Any]) -> list[str]:
         if rows:
             parts.append(f"\nPRECISION {spec['arch']}: {fp32_name} (fp32) vs {int8_name} (int8), images/s, one run")
             parts.append(table(["what", "fp32 img/s", "int8 img/s", "int8/fp32"], rows))
+    return parts
+
+
+def int8_tables(int8: dict[str, Any]) -> list[str]:
+    """The int8 suite: accuracy and agreement of each CIFAR ResNet's INT8 file, then raw speed by batch."""
+    parts: list[str] = []
+    if int8.get("accuracy"):
+        parts.append("\nINT8 ACCURACY, CIFAR-10 sample, top-1 %: all 1,000 images / the 700 held out (not calibrated "
+                     "on); agreement = same top-1 as fp32; gate = the card's agreement with fp32 PyTorch, held out")
+        parts.append(table(
+            ["model", "via", "published", "fp32", "int8", "fp32 held", "int8 held", "agree", "agree held", "gate"],
+            [[r["model"], r["via"], r["published"], r["fp32_acc"], r["int8_acc"], r["fp32_acc_held"], r["int8_acc_held"],
+              r["agree_all"], r["agree_held"], r["gate_vs_pytorch"]] for r in int8["accuracy"]],
+        ))
+    if int8.get("speed"):
+        parts.append(f"\nINT8 SPEED, raw onnxruntime (the service's session, {int8['intra_op_threads']} threads): "
+                     f"images/s = batch / the fastest of {int8['speed_runs']} alternating calls (x5 for CIFAR nets)")
+        parts.append(table(
+            ["model", "batch", "fp32 img/s", "int8 img/s", "x", "fp32 cpu ms/img", "int8 cpu ms/img", "cpu x"],
+            [[r["model"], str(r["batch"]), r["fp32"], r["int8"], r["ratio"], r["cpu_ms_fp32"], r["cpu_ms_int8"],
+              r["cpu_ms_fp32"] / r["cpu_ms_int8"] if r["cpu_ms_fp32"] and r["cpu_ms_int8"] else None]
+             for r in int8["speed"]],
+        ))
     return parts
 
 

@@ -110,11 +110,9 @@ def run(
     }
 
 
-#: Rounds of the door comparison. One phase per door gave ratios that moved by 0.15 between runs on this
-#: shared box (resnet50 gRPC/predict 0.86 in one run, 0.97-1.00 in the next), more than the differences
-#: between the doors; the median of interleaved rounds is what the ratios are taken from. Five, not three:
-#: with three, one slow round still decided a median (resnet20 V2 REST 984 / 992 / 1,266 against
-#: /predict's 1,169 / 1,197 / 1,360 in one run, 0.94 of /predict in the next).
+#: Rounds of the door comparison, whose ratios are medians of interleaved rounds: one phase per door moved
+#: a ratio by 0.15 between runs on this shared box, more than the doors differ. Five, not three: with three,
+#: one slow round still decided a median (the runs: benchmarks/README.md, *How the harness measures*).
 DOOR_ROUNDS = 5
 
 

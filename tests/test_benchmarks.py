@@ -16,15 +16,21 @@ from benchmarks import h2load
 from benchmarks.phases import GRPC_DOOR, H2LOAD_GRPC_DOOR, PREDICT_DOOR, REST_DOOR
 
 
+@pytest.fixture(scope="module")
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One exported-model cache for the runs below: a model one run exports, the next finds (the export skips)."""
+    return tmp_path_factory.mktemp("bench-cache")
+
+
 @pytest.mark.slow
-def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path) -> None:
+def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path, export_cache: Path) -> None:
     shared_path("weights", "cifar10")
     shared_path("data", "photos")
     output = tmp_path / "bench.json"
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", "raw", "service", "naive", "--quick", "--models", "resnet20",
-         "--duration", "1.5", "--no-wrk", "--cache-dir", str(tmp_path / "cache"), "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+         "--duration", "1.5", "--no-wrk", "--cache-dir", str(export_cache), "--output", str(output)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=240,
         env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -64,7 +70,7 @@ def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path: Path) -> None:
+def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path: Path, export_cache: Path) -> None:
     """The INT8 export behind its gate, served, and the same JPEG through /predict and V2 REST (wrk)."""
     from benchmarks import wrk
 
@@ -74,8 +80,8 @@ def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path:
     output = tmp_path / "bench.json"
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", "raw", "service", "--quick", "--models", "resnet20,resnet20-int8",
-         "--duration", "1.5", "--no-perf-analyzer", "--cache-dir", str(tmp_path / "cache"), "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+         "--duration", "1.5", "--no-perf-analyzer", "--cache-dir", str(export_cache), "--output", str(output)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=600,
         env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -96,12 +102,39 @@ def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path:
     assert "V2 REST (wrk)/predict resnet20-int8 (c=32, 1 JPEG/req)" in figures
 
 
+@pytest.mark.slow
+def test_quick_int8_suite_measures_the_checkpoints_real_accuracy_through_both_paths(
+    tmp_path: Path, export_cache: Path,
+) -> None:
+    """resnet20 in fp32 and INT8 on the 1,000 CIFAR sample JPEGs: onnxruntime and the service agree image for
+    image, the fp32 file scores what its publisher reports, and the INT8 file stays within its gate."""
+    shared_path("weights", "cifar10")
+    shared_path("data", "cifar10-sample")
+    output = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "int8", "--quick", "--cache-dir", str(export_cache), "--output", str(output)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=600,
+        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "INT8 ACCURACY" in completed.stdout and "INT8 SPEED" in completed.stdout
+    int8 = json.loads(output.read_text())["int8"]
+    direct, served = int8["accuracy"]
+    assert (direct["model"], direct["via"], served["via"]) == ("resnet20", "onnxruntime", "HTTP")
+    assert {k: v for k, v in served.items() if k != "via"} == {k: v for k, v in direct.items() if k != "via"}
+    assert direct["fp32_acc"] == pytest.approx(direct["published"], abs=0.05)
+    assert abs(direct["int8_acc"] - direct["fp32_acc"]) <= 1.0
+    assert direct["agree_held"] >= 98.0 and direct["gate_vs_pytorch"] >= 98.0
+    assert [row["batch"] for row in int8["speed"]] == [1, 8, 32, "best"]
+    assert all(row["fp32"] > 0 and row["int8"] > 0 for row in int8["speed"])
+    assert int8["speed"][-1]["int8"] == max(row["int8"] for row in int8["speed"][:-1])
+
 def test_preprocess_suite_measures_pillow_exactly(tmp_path: Path) -> None:
     shared_path("reference", "preprocess", "torchvision_crops.npz")
     output = tmp_path / "bench.json"
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", "preprocess", "--quick", "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=120,
         env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -434,7 +467,7 @@ def test_peer_quick_run_matches_onnxruntime_and_reports_ratios(peer: str, tmp_pa
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", peer, "--quick", "--models", "resnet20", "--duration", "1.5",
          "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800,
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=1800,
         env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -452,47 +485,107 @@ def test_peer_quick_run_matches_onnxruntime_and_reports_ratios(peer: str, tmp_pa
 # --- diagnose: reading py-spy's collapsed stacks -----------------------------------------------------------
 
 _PYSPY_LINES = [  # the shapes py-spy 0.4 `record --native --threads -f raw` writes (trimmed stacks)
-    "thread (3002): infer-resnet20_0;thread_run (libpython3.11.so.1.0);_worker (concurrent/futures/thread.py:81);"
-    "_queue_SimpleQueue_get_impl (_queuemodule.c:253);PyThread_acquire_lock_timed (libpython3.11.so.1.0);"
-    "0x7f3f034aed90 (libc.so.6) 593",
-    "thread (3002): infer-resnet20_0;_worker (concurrent/futures/thread.py:83);Batcher._infer (service/batcher.py:174);"
-    "Session.run (onnxruntime/capi/onnxruntime_inference_collection.py:395);0x7f3ef702167b (onnxruntime/capi/x.so) 40",
-    "thread (3002): infer-resnet20_0;_worker (concurrent/futures/thread.py:81);"
-    "_queue_SimpleQueue_get_impl (_queuemodule.c:256);pthread_cond_timedwait (libc.so.6);0x7f3f034a3f16 (libc.so.6) 7",
-    "thread (2979): MainThread;Server.run (uvicorn/server.py:86);task_step_impl (_asynciomodule.c:2704);"
-    "_read_multipart (service/upload.py:205);MultipartParser._internal_write (python_multipart/multipart.py:1200) 30",
+    ("thread (3002): infer-resnet20_0;thread_run (libpython3.11.so.1.0);_worker (concurrent/futures/thread.py:81);"
+     "_queue_SimpleQueue_get_impl (_queuemodule.c:253);PyThread_acquire_lock_timed (libpython3.11.so.1.0);"
+     "0x7f3f034aed90 (libc.so.6) 593"),
+    ("thread (3002): infer-resnet20_0;_worker (concurrent/futures/thread.py:83);_timed (service/engine/batcher.py:50);"
+     "Session.run (onnxruntime/capi/onnxruntime_inference_collection.py:395);0x7f3ef702167b (onnxruntime/capi/x.so) 40"),
+    ("thread (3002): infer-resnet20_0;_worker (concurrent/futures/thread.py:81);"
+     "_queue_SimpleQueue_get_impl (_queuemodule.c:256);pthread_cond_timedwait (libc.so.6);0x7f3f034a3f16 (libc.so.6) 7"),
+    ("thread (2979): MainThread;Server.run (uvicorn/server.py:86);task_step_impl (_asynciomodule.c:2704);"
+     "read_multipart (service/doors/multipart.py:140);MultipartParser._internal_write (python_multipart/multipart.py:1200) 30"),
     "thread (2979): MainThread;Server.run (uvicorn/server.py:86);uv__io_poll (linux.c:1400);epoll_pwait (libc.so.6) 20",
-    "thread (15897): MainThread;_worker (concurrent/futures/thread.py:83);"
-    "infer (benchmarks/peers/apps/pytriton_app.py:50);preprocess_image (service/preprocess.py:69) 5",
+    ("thread (15897): MainThread;_worker (concurrent/futures/thread.py:83);"
+     "infer (benchmarks/peers/apps/pytriton_app.py:50);preprocess_image (servable/images.py:75) 5"),
 ]
 
 
 def test_diagnose_reads_thread_ids_names_states_and_categories(tmp_path: Path) -> None:
-    from benchmarks import diagnose
+    from benchmarks.diagnose import stacks
 
     path = tmp_path / "stacks.txt"
     path.write_text("\n".join(_PYSPY_LINES) + "\n")
-    rows, names = diagnose.read_collapsed(path)
+    rows, names = stacks.read_collapsed(path)
     assert [tid for tid, _, _ in rows] == [3002, 3002, 3002, 2979, 2979, 15897]
     assert names == {3002: "infer-resnet20_0", 2979: "MainThread", 15897: "MainThread"}
-    assert [diagnose.state(frames) for _, frames, _ in rows] == ["wait", "cpu", "gil", "cpu", "wait", "cpu"]
-    assert diagnose.category(rows[1][1]) == "onnxruntime run"
-    assert diagnose.category(rows[3][1]).startswith("multipart parsing")  # innermost wins over uvicorn callers
-    assert diagnose.python_function(rows[3][1]) == "MultipartParser._internal_write (python_multipart/multipart.py)"
-    roles = diagnose.thread_roles(rows, names)
+    assert [stacks.state(frames) for _, frames, _ in rows] == ["wait", "cpu", "gil", "cpu", "wait", "cpu"]
+    assert stacks.category(rows[1][1]) == "onnxruntime run"
+    assert stacks.category(rows[3][1]).startswith("multipart parsing")  # innermost wins over uvicorn callers
+    assert stacks.python_function(rows[3][1]) == "MultipartParser._internal_write (python_multipart/multipart.py)"
+    roles = stacks.thread_roles(rows, names)
     assert roles == {3002: "inference thread", 2979: "event loop", 15897: "inference thread"}
+    # Without the pool's name, the stack alone says which of the service's threads it is.
+    assert stacks.thread_roles(rows[:3], {}) == {3002: "inference thread"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [  # the service's modules by their paths in its layout (ARCHITECTURE.md)
+        ("_take_batch (service/engine/batcher.py:197)", "batcher (service.engine.batcher)"),
+        ("read_uploads (service/doors/upload.py:63)", "multipart parsing (service.doors.upload + python-multipart)"),
+        ("infer (service/pipeline/core.py:80)", "doors and pipeline (service.doors, service.pipeline)"),
+        ("predict (service/doors/predict.py:40)", "doors and pipeline (service.doors, service.pipeline)"),
+        ("top_k (service/doors/topk.py:20)", "JSON / response rendering"),
+        ("decode (servable/jpeg.py:139)", "decode: preprocess_image"),
+        ("Histogram.observe (prometheus_client/metrics.py:600)", "Prometheus metrics"),
+        ("some_function (elsewhere.py:1)", "other"),
+    ],
+)
+def test_diagnose_categories_follow_the_service_layout(frame: str, expected: str) -> None:
+    from benchmarks.diagnose import stacks
+
+    assert stacks.category(["Server.run (uvicorn/server.py:86)", frame]) == expected
 
 
 def test_diagnose_flamegraph_is_svg_with_every_root(tmp_path: Path) -> None:
-    from benchmarks import diagnose
+    from benchmarks.diagnose import stacks
+    from benchmarks.diagnose.flamegraph import flamegraph_svg
 
     path = tmp_path / "stacks.txt"
     path.write_text("\n".join(_PYSPY_LINES) + "\n")
-    rows, names = diagnose.read_collapsed(path)
-    svg = diagnose.flamegraph_svg(rows, "test", diagnose.thread_roles(rows, names))
+    rows, names = stacks.read_collapsed(path)
+    svg = flamegraph_svg(rows, "test", stacks.thread_roles(rows, names))
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     assert "inference thread (thread 3002)" in svg and "event loop (thread 2979)" in svg and "695 samples" in svg
 
+
+
+def test_diagnose_splits_each_roles_cpu_by_its_samples(tmp_path: Path) -> None:
+    """The clean window's CPU per role, split in proportion to the profiled window's running samples."""
+    from benchmarks.diagnose import stacks
+    from benchmarks.diagnose.report import Diagnosis, assign_roles, attribute, render
+
+    path = tmp_path / "stacks.txt"
+    path.write_text("\n".join(_PYSPY_LINES) + "\n")
+    rows, names = stacks.read_collapsed(path)
+    roles = stacks.thread_roles(rows, names)
+
+    def thread(pid: int, tid: int, comm: str, process: str, us: float) -> dict[str, object]:
+        return {"pid": pid, "tid": tid, "comm": comm, "process": process, "cpu_us_per_request": us,
+                "cpu_percent": us / 20}
+
+    threads = [thread(100, 3002, "infer-resnet20_0", "service", 1000.0), thread(100, 2979, "python", "service", 800.0),
+               thread(200, 15897, "python", "pytriton_app.py", 100.0), thread(100, 4000, "python", "service", 300.0),
+               thread(300, 5000, "ZMQbg/IO/0", "tritonserver", 50.0), thread(300, 6000, "tritonserver", "tritonserver", 9.0)]
+    assign_roles(threads, roles, python_pids=[100, 200])
+    assert [t["role"] for t in threads] == [
+        "inference thread", "event loop", "inference thread", "native threads (onnxruntime intra-op pool)",
+        "zmq I/O threads", "tritonserver (native)"]
+    found = attribute(threads, rows, roles)
+    assert found.roles["inference thread"] == {"cpu_us_per_request": 1100.0, "cpu_percent": 55.0, "threads": 2}
+    # 40 running samples in onnxruntime, 5 decoding: the 1,100 us split 40:5; waits and GIL waits take none.
+    assert found.categories["inference thread"] == pytest.approx(
+        {"onnxruntime run": 1100 * 40 / 45, "decode: preprocess_image": 1100 * 5 / 45})
+    assert found.categories["event loop"] == pytest.approx(
+        {"multipart parsing (service.doors.upload + python-multipart)": 800.0})
+    assert "native threads (onnxruntime intra-op pool)" in found.roles
+    assert "native threads (onnxruntime intra-op pool)" not in found.categories  # py-spy never saw them
+    assert found.thread_states["event loop"] == pytest.approx({"cpu": 60.0, "gil": 0.0, "wait": 40.0})
+    assert found.thread_states["inference thread"] == pytest.approx(
+        {"cpu": 100 * 45 / 645, "gil": 100 * 7 / 645, "wait": 100 * 593 / 645})
+    figures = {"requests_per_s": 500.0, "p50_ms": 30.0, "p99_ms": 60.0}
+    text = render(Diagnosis("service", "defaults", figures, figures, threads, found, {}, [str(path)]))
+    assert "wrk clean: 500 req/s" in text and "event loop" in text and "2259 us/req" in text
 
 def test_perf_analyzer_input_is_a_length_prefixed_bytes_element_and_the_run_is_bounded(tmp_path: Path) -> None:
     """perf_analyzer sends ``b64`` content as the tensor's raw wire bytes: the element needs its own length."""
@@ -559,6 +652,35 @@ def test_procstat_counts_this_process_cpu_and_server_cpu_divides_by_images() -> 
     assert server_cpu(None, 13.4, 2.0, 1700.0) == {"server_cores": None, "server_cpu_ms_per_image": None}
     assert server_cpu(10.0, 13.4, 2.0, 0.0)["server_cpu_ms_per_image"] is None
 
+
+
+def test_procstat_reads_every_thread_and_names_the_process() -> None:
+    """This process's own threads from /proc: the main thread's id is the pid, and its CPU so far is counted."""
+    import threading
+    import time
+
+    from benchmarks.procstat import is_python, process_name, thread_cpu
+
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)
+    helper.start()
+    try:
+        threads = thread_cpu([os.getpid()])
+    finally:
+        stop.set()
+        helper.join()
+    assert threads[os.getpid()][0] == os.getpid() and threads[os.getpid()][2] > 0
+    assert threads[helper.native_id][0] == os.getpid() and threads[helper.native_id][2] < 1.0  # it only waited
+    assert thread_cpu([2**22 + 12345]) == {}
+    assert is_python(os.getpid()) and not is_python(2**22 + 12345)
+    assert process_name(2**22 + 12345) == "?"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.3)
+        assert process_name(child.pid).endswith("(helper: -c import time; time.sleep(30))")
+    finally:
+        child.kill()
+        child.wait()
 
 @pytest.mark.parametrize(
     ("raw_rows", "service_ms", "expected"),

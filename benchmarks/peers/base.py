@@ -41,6 +41,12 @@ class Launch:
     cwd: Path
     timeout_s: float = START_TIMEOUT_S
 
+    @classmethod
+    def local(cls, argv: list[str], env: dict[str, str], workdir: Path, port: int, *, ready: str, infer: str) -> Launch:
+        """A server answering on 127.0.0.1:``port``; ``ready`` and ``infer`` are paths there."""
+        base = f"http://127.0.0.1:{port}"
+        return cls(argv, env, f"{base}{ready}", f"{base}{infer}", cwd=workdir)
+
 
 @dataclass(frozen=True)
 class PeerRequest:
@@ -75,8 +81,12 @@ class Peer(ABC):
         """Class index -> probability from the peer's answer (all classes, or its top-k)."""
 
     @abstractmethod
+    def settings(self) -> str:
+        """The peer's version, batching and protocol, in words."""
+
     def config(self, variant: Variant) -> str:
         """What the peer was configured with, in words (printed and stored with its figures)."""
+        return f"{self.settings()}; onnxruntime defaults, {variant.label}"
 
 
 class MultipartPeer(Peer, ABC):

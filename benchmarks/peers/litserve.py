@@ -36,14 +36,12 @@ class LitServe(MultipartPeer):
         argv = [str(python), str(APP), "--model-path", str(onnx), "--port", str(port),
                 "--max-batch-size", str(MAX_BATCH_SIZE), "--batch-timeout-ms", str(BATCH_TIMEOUT_MS), "--fast-queue"]
         env = {**variant.env, "PYTHONPATH": str(REPO_ROOT)}
-        base = f"http://127.0.0.1:{port}"
-        return Launch(argv, env, f"{base}/health", f"{base}/predict", cwd=workdir)
+        return Launch.local(argv, env, workdir, port, ready="/health", infer="/predict")
 
-    def config(self, variant: Variant) -> str:
+    def settings(self) -> str:
         return (
             f"litserve {VERSION}, LitAPI max_batch_size {MAX_BATCH_SIZE}, batch_timeout {BATCH_TIMEOUT_MS:g} ms, "
-            f"1 worker (accelerator=cpu), fast_queue (ZeroMQ), multipart upload, top-5 JSON; "
-            f"onnxruntime defaults, {variant.label}"
+            f"1 worker (accelerator=cpu), fast_queue (ZeroMQ), multipart upload, top-5 JSON"
         )
 
 

@@ -50,25 +50,22 @@ class PyTriton(Peer):
             "LD_LIBRARY_PATH": str(sysconfig.get_config_var("LIBDIR") or ""),
             "HOME": str(workdir),  # PyTriton writes its workspace under ~/.cache/pytriton
         }
-        base = f"http://127.0.0.1:{http}/v2/models/{model.name}"
-        return Launch(argv, env, f"{base}/ready", f"{base}/infer", cwd=workdir)
+        path = f"/v2/models/{model.name}"
+        return Launch.local(argv, env, workdir, http, ready=f"{path}/ready", infer=f"{path}/infer")
 
     def request(self, model: BenchModel, jpeg: tuple[str, bytes]) -> PeerRequest:
         v2 = kserve.bytes_request(INPUT, jpeg[1], output_name=OUTPUT)
-        return PeerRequest(
-            v2.body, LUA_SCRIPT, v2.wrk_env, v2.headers,
-        )
+        return PeerRequest(v2.body, LUA_SCRIPT, v2.wrk_env, v2.headers)
 
     def scores(self, response: httpx.Response) -> dict[int, float]:
         length = response.headers.get(kserve.HEADER_LENGTH)
         (row,) = kserve.fp32_output(response.content, int(length) if length else None, OUTPUT)
         return {index: float(score) for index, score in enumerate(row)}
 
-    def config(self, variant: Variant) -> str:
+    def settings(self) -> str:
         return (
             f"nvidia-pytriton {VERSION} (tritonserver 2.51), @batch, max_batch_size {MAX_BATCH_SIZE}, "
-            f"dynamic batcher max_queue_delay {QUEUE_DELAY_US} us, 1 instance, KServe V2 binary BYTES input; "
-            f"onnxruntime defaults, {variant.label}"
+            f"dynamic batcher max_queue_delay {QUEUE_DELAY_US} us, 1 instance, KServe V2 binary BYTES input"
         )
 
 

@@ -79,14 +79,12 @@ class TorchServe(MultipartPeer):
         argv = [str(python.parent / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
                 "--ts-config", str(properties), "--model-store", str(store), "--log-config", str(APPS / "torchserve_log4j2.xml")]
         env = {**variant.env, "PATH": f"{python.parent}:{_path()}"}
-        base = f"http://127.0.0.1:{inference}"
-        return Launch(argv, env, f"{base}/ping", f"{base}/predictions/{model.name}", cwd=workdir)
+        return Launch.local(argv, env, workdir, inference, ready="/ping", infer=f"/predictions/{model.name}")
 
-    def config(self, variant: Variant) -> str:
+    def settings(self) -> str:
         return (
             f"torchserve {VERSION} (Java {_java_version()}), batchSize {MAX_BATCH_SIZE}, maxBatchDelay "
-            f"{MAX_BATCH_DELAY_MS} ms, 1 worker, custom handler, multipart upload, top-5 JSON; "
-            f"onnxruntime defaults, {variant.label}"
+            f"{MAX_BATCH_DELAY_MS} ms, 1 worker, custom handler, multipart upload, top-5 JSON"
         )
 
 
