@@ -138,7 +138,7 @@ def run(*, cache_dir: Path, quick: bool, force_cpu: bool, log: Log) -> dict[str,
         checks.append(gpu_checks.timed(
             lambda: gpu_checks.check_two_versions(source, workdir, mode, pixels, plan.check_max_batch)))
         checks.append(gpu_checks.timed(
-            lambda: gpu_checks.check_service(first[1], first[0], mode, cifar_jpegs(8), workdir)))
+            lambda: gpu_checks.check_service(first[1], first[0], mode, cifar_jpegs(8), workdir, plan.check_max_batch)))
         for check in checks:
             log(f"  check {check.name}: {_verdict(check.ok)} ({check.seconds:.1f} s) {check.detail}")
         step("checks")

@@ -244,15 +244,19 @@ def check_two_versions(source: Path, workdir: Path, mode: Mode, pixels: np.ndarr
 # --- 5. the service with REQUIRE_GPU ------------------------------------------------------------------
 
 
-def check_service(repo: Path, name: str, mode: Mode, jpegs: list[tuple[str, bytes]], workdir: Path) -> Check:
-    """``python -m service`` (REQUIRE_GPU=true on a GPU) answers /predict as a CPU session does."""
+def check_service(
+    repo: Path, name: str, mode: Mode, jpegs: list[tuple[str, bytes]], workdir: Path, max_batch: int
+) -> Check:
+    """``python -m service`` (REQUIRE_GPU=true on a GPU) answers /predict as a CPU session does; with the
+    strict check's largest batch, so it loads the engine that check built."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
         "RESNET_SERVE_MODEL_DIR": str(repo), "RESNET_SERVE_HOST": "127.0.0.1", "RESNET_SERVE_PORT": str(port),
         "RESNET_SERVE_GRPC_PORT": str(free_port()), "RESNET_SERVE_PROVIDERS": mode.providers,
         "RESNET_SERVE_TRT_CACHE_DIR": str(mode.trt_cache), "RESNET_SERVE_REQUIRE_GPU": str(mode.gpu).lower(),
-        "RESNET_SERVE_LOG_LEVEL": "WARNING", "RESNET_SERVE_ACCESS_LOG": "false",
+        "RESNET_SERVE_MAX_BATCH_SIZE": str(max_batch), "RESNET_SERVE_LOG_LEVEL": "WARNING",
+        "RESNET_SERVE_ACCESS_LOG": "false",
     }
     entry = max(scan_repository(repo)[name].versions.items())[1]
     model = load_model(entry, Settings(model_dir=repo, providers=providers.CPU, warmup=False))

@@ -46,6 +46,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One engine cache for the module, as a pod has: each engine is built once."""
+    return tmp_path_factory.mktemp("trt_cache")
+
+
+@pytest.fixture(scope="module")
 def pixels() -> np.ndarray:
     return np.stack([np.asarray(Image.open(path).convert("RGB")) for path, _ in cifar_sample()[::25]])
 
@@ -61,30 +67,30 @@ def engine_files(cache: Path) -> dict[str, int]:
 
 
 def test_tensorrt_runs_every_node_and_each_version_gets_its_own_engine(
-    repo: Path, pixels: np.ndarray, tmp_path: Path
+    repo: Path, pixels: np.ndarray, cache: Path
 ) -> None:
     answers = {}
     for version in (1, 2):
-        model = load(repo, version, TENSORRT_FIRST, tmp_path)
+        model = load(repo, version, TENSORRT_FIRST, cache)
         assert model.active_providers[0] == TENSORRT and not model.gpu_fallback, model.nodes_per_provider
         assert not model.provider_notes and not cpu_compute_nodes(model.node_providers)
         answers[version] = model.run(pixels[:MAX_BATCH])
         top1, diff = agreement(answers[version], cpu_probabilities(model.entry.path, pixels[:MAX_BATCH]))
         assert top1 >= 0.98 and diff < 0.02, (version, top1, diff)
-    engines = engine_files(tmp_path)
+    engines = engine_files(cache)
     assert any(name.startswith("twin_v1_") for name in engines) and any(name.startswith("twin_v2_") for name in engines)
     assert agreement(answers[1], answers[2])[0] < 0.5, "v2 answered with v1's engine"
 
 
 def test_a_second_load_reuses_the_engine_and_every_bucket_reruns_without_a_rebuild(
-    repo: Path, pixels: np.ndarray, tmp_path: Path
+    repo: Path, pixels: np.ndarray, cache: Path
 ) -> None:
-    load(repo, 1, TENSORRT_FIRST, tmp_path).close()  # builds and warms every bucket
-    built = engine_files(tmp_path)
-    model = load(repo, 1, TENSORRT_FIRST, tmp_path)
+    load(repo, 1, TENSORRT_FIRST, cache).close()  # builds the engine unless an earlier test did; warms every bucket
+    built = engine_files(cache)
+    model = load(repo, 1, TENSORRT_FIRST, cache)
     for size in model.buckets:
         model.run(pixels[:size])
-    assert engine_files(tmp_path) == built, "an engine was rebuilt: a profile did not hold or the cache missed"
+    assert engine_files(cache) == built, "an engine was rebuilt: a profile did not hold or the cache missed"
 
 
 def test_cuda_alone_runs_every_compute_node_on_the_gpu(repo: Path, pixels: np.ndarray, tmp_path: Path) -> None:
@@ -95,9 +101,9 @@ def test_cuda_alone_runs_every_compute_node_on_the_gpu(repo: Path, pixels: np.nd
     assert top1 >= 0.98
 
 
-def test_service_with_require_gpu_serves_on_tensorrt(repo: Path, tmp_path: Path) -> None:
+def test_service_with_require_gpu_serves_on_tensorrt(repo: Path, cache: Path) -> None:
     env = {"RESNET_SERVE_REQUIRE_GPU": "true", "RESNET_SERVE_PROVIDERS": TENSORRT_FIRST,
-           "RESNET_SERVE_TRT_CACHE_DIR": str(tmp_path), "RESNET_SERVE_MAX_BATCH_SIZE": str(MAX_BATCH)}
+           "RESNET_SERVE_TRT_CACHE_DIR": str(cache), "RESNET_SERVE_MAX_BATCH_SIZE": str(MAX_BATCH)}
     with run_server(repo, env=env, timeout_s=600) as server:
         (info,) = httpx.get(server.url("/models"), timeout=10).json()["models"]
         assert info["active_providers"][0] == TENSORRT and info["gpu_fallback"] is False, info
