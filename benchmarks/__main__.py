@@ -1,5 +1,5 @@
-"""``python -m benchmarks [raw|service|naive|preprocess|pytriton|litserve|torchserve|int8|all] [--quick]``:
-one run, one table, one JSON file."""
+"""``python -m benchmarks [raw|service|naive|preprocess|pytriton|litserve|torchserve|int8|gpu|all] [--quick]``:
+one run, one table, one JSON file (``gpu`` runs alone: see benchmarks/gpu.py)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ from benchmarks.workload import (
 )
 
 SUITES = ("preprocess", "raw", "service", "naive", "pytriton")
-#: Outside ``all``, run when named: each of these peers needs a venv of its own (TorchServe: torch and Java)
-#: and minutes per model; ``int8`` exports ten models and measures the accuracy of four.
-OPT_IN = ("litserve", "torchserve", "int8")
+#: Outside ``all``, run when named: peers that each need a venv of their own (TorchServe: torch and Java) and
+#: minutes per model; ``int8`` exports ten models and measures the accuracy of four; ``gpu`` is the GPU run
+#: (its own models, checks and table; on a CPU host the same steps on the CPU).
+OPT_IN = ("litserve", "torchserve", "int8", "gpu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=None, help="JSON file (default bench-results/bench-<time>.json)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per load phase (overrides the mode)")
     parser.add_argument("--no-wrk", action="store_true", help="skip the native wrk client")
+    parser.add_argument("--cpu", action="store_true",
+                        help="gpu: run the CPU provider's version of the steps even where a GPU is present")
     parser.add_argument("--no-freeze-idle", action="store_true",
                         help="peers: leave the idle server running during the other's slices (default: SIGSTOP it)")
     return parser
@@ -83,6 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     chosen = set(args.suites) | (set(SUITES) if "all" in args.suites else set())
     suites = tuple(s for s in (*SUITES, *OPT_IN) if s in chosen)
+    if "gpu" in suites:
+        if len(suites) > 1:
+            print("error: the gpu suite runs alone (its own models, checks and table)", file=sys.stderr)
+            return 2
+        from benchmarks import gpu
+
+        try:
+            return gpu.main(cache_dir=args.cache_dir, quick=args.quick, force_cpu=args.cpu, output=args.output)
+        except MissingSharedData as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     peers = tuple(s for s in suites if s in PEER_NAMES)
     if peers and args.no_wrk:
         print(f"note: --no-wrk: skipping {', '.join(peers)} (peers are measured with wrk only)", flush=True)

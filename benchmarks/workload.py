@@ -28,10 +28,11 @@ class BenchModel:
     weights: str | None  # checkpoint path, or None for the exporter's seeded random init
     kind: str  # "imagenet" (500x375 photos) or "cifar" (32x32 CIFAR sample JPEGs)
     int8: bool = False  # static INT8 (QDQ) export of the same weights, behind the exporter's accuracy gate
+    fp16: bool = False  # half-precision network inside the same uint8-in, float32-out graph
 
     @property
     def precision(self) -> str:
-        return "int8" if self.int8 else "fp32"
+        return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
 
     @property
     def weights_note(self) -> str:
@@ -68,6 +69,9 @@ def bench_models(names: list[str]) -> list[BenchModel]:
         "resnet20": lambda: BenchModel("resnet20", "resnet20", cifar_checkpoint("resnet20"), "cifar"),
         "resnet50-int8": lambda: BenchModel("resnet50-int8", "resnet50", None, "imagenet", int8=True),
         "resnet20-int8": lambda: BenchModel("resnet20-int8", "resnet20", cifar_checkpoint("resnet20"), "cifar", int8=True),
+        # For the GPU run (python -m benchmarks gpu); not in the default list.
+        "resnet50-fp16": lambda: BenchModel("resnet50-fp16", "resnet50", None, "imagenet", fp16=True),
+        "resnet20-fp16": lambda: BenchModel("resnet20-fp16", "resnet20", cifar_checkpoint("resnet20"), "cifar", fp16=True),
     }
     unknown = [name for name in names if name not in known]
     if unknown:
@@ -82,7 +86,7 @@ def model_repository(model: BenchModel, cache_dir: Path) -> Path:
     repo = cache_dir / "repos" / model.name
     repo.mkdir(parents=True, exist_ok=True)
     export_model(model.arch, model.weights, model_dir=repo, name=model.name, log=lambda line: None,
-                 **_int8_options(model))
+                 fp16=model.fp16, **_int8_options(model))
     return repo
 
 

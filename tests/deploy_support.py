@@ -25,7 +25,7 @@ from server import REPO_ROOT
 
 KUBERNETES_DIR = REPO_ROOT / "deploy" / "kubernetes"
 #: Every kustomization a user applies (overlays/*, kserve) by its path under deploy/kubernetes.
-KUSTOMIZATIONS = ("overlays/cpu", "overlays/gpu", "kserve")
+KUSTOMIZATIONS = ("overlays/cpu", "overlays/gpu", "overlays/gpu-shared-cache", "kserve")
 #: Kubernetes releases the rendered core objects must validate against: the newest schema
 #: kubernetes-validate ships (pinned) and the oldest release the manifests claim to support.
 KUBERNETES_VERSIONS = ("1.37", "1.30")

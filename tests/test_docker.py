@@ -9,6 +9,7 @@ Run it here with ``.venv/bin/pytest -m docker``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -161,3 +162,21 @@ def test_image_pins_satisfy_pyproject(extra: str | None, pin_file: str) -> None:
 
 def _normalise(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
+
+
+def test_gpu_build_pins_a_tensorrt_10_release_the_provider_can_load(compose: dict) -> None:
+    """onnxruntime-gpu 1.31's TensorRT provider links libnvinfer.so.10 and libnvonnxparser.so.10: an unpinned
+    TensorRT installs 11 (``.so.11``), which it cannot load. The compose default pins one TensorRT 10 release
+    (overridable, empty = no TensorRT), and the image build fails where a package gives neither .so.10."""
+    from service.engine.providers import TENSORRT_LIBRARIES
+
+    value = compose["services"]["api"]["build"]["args"]["TENSORRT_PACKAGE"]
+    match = re.fullmatch(r"\$\{TENSORRT_PACKAGE-([^}]+)\}", value)
+    assert match, f"TENSORRT_PACKAGE {value!r}: expected ${{TENSORRT_PACKAGE-<pinned requirement>}}"
+    requirement = Requirement(match.group(1))
+    (pin,) = requirement.specifier
+    assert pin.operator == "==" and pin.version.split(".")[0] == "10", requirement
+    assert requirement.name.startswith("tensorrt-cu13"), "onnxruntime-gpu 1.31 is built for CUDA 13"
+    dockerfile = (DOCKER_DIR / "Dockerfile.serve").read_text()
+    for library in TENSORRT_LIBRARIES:
+        assert library in dockerfile, f"the image build does not check for {library}"

@@ -145,7 +145,8 @@ def test_core_objects_validate_against_the_kubernetes_schema(name: str, version:
                 f"{'/'.join(map(str, error.path))}: {error.message}"
             )
         checked.append(obj["kind"])
-    assert len(checked) == 13, checked  # README: "13 per overlay"
+    # README: "13 per overlay" (14 with the shared engine cache's claim)
+    assert len(checked) == 13 + (name == "overlays/gpu-shared-cache"), checked
 
 
 # Trimmed schemas of the CRDs (prometheus-operator v0.7x monitoring.coreos.com/v1, KServe 0.11+
@@ -546,6 +547,24 @@ def test_gpu_overlay_asks_for_a_gpu_and_cpu_overlay_does_not() -> None:
     assert "nvidia.com/gpu" not in str(cpu["resources"]) and cpu["image"].endswith(":cpu")
     tolerations = one(rendered("overlays/gpu"), "Deployment")["spec"]["template"]["spec"]["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+
+
+@pytest.mark.parametrize(
+    ("name", "shared"), [("overlays/gpu", False), ("overlays/gpu-shared-cache", True)]
+)
+def test_engine_cache_is_per_pod_or_one_shared_volume(name: str, shared: bool) -> None:
+    """The GPU overlay keeps an emptyDir per pod; gpu-shared-cache mounts one ReadWriteMany claim instead."""
+    objects = rendered(name)
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "trt-cache"]
+    assert {"/trt-cache"} == {m["mountPath"] for m in server_container(objects)["volumeMounts"] if m["name"] == "trt-cache"}
+    claims = {c["metadata"]["name"]: c for c in by_kind(objects, "PersistentVolumeClaim")}
+    if shared:
+        assert set(volume) == {"name", "persistentVolumeClaim"}
+        claim = claims[volume["persistentVolumeClaim"]["claimName"]]
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    else:
+        assert "emptyDir" in volume and "resnet-serve-trt-cache" not in claims
 
 
 @pytest.mark.parametrize("name", ["overlays/cpu", "overlays/gpu"])

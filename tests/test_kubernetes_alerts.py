@@ -86,7 +86,7 @@ EXPECTED_ALERTS = [
         "ResnetServeGPUFallback",
         "critical",
         {"pod": "bad", "model": "m"},
-        "resnet-serve pod bad serves m on the CPU",
+        "resnet-serve pod bad serves m without the GPU provider it asked for",
     ),
     (
         "20m",

@@ -219,6 +219,7 @@ def test_health_models_metrics_and_docs(client: TestClient) -> None:
     assert resnet20["architecture"] == "resnet20" and resnet20["version"] == 1
     assert resnet18["preprocessing"]["crop_size"] == 224
     assert "CPUExecutionProvider" in resnet18["active_providers"] and resnet18["gpu_fallback"] is False
+    assert resnet18["nodes_per_provider"]["CPUExecutionProvider"] > 20 and resnet18["provider_notes"] == []
     assert resnet18["batching"]["max_batch_size"] == 32 and resnet18["batching"]["max_batch_delay_ms"] == 10
     assert resnet18["load_seconds"] > 0 and resnet18["warmup_seconds"] > 0
 

@@ -121,6 +121,8 @@ def _version_info(version: ServedVersion) -> dict[str, Any]:
         "requested_providers": model.requested_providers,
         "active_providers": model.active_providers,
         "gpu_fallback": model.gpu_fallback,
+        "nodes_per_provider": model.nodes_per_provider,
+        "provider_notes": list(model.provider_notes),
         "batching": {
             "max_batch_size": s.max_batch_size,
             "max_batch_delay_ms": s.max_batch_delay_ms,

@@ -116,7 +116,17 @@ class ModelInfo(BaseModel):
     preprocessing: Preprocessing
     requested_providers: list[str] = Field(examples=[["CUDAExecutionProvider", "CPUExecutionProvider"]])
     active_providers: list[str] = Field(examples=[["CPUExecutionProvider"]])
-    gpu_fallback: bool = Field(description="A GPU provider was asked for but onnxruntime is not using it.")
+    gpu_fallback: bool = Field(
+        description="A GPU provider was asked for but runs no node (TensorRT asked for and only CUDA running counts)."
+    )
+    nodes_per_provider: dict[str, int] = Field(
+        default_factory=dict, examples=[{"TensorrtExecutionProvider": 126}],
+        description="Graph nodes per provider as onnxruntime assigned them (active_providers comes from this).",
+    )
+    provider_notes: list[str] = Field(
+        default_factory=list,
+        description="Why the providers differ from the setting: an INT8 file kept off TensorRT, a session that failed.",
+    )
     batching: BatchingInfo
     source: dict[str, object] = Field(default_factory=dict, description="Weights provenance from the model card.")
     load_seconds: float = Field(examples=[0.4], description="Time to create the onnxruntime session.")

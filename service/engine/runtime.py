@@ -1,77 +1,48 @@
 """onnxruntime sessions: provider choice, silent-fallback detection, throughput options and warm-up.
 
-onnxruntime quietly drops CUDA/TensorRT when their libraries are missing and runs on the CPU; we
-compare the providers a session actually uses with those we asked for and say so loudly (log,
-/models, /metrics), and ``REQUIRE_GPU`` turns that into "not ready".
+onnxruntime quietly drops CUDA/TensorRT when their libraries are missing and runs on the CPU, and its
+Python layer retries a failed TensorRT session as CUDA-only (printing to stdout) or switches providers
+in the middle of ``run()``. Sessions here are made with its fallback off; we try the next providers
+ourselves, read where every node went (``service.engine.providers``), compare that with what we asked
+for and say so loudly (log, /models, /metrics), and ``REQUIRE_GPU`` turns "no GPU" into "not ready".
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from servable.card import INPUT_NAME, OUTPUT_NAME, InvalidModelCard, ModelCard
 from servable.layout import VersionFile
+from service.engine.providers import (
+    CPU,
+    CUDA,
+    GPU_PROVIDERS,
+    RECORD_ASSIGNMENT,
+    TENSORRT,
+    NodeAssignment,
+    active_providers,
+    gpu_device_present,
+    node_providers,
+    plan_providers,
+    preload_gpu_libraries,
+    provider_options,
+    resolve_providers,
+)
 from service.limits.cpus import int8_pairs_saturate
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TENSORRT = "TensorrtExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-GPU_PROVIDERS = frozenset({TENSORRT, CUDA})
-
 
 class ModelLoadError(Exception):
     """A model file cannot be served; the message says why (shown in /health/ready)."""
-
-
-def gpu_device_present() -> bool:
-    """An NVIDIA device node exists (containers get them only with a GPU attached)."""
-    return any(Path("/dev").glob("nvidia[0-9]*"))
-
-
-def tensorrt_loadable() -> bool:
-    for library in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"):
-        try:
-            ctypes.CDLL(library)
-            return True
-        except OSError:
-            continue
-    try:
-        import tensorrt  # noqa: F401  (the wheel bundles libnvinfer where no system library is installed)
-
-        return True
-    except Exception:
-        return False
-
-
-def resolve_providers(setting: str, available: list[str], *, gpu_present: bool) -> list[str]:
-    """The provider list to ask for: 'auto' -> TensorRT, CUDA (with a GPU), CPU; else the list given."""
-    if setting.strip().lower() != "auto":
-        wanted = [name.strip() for name in setting.split(",") if name.strip()]
-        unknown = [name for name in wanted if name not in available]
-        if unknown:
-            log.warning("providers %s are not in this onnxruntime build (has %s); skipping them", unknown, available)
-        chosen = [name for name in wanted if name in available]
-        return chosen or [CPU]
-    chosen = []
-    if gpu_present:
-        if TENSORRT in available and tensorrt_loadable():
-            chosen.append(TENSORRT)
-        if CUDA in available:
-            chosen.append(CUDA)
-    chosen.append(CPU)
-    return chosen
 
 
 @dataclass(frozen=True)
@@ -114,6 +85,10 @@ class LoadedModel:
     #: Seconds one warmed batch of the largest bucket took (None without warm-up): sizes the queue.
     batch_seconds: float | None = None
     labels: tuple[str, ...] = field(default=())
+    #: Where onnxruntime put each node: (name, op type, provider).
+    node_providers: NodeAssignment = field(default=())
+    #: Why the providers differ from the setting's (INT8 kept off TensorRT, a GPU session that failed).
+    provider_notes: tuple[str, ...] = field(default=())
     #: INT8 on the CPU: whether onnxruntime computes the file as its accuracy gate did (None: not INT8
     #: on the CPU, or the CPU's flags are unreadable). False for full-range weights without VNNI.
     int8_exact: bool | None = None
@@ -128,8 +103,17 @@ class LoadedModel:
 
     @property
     def gpu_fallback(self) -> bool:
-        """GPU providers were asked for but the session runs without them."""
-        return bool(GPU_PROVIDERS.intersection(self.requested_providers)) and not self.on_gpu
+        """The preferred GPU provider asked for runs no node: the CPU serves, or TensorRT was asked for and
+        only CUDA runs (TensorRT taking every node, CUDA none, is no fallback)."""
+        preferred = next((name for name in self.requested_providers if name in GPU_PROVIDERS), None)
+        return preferred is not None and preferred not in self.active_providers
+
+    @property
+    def nodes_per_provider(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, _, provider in self.node_providers:
+            counts[provider] = counts.get(provider, 0) + 1
+        return counts
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, classes) probabilities; GPU batches are padded to a warmed bucket."""
@@ -198,51 +182,12 @@ def session_options(settings: Settings, intra_op_threads: int | None = None) -> 
     options.intra_op_num_threads = intra_op_threads or settings.inference_threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
+    # Keep where each node runs: the providers that really run, not the registered ones.
+    options.add_session_config_entry(RECORD_ASSIGNMENT, "1")
     if not settings.intra_op_spinning:
         # Idle inference threads sleep instead of spinning: the decode pool needs those cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
-
-
-def provider_options(
-    provider: str, card: ModelCard, settings: Settings, max_batch_size: int | None = None
-) -> dict[str, object]:
-    side = card.preprocessing.crop_size
-    largest = max_batch_size or settings.max_batch_size
-    if provider == TENSORRT:
-        cache = str(settings.trt_cache_dir.resolve())
-        return {
-            "device_id": settings.device_id,
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": cache,
-            "trt_timing_cache_enable": True,
-            "trt_timing_cache_path": cache,
-            "trt_fp16_enable": card.export.precision == "fp16",
-            # A QDQ (explicitly quantized) graph builds INT8 engines only with INT8 mode on; its scales
-            # come from the Q/DQ nodes, so no calibration table is involved. Untested on a GPU here.
-            "trt_int8_enable": card.export.precision == "int8",
-            "trt_profile_min_shapes": f"{INPUT_NAME}:1x{side}x{side}x3",
-            "trt_profile_opt_shapes": f"{INPUT_NAME}:{largest}x{side}x{side}x3",
-            "trt_profile_max_shapes": f"{INPUT_NAME}:{largest}x{side}x{side}x3",
-        }
-    if provider == CUDA:
-        return {"device_id": settings.device_id}
-    return {}
-
-
-_dlls_preloaded = False
-
-
-def preload_gpu_libraries() -> None:
-    """Let onnxruntime find CUDA/cuDNN from the nvidia-* wheels (no-op on builds without it)."""
-    global _dlls_preloaded
-    if _dlls_preloaded or not hasattr(ort, "preload_dlls"):
-        return
-    _dlls_preloaded = True
-    try:
-        ort.preload_dlls()
-    except Exception as exc:
-        log.warning("onnxruntime.preload_dlls() failed: %s", exc)
 
 
 def load_model(entry: VersionFile, settings: Settings, options: RuntimeOptions | None = None) -> LoadedModel:
@@ -258,8 +203,7 @@ def load_model(entry: VersionFile, settings: Settings, options: RuntimeOptions |
     wants_gpu = bool(GPU_PROVIDERS.intersection(requested))
     if wants_gpu:
         preload_gpu_libraries()
-        if TENSORRT in requested:
-            settings.trt_cache_dir.mkdir(parents=True, exist_ok=True)
+    notes: tuple[str, ...] = ()
     try:
         # GPU provider options depend on the card (input size, fp16), so read it from a plain CPU
         # session first; on the CPU that session is the one we serve with.
@@ -270,13 +214,12 @@ def load_model(entry: VersionFile, settings: Settings, options: RuntimeOptions |
     except Exception as exc:
         raise ModelLoadError(f"{entry.path}: onnxruntime cannot load it: {exc}") from None
     if wants_gpu:
-        try:
-            session = _session(entry, settings, options, requested, card)
-        except Exception as exc:
-            log.error("model %s: GPU session failed (%s); serving it on the CPU", entry.name, exc)
-            session = _session(entry, settings, options, [CPU], card)
+        plan = plan_providers(requested, card, settings.trt_cache_dir)
+        requested = plan.expected
+        session, notes = _gpu_session(entry, settings, options, plan.session, card, plan.notes)
     _check_signature(entry, session, card)
-    active = session.get_providers()
+    assignment = node_providers(session)
+    active = active_providers(assignment, session.get_providers())
     model = LoadedModel(
         entry=entry,
         card=card,
@@ -286,7 +229,11 @@ def load_model(entry: VersionFile, settings: Settings, options: RuntimeOptions |
         buckets=options.buckets,
         pad_to_buckets=bool(GPU_PROVIDERS.intersection(active)),
         labels=card.labels,
+        node_providers=assignment,
+        provider_notes=notes,
     )
+    for note in notes:
+        log.warning("model %s v%d: %s", entry.name, entry.version, note)
     model.int8_exact = None if model.on_gpu else int8_exactness(card)
     if model.int8_exact is False:
         log.error(
@@ -297,9 +244,9 @@ def load_model(entry: VersionFile, settings: Settings, options: RuntimeOptions |
         )
     if model.gpu_fallback:
         log.error(
-            "MODEL %s RUNS ON THE CPU: asked for %s but onnxruntime activated only %s "
-            "(CUDA/cuDNN/TensorRT libraries missing or no usable GPU)",
-            entry.name, requested, active,
+            "MODEL %s v%d FELL BACK: asked for %s but nodes run on %s only (%s) "
+            "(CUDA/cuDNN/TensorRT libraries missing, no usable GPU, or a session that failed)",
+            entry.name, entry.version, requested, active, model.nodes_per_provider or "assignment unknown",
         )
     if settings.require_gpu and not model.on_gpu:
         raise ModelLoadError(f"model {entry.name}: REQUIRE_GPU is set but active providers are {active}")
@@ -315,6 +262,34 @@ def load_model(entry: VersionFile, settings: Settings, options: RuntimeOptions |
         card.preprocessing.crop_size, card.preprocessing.crop_size, active, model.warmup_seconds,
     )
     return model
+
+
+def _gpu_session(
+    entry: VersionFile,
+    settings: Settings,
+    options: RuntimeOptions,
+    providers: list[str],
+    card: ModelCard,
+    notes: tuple[str, ...],
+) -> tuple[ort.InferenceSession, tuple[str, ...]]:
+    """The session on ``providers``; if it fails, without TensorRT, then on the CPU, each failure noted.
+
+    This is onnxruntime's own fallback made explicit: its retry drops every provider option (device id
+    included) and says so only on stdout."""
+    attempts = [providers]
+    if TENSORRT in providers and CUDA in providers:
+        attempts.append([name for name in providers if name != TENSORRT])
+    if providers != [CPU]:
+        attempts.append([CPU])
+    for index, attempt in enumerate(attempts):
+        try:
+            return _session(entry, settings, options, attempt, card), notes
+        except Exception as exc:  # noqa: BLE001 (onnxruntime's Fail and EPFail derive from Exception only)
+            if index == len(attempts) - 1:
+                raise ModelLoadError(f"{entry.path}: onnxruntime cannot load it: {exc}") from None
+            why = f"a session on {', '.join(attempt)} failed ({type(exc).__name__}: {str(exc)[:300]})"
+            notes = (*notes, f"{why}; trying {', '.join(attempts[index + 1])}")
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _session(
@@ -333,9 +308,13 @@ def _session(
         str(entry.path),
         sess_options=session_opts,
         providers=[
-            (name, provider_options(name, card, settings, options.max_batch_size) if card else {})
+            (name, provider_options(name, entry, card, cache_dir=settings.trt_cache_dir,
+                                    device_id=settings.device_id, max_batch_size=options.max_batch_size)
+             if card else {})
             for name in providers
         ],
+        # No silent retry on other providers, at creation or in run(): _gpu_session decides and says so.
+        enable_fallback=0,
     )
 
 
