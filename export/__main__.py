@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
 
     int8 = parser.add_argument_group(
-        "INT8", "static INT8 (onnxruntime QDQ, per-channel) with an accuracy gate; see export/README.md"
+        "INT8", "static INT8 (onnxruntime QDQ, per-channel) with an accuracy gate; see docs/int8.md"
     )
     int8.add_argument(
         "--int8", action="store_true", help="quantize to INT8 (CPU serving: ~3x fp32 ResNet-50)"
