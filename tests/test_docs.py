@@ -143,7 +143,8 @@ def test_the_configuration_page_is_generated_from_the_settings_now() -> None:
     rows = [line for line in page.read_text().splitlines() if line.startswith(f"| `{ENV_PREFIX}")]
     assert len(rows) >= len(Settings.model_fields)
     for name in Settings.model_fields:
-        (row,) = [row for row in rows if row.startswith(f"| `{ENV_PREFIX}{name.upper()}` | `--{name.replace('_', '-')}`")]
+        matching = [row for row in rows if row.startswith(f"| `{ENV_PREFIX}{name.upper()}` | `--{name.replace('_', '-')}`")]
+        assert len(matching) == 1, name
 
 
 def test_a_stale_configuration_page_is_caught(tmp_path: Path) -> None:
