@@ -80,7 +80,6 @@ def offline_make_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
                 except subprocess.TimeoutExpired:
                     os.killpg(make.pid, signal.SIGKILL)
                     make.wait(timeout=10)
-    print(f"make serve, offline: ready after {time.monotonic() - started:.1f} s")
 
 
 def test_the_export_reports_the_model_it_cannot_export_and_goes_on(offline_make_serve: tuple[str, str, float]) -> None:

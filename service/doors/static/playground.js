@@ -50,6 +50,8 @@
     $("key-form").hidden = false;
     $("key-help").textContent = `${message}. The key stays in this page's memory only.`;
     $("server").textContent = "This service needs an API key.";
+    $("model").replaceChildren(option("", "waiting for the API key"));
+    $("model").disabled = true;
     $("api-key").focus();
   }
 
@@ -90,6 +92,7 @@
 
   function showMissing(rows) {
     $("missing").hidden = rows.length === 0;
+    $("missing-summary").textContent = `${rows.length} model${rows.length === 1 ? " is" : "s are"} not served`;
     $("missing-list").replaceChildren(...rows.map(([name, why]) => {
       const item = document.createElement("li");
       const strong = document.createElement("strong");
