@@ -11,7 +11,7 @@ from conftest import REPO_ROOT, cifar_checkpoint
 
 from export import ExportError
 from export.config import load_config
-from servable.layout import read_export_failure
+from servable.layout import publish_version, read_export_failure, record_export_failure, scan_versions
 
 
 def run_export(*args: str) -> subprocess.CompletedProcess[str]:
@@ -106,6 +106,10 @@ def test_a_config_with_a_model_that_cannot_be_exported(tmp_path: Path) -> None:
     nothing = run_export("--config", str(only_bad), "--model-dir", str(tmp_path / "empty"), "--allow-partial")
     assert nothing.returncode == 1, "nothing to serve is a failure"
 
-    fixed = run_export("resnet20", "--name", "bad", "--weights", str(cifar_checkpoint("resnet20")), "--model-dir", str(repo))
-    assert fixed.returncode == 0, fixed.stderr
-    assert read_export_failure(repo / "bad") is None, "publishing a version clears the record"
+
+def test_publishing_a_version_clears_the_failure_record(tmp_path: Path) -> None:
+    record_export_failure(tmp_path, "m", "downloads are off: drop the file at /cache/m.pth")
+    assert read_export_failure(tmp_path / "m") == "downloads are off: drop the file at /cache/m.pth"
+    assert scan_versions(tmp_path / "m", "m") == {}, "a record is not a version"
+    publish_version(tmp_path, "m", 1, b"onnx bytes")
+    assert read_export_failure(tmp_path / "m") is None
