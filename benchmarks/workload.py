@@ -91,7 +91,7 @@ def model_repository(model: BenchModel, cache_dir: Path) -> Path:
 
 
 def _int8_options(model: BenchModel) -> dict[str, Any]:
-    """How the INT8 file is calibrated and gated (the same recipe as export/README.md's table).
+    """How the INT8 file is calibrated and gated (the same recipe as docs/int8.md's table).
 
     CIFAR: the first 300 sample JPEGs calibrate, the other 700 are the held-out gate (>= 98 % top-1
     agreement with fp32). resnet50 has random weights here (no internet for torchvision's), whose

@@ -18,6 +18,7 @@ from export.onnx_import import OUTPUT_KINDS
 from export.presets import PRESETS, PreprocessingSpec
 from export.publish import ExportResult
 from export.verify import INT8_MIN_TOP1_AGREEMENT
+from servable.layout import clear_export_failure, record_export_failure, scan_versions
 
 MODEL_DIR_ENV = "RESNET_SERVE_MODEL_DIR"
 RANDOM_WEIGHTS = "random"
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", type=Path, metavar="TOML", help="export every [[model]] listed in this file"
     )
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="with --config: exit 0 when some models failed but every failure left something to serve"
+        " (`make serve`: offline, the embedded CIFAR model is served and the rest reported)",
+    )
     parser.add_argument("--name", help="model name in the repository (default: the architecture)")
     parser.add_argument("--version", type=int, help="version number (default: the next free one)")
     parser.add_argument(
@@ -58,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
 
     int8 = parser.add_argument_group(
-        "INT8", "static INT8 (onnxruntime QDQ, per-channel) with an accuracy gate; see export/README.md"
+        "INT8", "static INT8 (onnxruntime QDQ, per-channel) with an accuracy gate; see docs/int8.md"
     )
     int8.add_argument(
         "--int8", action="store_true", help="quantize to INT8 (CPU serving: ~3x fp32 ResNet-50)"
@@ -127,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config is not None:
         if args.arch or args.weights or args.onnx:
             parser.error("--config exports what the file lists: do not also give ARCH, --weights or --onnx")
-        return _export_config(args.config, args.model_dir)
+        return _export_config(args.config, args.model_dir, allow_partial=args.allow_partial)
     given = [f"--{key.replace('_', '-')}" for key in _INT8_ONLY if getattr(args, key) is not None]
     if given and not args.int8:
         parser.error(f"{', '.join(given)} only apply with --int8")
@@ -213,8 +220,10 @@ def _run(request: Request, model_dir: Path) -> ExportResult:
     return request.run(model_dir)
 
 
-def _export_config(config: Path, model_dir: Path) -> int:
-    """Export every entry; one failure does not stop the others, but makes the exit status 1."""
+def _export_config(config: Path, model_dir: Path, *, allow_partial: bool = False) -> int:
+    """Export every entry; one failure does not stop the others, but makes the exit status 1 (with
+    ``allow_partial``: only when no model of the config has a version to serve). Each failure is also
+    recorded in the repository (``servable.layout.EXPORT_FAILURE_FILE``) for the service to report."""
     try:
         requests = load_config(config)
     except ExportError as exc:
@@ -222,22 +231,30 @@ def _export_config(config: Path, model_dir: Path) -> int:
         return 1
     print(f"{config}: {len(requests)} model(s) -> {model_dir}")
     outcomes: list[str] = []
-    failed = 0
+    failed: list[str] = []
     for request in requests:
         try:
             result = _run(request, model_dir)
         except ExportError as exc:
-            failed += 1
+            failed.append(request.name)
             print(f"error: [{request.name}] {exc}", file=sys.stderr)
-            outcomes.append(f"  {request.name:<24} FAILED")
+            record_export_failure(model_dir, request.name, str(exc))
+            outcomes.append(f"  {request.name:<24} FAILED (not exported: the error above says why and what to do)")
             continue
+        clear_export_failure(model_dir, request.name)
         state = "unchanged" if result.skipped else "exported"
         outcomes.append(
             f"  {request.name:<24} version {result.version:<3} {state:<9} {result.size_bytes / 1e6:7.1f} MB"
         )
     print("summary:")
     print("\n".join(outcomes))
-    return 1 if failed else 0
+    if not failed:
+        return 0
+    servable = [r.name for r in requests if scan_versions(model_dir / r.name, r.name)]
+    if allow_partial and servable:
+        print(f"serving {', '.join(servable)} without {', '.join(failed)} (reported in /models and /health/ready)")
+        return 0
+    return 1
 
 
 if __name__ == "__main__":

@@ -10,15 +10,22 @@ Everything here is blocking file-system work; the service calls it on a worker t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.toml"
+#: ``<name>/export-failure.json``: the exporter could not export this model of its config (why, and what to
+#: do); the service reports it as not exported. Publishing a version removes it.
+EXPORT_FAILURE_FILE = "export-failure.json"
+#: Largest failure record read: one message.
+MAX_FAILURE_BYTES = 16 * 1024
 #: Model names become folder names and URL segments: letters, digits, '.', '_', '-' (matched whole,
 #: so a trailing newline is not a name).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -131,10 +138,41 @@ def publish_version(model_dir: Path, name: str, version: int, payload: bytes) ->
         except OSError as exc:
             raise FileExistsError(f"could not create {final_dir}: {exc}") from exc
         fsync_dir(parent)
+        clear_export_failure(model_dir, name)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return final_dir / MODEL_FILE
+
+
+def record_export_failure(model_dir: Path, name: str, reason: str) -> None:
+    """Say in the repository why ``name`` was not exported (written whole: a reader never sees half)."""
+    folder = model_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    record = json.dumps({"reason": reason[: MAX_FAILURE_BYTES // 2], "at": time.time()})
+    descriptor, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{EXPORT_FAILURE_FILE}.")
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(record)
+    os.chmod(temp_name, 0o644)
+    os.replace(temp_name, folder / EXPORT_FAILURE_FILE)
+
+
+def clear_export_failure(model_dir: Path, name: str) -> None:
+    (model_dir / name / EXPORT_FAILURE_FILE).unlink(missing_ok=True)
+
+
+def read_export_failure(folder: Path) -> str | None:
+    """Why the exporter could not export the model in ``folder``; None when it did (or never tried)."""
+    try:
+        with open(folder / EXPORT_FAILURE_FILE, "rb") as handle:
+            raw = handle.read(MAX_FAILURE_BYTES + 1)
+    except OSError:
+        return None
+    try:
+        reason = json.loads(raw.decode("utf-8"))["reason"]
+    except (ValueError, KeyError, TypeError):
+        return f"the export failed ({EXPORT_FAILURE_FILE} is unreadable)"
+    return str(reason)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from service import __version__
-from service.doors import admin
+from service.doors import admin, playground
 from service.doors import predict as predict_door
 from service.doors.asgi import ServiceApp
 from service.doors.schemas import ERRORS, BatchPredictResponse, PredictResponse
@@ -73,5 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(admin.router(pipeline))
     app.include_router(v2_rest.router(pipeline))
+    if settings.playground:
+        app.include_router(playground.router())
     app.pipeline = pipeline  # from now on /predict and V2 infer skip FastAPI's per-request work
     return app

@@ -172,6 +172,11 @@ class Settings(BaseSettings):
     api_key: str | None = Field(
         default=None, description="When set, /predict and /models need 'Authorization: Bearer <key>'."
     )
+    playground: bool = Field(
+        default=True,
+        description="Serve the playground page at / (static files under /playground/, a strict CSP; it calls "
+        "/models and /predict like any client, so the API key still applies).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

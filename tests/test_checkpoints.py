@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 import models
 from models import CheckpointError
+from models.checkpoints import download
 
 # --- fixtures ------------------------------------------------------------------------------------------
 
@@ -212,21 +213,46 @@ def test_cache_seeded_from_shared_is_used_offline(cache: Path, monkeypatch: pyte
         shutil.copy(shipped, cache / shipped.name)
     monkeypatch.setenv("RESNET_SERVE_OFFLINE", "1")
 
-    loaded = models.load_checkpoint("cifar10:resnet20", arch="resnet20")
-    published = models.get_model_config("resnet20").checkpoints[0]
+    loaded = models.load_checkpoint("cifar10:resnet32", arch="resnet32")
+    published = models.get_model_config("resnet32").checkpoints[0]
     assert loaded.published == published and loaded.sha256 == published.sha256
-    assert loaded.path == cache / "resnet20-12fca82f.th"
-    model = models.create_model("resnet20", weights="cifar10:resnet20")
+    assert loaded.path == cache / "resnet32-d509ac18.th"
+    model = models.create_model("resnet32", weights="cifar10:resnet32")
     assert model.linear.out_features == 10
-    with pytest.raises(CheckpointError, match="published resnet20 checkpoint, not one for resnet32"):
-        models.load_checkpoint("cifar10:resnet20", arch="resnet32")
+    with pytest.raises(CheckpointError, match="published resnet32 checkpoint, not one for resnet20"):
+        models.load_checkpoint("cifar10:resnet32", arch="resnet20")
 
 
 def test_corrupt_cached_file_is_not_trusted_offline(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache.mkdir()
-    (cache / "resnet20-12fca82f.th").write_bytes(b"not the published file")
+    (cache / "resnet32-d509ac18.th").write_bytes(b"not the published file")
     monkeypatch.setenv("RESNET_SERVE_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match=r"cached .*resnet20-12fca82f\.th has SHA-256"):
+    with pytest.raises(CheckpointError, match=r"cached .*resnet32-d509ac18\.th has SHA-256"):
+        models.load_checkpoint("cifar10:resnet32")
+
+
+def test_embedded_resnet20_needs_no_network_and_no_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The package ships the published CIFAR-10 ResNet-20 (with its licence): the default config's
+    ``cifar10:resnet20`` resolves offline from an empty cache, the file being the published one."""
+    monkeypatch.setenv("RESNET_SERVE_OFFLINE", "1")
+    loaded = models.load_checkpoint("cifar10:resnet20", arch="resnet20")
+    published = models.get_model_config("resnet20").checkpoints[0]
+    assert loaded.path.parent == download.EMBEDDED_DIR / "cifar10" and loaded.sha256 == published.sha256
+    assert loaded.path.read_bytes() == cifar_checkpoint("resnet20").read_bytes()
+    assert "BSD" in (loaded.path.parent / "LICENSE").read_text() + (loaded.path.parent / "README.md").read_text()
+    assert "Yerlan Idelbayev" in (loaded.path.parent / "LICENSE").read_text()
+    assert not cache.exists()  # nothing was written to the cache
+
+
+def test_a_damaged_embedded_file_is_refused(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The embedded copy is hash-checked on every load, as a download is."""
+    embedded = tmp_path / "weights"
+    (embedded / "cifar10").mkdir(parents=True)
+    (embedded / "cifar10" / "resnet20-12fca82f.th").write_bytes(b"not the published file")
+    monkeypatch.setattr(download, "EMBEDDED_DIR", embedded)
+    with pytest.raises(CheckpointError, match=r"embedded .*resnet20-12fca82f\.th has SHA-256 .*reinstall"):
         models.load_checkpoint("cifar10:resnet20")
 
 

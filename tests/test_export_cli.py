@@ -11,11 +11,12 @@ from conftest import REPO_ROOT, cifar_checkpoint
 
 from export import ExportError
 from export.config import load_config
+from servable.layout import publish_version, read_export_failure, record_export_failure, scan_versions
 
 
 def run_export(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "export", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "export", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
     )
 
 
@@ -79,3 +80,36 @@ def test_config_mistakes_are_reported_before_exporting(text: str, message: str, 
     config.write_text(text)
     with pytest.raises(ExportError, match=message):
         load_config(config)
+
+
+@pytest.mark.slow
+def test_a_config_with_a_model_that_cannot_be_exported(tmp_path: Path) -> None:
+    """Each failure is one line saying why and what to do, and a record the service reports; with
+    --allow-partial the run succeeds while something of the config can be served, and only then."""
+    good = f'[[model]]\nname = "good"\narch = "resnet20"\nweights = "{cifar_checkpoint("resnet20")}"\n'
+    bad = '[[model]]\nname = "bad"\narch = "resnet20"\nweights = "no-such-file.th"\n'
+    config, only_bad = tmp_path / "models.toml", tmp_path / "bad.toml"
+    config.write_text(good + "\n" + bad)
+    only_bad.write_text(bad)
+    repo = tmp_path / "repo"
+
+    strict = run_export("--config", str(config), "--model-dir", str(repo))
+    assert strict.returncode == 1 and (repo / "good" / "1" / "model.onnx").is_file()
+    (error,) = strict.stderr.splitlines()
+    assert error.startswith("error: [bad] ") and "no checkpoint file at no-such-file.th" in error
+    assert read_export_failure(repo / "bad") == error.removeprefix("error: [bad] ")
+    assert read_export_failure(repo / "good") is None
+
+    partial = run_export("--config", str(config), "--model-dir", str(repo), "--allow-partial")
+    assert partial.returncode == 0, partial.stdout + partial.stderr
+    assert "serving good without bad" in partial.stdout
+    nothing = run_export("--config", str(only_bad), "--model-dir", str(tmp_path / "empty"), "--allow-partial")
+    assert nothing.returncode == 1, "nothing to serve is a failure"
+
+
+def test_publishing_a_version_clears_the_failure_record(tmp_path: Path) -> None:
+    record_export_failure(tmp_path, "m", "downloads are off: drop the file at /cache/m.pth")
+    assert read_export_failure(tmp_path / "m") == "downloads are off: drop the file at /cache/m.pth"
+    assert scan_versions(tmp_path / "m", "m") == {}, "a record is not a version"
+    publish_version(tmp_path, "m", 1, b"onnx bytes")
+    assert read_export_failure(tmp_path / "m") is None

@@ -1,6 +1,6 @@
 """Faults on a real server: corrupt model files at start, and a model that fails inside a batch.
 
-Decisions these tests pin down (README "Hardening"):
+Decisions these tests pin down (docs/hardening.md):
 
 * A model file that cannot be loaded keeps the service not ready (503 on /health/ready naming the
   model and why; the log says the same); the models that did load are still served by name.

@@ -82,7 +82,7 @@ def model_file(repo: Path, name: str) -> Path:
 def test_int8_accuracy_and_agreement_through_onnxruntime(
     repo: Path, sample: tuple[list[Path], np.ndarray, np.ndarray]
 ) -> None:
-    """Counted on all 1,000 images (the README's table) and on the 700 the gate held out."""
+    """Counted on all 1,000 images (the accuracy table of ../shared/README.md) and on the 700 the gate held out."""
     _, pixels, truth = sample
     fp32, int8 = top1(model_file(repo, "resnet20"), pixels), top1(model_file(repo, "resnet20-int8"), pixels)
     fp32_accuracy, int8_accuracy = 100 * np.mean(fp32 == truth), 100 * np.mean(int8 == truth)

@@ -8,7 +8,7 @@ refuses it (503 server_busy before reading), it holds the connection open anyway
 the application starts reading the body) rather than a timing guess on a busy box; a few more
 attackers ignore everything and blast their bodies, which the server must discard without holding.
 The valid clients must get answers or fast 503s (no timeout, no reset), RSS must stay within the
-bound the README states (service.limits.budget.rss_bound) and below 1.5 GB, come back to within 200 MB of
+bound docs/hardening.md states (service.limits.budget.rss_bound) and below 1.5 GB, come back to within 200 MB of
 where it started, and the service must stay ready.
 """
 

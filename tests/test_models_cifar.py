@@ -42,14 +42,15 @@ def test_cifar_accuracy_table(arch: str) -> None:
 
 
 def test_named_spec_and_file_give_the_same_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``cifar10:resnet20`` from a cache seeded with the shipped file equals loading the file itself."""
+    """``cifar10:resnet32`` from a cache seeded with the shipped file equals loading the file itself
+    (resnet20's named spec takes the copy embedded in the package, tests/test_checkpoints.py)."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    shutil.copy(cifar_checkpoint("resnet20"), cache)
+    shutil.copy(cifar_checkpoint("resnet32"), cache)
     monkeypatch.setenv("RESNET_SERVE_CACHE_DIR", str(cache))
     monkeypatch.setenv("RESNET_SERVE_OFFLINE", "1")
     images, _ = sample_batch()
     with torch.no_grad():
-        by_name = models.create_model("resnet20", weights="cifar10:resnet20")(images[:16])
-        by_file = models.create_model("resnet20", weights=cifar_checkpoint("resnet20"))(images[:16])
+        by_name = models.create_model("resnet32", weights="cifar10:resnet32")(images[:16])
+        by_file = models.create_model("resnet32", weights=cifar_checkpoint("resnet32"))(images[:16])
     assert torch.equal(by_name, by_file)

@@ -4,6 +4,9 @@ Downloads land in ``$RESNET_SERVE_CACHE_DIR`` (default ``~/.cache/resnet-serve``
 basename (Hugging Face files under ``huggingface/<org>/<repo>/``), so a folder of published files can
 seed the cache. They are written to a temporary file in the same folder, checked, fsynced and renamed:
 a partial or wrong file never sits under the final name. ``RESNET_SERVE_OFFLINE=1`` forbids downloads.
+
+A published file shipped inside the package (``models/weights/<source>/<basename>``: the 1.1 MB CIFAR-10
+ResNet-20, so the default config exports with no network) is taken before the cache, hash-checked alike.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ OFFLINE_ENV = "RESNET_SERVE_OFFLINE"
 TIMEOUT_ENV = "RESNET_SERVE_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
+#: Published checkpoints shipped with the package, each beside its licence and attribution.
+EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,25 @@ def _drop_hint(remote: Remote) -> str:
     return f"download {remote.url} yourself and drop it at {remote.cache_path}"
 
 
+def embedded_path(remote: Remote) -> Path | None:
+    """The copy of a published checkpoint shipped in the package (its URL's basename), or None."""
+    if remote.published is None or remote.expected_sha256 is None:
+        return None  # only a publication whose hash we know may stand in for its download
+    name = cache_path_for(remote.url).name
+    return next((path for path in sorted(EMBEDDED_DIR.glob("*/*")) if path.name == name), None)
+
+
 def fetch(remote: Remote) -> tuple[Path, str]:
-    """The cached file for ``remote`` (downloading it if needed) and its SHA-256."""
+    """The embedded or cached file for ``remote`` (downloading it if needed) and its SHA-256."""
+    embedded = embedded_path(remote)
+    if embedded is not None:
+        sha = file_sha256(embedded)
+        if not hash_ok(sha, remote.expected_sha256):
+            raise CheckpointError(
+                f"the embedded {embedded} has SHA-256 {sha}, expected {remote.expected_sha256}: the installation"
+                " is damaged; reinstall the package"
+            )
+        return embedded, sha
     path = remote.cache_path
     if path.is_file():
         sha = file_sha256(path)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from servable.card import ModelCard
+from service import __version__
 from service.doors.schemas import ERRORS, ErrorResponse, Liveness, ModelsResponse, Readiness
 from service.engine.served import ServedModel, ServedVersion
 from service.metrics import CONTENT_TYPE
@@ -71,12 +72,14 @@ def models_body(state: ServiceState) -> dict[str, Any]:
     served = [model for model in manager.models.values() if model.versions]
     default = settings.default_model or (next(iter(manager.models)) if len(manager.models) == 1 else None)
     return {
+        "server_version": __version__,
         "default_model": default,
         "models": [_model_info(model) for model in served],
         "unavailable": [
             {"name": model.name, "status": model.status(), "refused": _refused(model)}
             for model in manager.models.values() if not model.versions
         ],
+        "not_exported": [{"name": name, "reason": why} for name, why in sorted(manager.not_exported.items())],
         "runtime": {
             "cpus": settings.cpus.as_dict(),
             "decode_threads": settings.decode_threads,

@@ -148,10 +148,22 @@ class UnavailableModel(BaseModel):
     refused: list[Refusal]
 
 
+class NotExported(BaseModel):
+    name: str = Field(examples=["resnet50"])
+    reason: str = Field(
+        examples=["https://download.pytorch.org/models/resnet50-11ad3fa6.pth is not cached and downloads are off"],
+        description="What the exporter said when it could not export the model, and what to do.",
+    )
+
+
 class ModelsResponse(BaseModel):
+    server_version: str = Field(examples=["0.3.0"], description="The service's version (pyproject.toml's).")
     default_model: str | None
     models: list[ModelInfo]
     unavailable: list[UnavailableModel] = Field(default_factory=list)
+    not_exported: list[NotExported] = Field(
+        default_factory=list, description="Models of the export config that the exporter could not export."
+    )
     runtime: dict[str, object] = Field(
         default_factory=dict,
         description="Usable CPUs (affinity, cgroup quota), decode threads, whether plain JPEGs take the libjpeg-turbo "

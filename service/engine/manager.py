@@ -47,6 +47,8 @@ class ModelManager:
         #: Names whose availability gates readiness: found at start (or loaded since), not removed.
         self.required: set[str] = set()
         self.problem: str | None = "loading models (scanning the repository)"
+        #: Models the exporter recorded as not exported, with why (not served, not needed for readiness).
+        self.not_exported: dict[str, str] = {}
         self.started = False
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -69,7 +71,8 @@ class ModelManager:
                 )
         served = self.models.get(name)
         if served is None:
-            raise ServiceError(404, "unknown_model", f"no model named {shown(name)}; GET /models lists them")
+            why = f"was not exported: {self.not_exported[name]}" if name in self.not_exported else "is served"
+            raise ServiceError(404, "unknown_model", f"no model named {shown(name)} {why}; GET /models lists them")
         if version is None:
             latest = served.latest()
             if latest is None:
@@ -112,7 +115,9 @@ class ModelManager:
         return True, None
 
     def status(self) -> dict[str, str]:
-        return {name: model.status() for name, model in sorted(self.models.items())}
+        status = {name: f"not exported: {why}" for name, why in self.not_exported.items() if name not in self.models}
+        status.update((name, model.status()) for name, model in self.models.items())
+        return dict(sorted(status.items()))
 
     # --- changing what is served ---------------------------------------------------------------
 
@@ -135,6 +140,9 @@ class ModelManager:
                 else:
                     log.error("repository scan failed (serving what is loaded): %s", exc)
                 return
+            for name in sorted(n for n, f in found.items() if f.export_failure and n not in self.not_exported):
+                log.error("model %s not exported: %s", name, found[name].export_failure)
+            self.not_exported = {name: f.export_failure for name, f in found.items() if f.export_failure}
             selected = set(found) | set(self.models) if names is None else set(names)
             if initial:
                 self.required = {name for name, folder in found.items() if folder.versions}

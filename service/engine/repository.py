@@ -23,6 +23,7 @@ from servable.layout import (
     VersionFile,
     config_fingerprint,
     model_folders,
+    read_export_failure,
     scan_versions,
 )
 
@@ -89,6 +90,8 @@ class ModelFolder:
     config: ServingConfig
     config_error: str | None = None
     config_fingerprint: Fingerprint | None = None
+    #: Why the exporter's last run could not export this model (``servable.layout.EXPORT_FAILURE_FILE``).
+    export_failure: str | None = None
 
     def wanted(self) -> list[int]:
         """The version numbers the policy selects from what is on disk, ascending."""
@@ -112,7 +115,7 @@ def _scan_model(folder: Path, name: str) -> ModelFolder:
             config = read_config(folder / CONFIG_FILE)
         except ConfigError as exc:
             error = str(exc)
-    return ModelFolder(name, scan_versions(folder, name), config, error, fingerprint)
+    return ModelFolder(name, scan_versions(folder, name), config, error, fingerprint, read_export_failure(folder))
 
 
 def read_config(path: Path) -> ServingConfig:

@@ -105,7 +105,7 @@ CONNECTION_BUFFER_BYTES = 64 * 1024
 
 def rss_bound(idle_rss: int, *, max_inflight_bytes: int, max_inflight_pixels: int, max_image_pixels: int,
               limit_concurrency: int, queued_crop_bytes: int, image_cache_bytes: int) -> int:
-    """The most a serving process should hold under any mix of requests (the README states it).
+    """The most a serving process should hold under any mix of requests (docs/hardening.md states it).
 
     ``idle_rss`` is the process after loading and warming its models (onnxruntime's arenas at the
     largest batch are in it); ``queued_crop_bytes`` is the sum over served versions of their queue
