@@ -7,9 +7,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import MISSING, fields
 from pathlib import Path
 
-from export.calibration import DEFAULT_CALIBRATION_COUNT
 from export.config import ExportRequest, ImportRequest, Request, load_config
 from export.errors import ExportError
 from export.graph import DEFAULT_OPSET
@@ -17,11 +17,29 @@ from export.int8 import Int8Options
 from export.onnx_import import OUTPUT_KINDS
 from export.presets import PRESETS, PreprocessingSpec
 from export.publish import ExportResult
-from export.verify import INT8_MIN_TOP1_AGREEMENT
 from servable.layout import clear_export_failure, record_export_failure, scan_versions
 
 MODEL_DIR_ENV = "RESNET_SERVE_MODEL_DIR"
 RANDOM_WEIGHTS = "random"
+
+#: The INT8 options after ``--int8``, one per :class:`Int8Options` field: flag -> (type, metavar, help).
+_INT8_OPTIONS: dict[str, tuple[type, str, str]] = {
+    "--calibration": (Path, "DIR", "images to calibrate on (required with --int8)"),
+    "--calibration-count": (
+        int,
+        "N",
+        "calibration images from DIR (default %(default)s; at most half of DIR without --holdout)",
+    ),
+    "--holdout": (Path, "DIR", "held-out images for the gate (default: DIR's images not calibrated on)"),
+    "--holdout-count": (int, "N", "held-out images used (default 1000 small, 200 224px)"),
+    "--min-agreement": (
+        float,
+        "F",
+        "least top-1 agreement with fp32 on held-out images (default %(default)s); 0 = no gate (random weights)",
+    ),
+}
+#: Their defaults are Int8Options' own.
+_INT8_DEFAULTS = {field.name: field.default for field in fields(Int8Options) if field.default is not MISSING}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,34 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     int8.add_argument(
         "--int8", action="store_true", help="quantize to INT8 (CPU serving: ~3x fp32 ResNet-50)"
     )
-    int8.add_argument(
-        "--calibration", type=Path, metavar="DIR", help="images to calibrate on (required with --int8)"
-    )
-    int8.add_argument(
-        "--calibration-count",
-        type=int,
-        default=DEFAULT_CALIBRATION_COUNT,
-        metavar="N",
-        help=f"calibration images taken from DIR (default {DEFAULT_CALIBRATION_COUNT}; at most half of DIR"
-        " when --holdout is not given)",
-    )
-    int8.add_argument(
-        "--holdout",
-        type=Path,
-        metavar="DIR",
-        help="held-out images for the gate (default: DIR's images not used for calibration)",
-    )
-    int8.add_argument(
-        "--holdout-count", type=int, metavar="N", help="held-out images used (default 1000 small, 200 224px)"
-    )
-    int8.add_argument(
-        "--min-agreement",
-        type=float,
-        default=INT8_MIN_TOP1_AGREEMENT,
-        metavar="F",
-        help=f"least top-1 agreement with fp32 on held-out images (default {INT8_MIN_TOP1_AGREEMENT});"
-        " 0 = no gate, for benchmarks on random weights",
-    )
+    for flag, (kind, metavar, help_text) in _INT8_OPTIONS.items():
+        dest = flag[2:].replace("-", "_")
+        int8.add_argument(flag, type=kind, metavar=metavar, default=_INT8_DEFAULTS.get(dest), help=help_text)
 
     imported = parser.add_argument_group(
         "ONNX import", "wrap an existing float32 NCHW ONNX classifier instead of ARCH/--weights"
@@ -148,13 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _int8_options(args: argparse.Namespace) -> Int8Options:
-    return Int8Options(
-        calibration=args.calibration,
-        calibration_count=args.calibration_count,
-        holdout=args.holdout,
-        holdout_count=args.holdout_count,
-        min_agreement=args.min_agreement,
-    )
+    return Int8Options(**{field.name: getattr(args, field.name) for field in fields(Int8Options)})
 
 
 def _export_request(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ExportRequest:

@@ -10,16 +10,11 @@ kernels and speed. A convolution without a bias, or whose weights are quantized 
 per output channel or per tensor, is left as quantize_static made it; the export log counts them and
 the card's ``bias_correction`` is false when none was corrected.
 
-Measured on the CIFAR sample (AMD EPYC, onnxruntime 1.31.1, 7-bit weights, moving-average MinMax;
-agreement with fp32 on 4,200 label-free variants of the 700 held-out images, resnet20/32/44/56):
-97.29/97.71/98.00/98.33 % -> 97.90/97.98/98.17/98.14 % (mean +0.22 point); on all 1,000 images
-98.0/98.0/97.8/98.1 % -> 99.3/98.4/98.0/98.3 %, accuracy within 0.5 point of fp32 on all four.
-Repeating it (each round measured under the corrected model, from the first biases) gave 98.10 and
-98.08 % mean for two and three rounds: within noise, so one round, one pass over the images (about
-0.2 s an image for ResNet-50 here). The shift is measured with onnxruntime's graph optimisations
-off: they are the reference semantics of QDQ, which the served file follows (resnet20: 97.36 %
-unoptimised, 97.29 % as served), while the float graph the measurement adds would otherwise be
-rewritten around the Q/DQ pairs.
+One round, measured on the calibration images: agreement with fp32 on 4,200 label-free variants of
+the held-out CIFAR images rose by 0.22 point on average over resnet20/32/44/56, and more rounds stayed
+within noise (the figures: export/README.md, "The INT8 recipe, measured"). The shift is measured with
+onnxruntime's graph optimisations off: they are the reference semantics of QDQ, which the served file
+follows, while the float graph the measurement adds would otherwise be rewritten around the Q/DQ pairs.
 """
 
 from __future__ import annotations
@@ -96,7 +91,9 @@ def dequantize_weight(
     if scale_tensor is None or (len(node.input) > 2 and node.input[2] and zero_tensor is None):
         return None
     scale = numpy_helper.to_array(scale_tensor).astype(np.float32)
-    zero = np.zeros_like(scale) if zero_tensor is None else numpy_helper.to_array(zero_tensor).astype(np.float32)
+    zero = (
+        np.zeros_like(scale) if zero_tensor is None else numpy_helper.to_array(zero_tensor).astype(np.float32)
+    )
     axis = int(attributes.get("axis", 1)) % values.ndim
     if attributes.get("block_size", 0) or (scale.size > 1 and (axis != 0 or scale.size != values.shape[0])):
         return None
@@ -110,7 +107,9 @@ def output_shifts(
     """Per convolution (by its int32 bias's name): the mean over images and positions of
     ``(W_q - W) * x`` per output channel, ``x`` being what ``model`` itself feeds the convolution."""
     convs = _quantized_convs(model, float_weights)
-    return {conv.bias: shift for conv, shift in zip(convs, _measure(model, convs, pixels, batch), strict=True)}
+    return {
+        conv.bias: shift for conv, shift in zip(convs, _measure(model, convs, pixels, batch), strict=True)
+    }
 
 
 def correct_biases(

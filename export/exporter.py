@@ -6,11 +6,9 @@ import copy
 import hashlib
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 from torch import nn
 
@@ -20,12 +18,12 @@ from export.calibration import DEFAULT_CALIBRATION_COUNT
 from export.errors import ExportError
 from export.graph import DEFAULT_OPSET, PixelsToProbabilities, op_counts, trace_to_onnx
 from export.labels import ResolvedLabels, resolve_labels
-from export.publish import ExportResult, fingerprint, publish, target_version, up_to_date
+from export.publish import ExportResult, claim_version, publish
 from export.quantize import MIN_OPSET as INT8_MIN_OPSET
 from export.repository import check_name
 from export.verify import INT8_MIN_TOP1_AGREEMENT, default_image_count, gather_inputs, torch_reference
 from export.verify import verify as verify_graph
-from servable.card import ExportInfo, ModelCard, WeightsSource
+from servable.card import ModelCard, WeightsSource
 from servable.preprocessing import Preprocessing
 
 #: Seed for random-init exports, so re-running one is reproducible (and idempotent).
@@ -95,13 +93,9 @@ def export_model(
         else None
     )
     settings = _settings(arch, weights, sha256, precision, opset, classes, labels, preprocessing)
-    if plan is not None:
-        settings["int8"] = plan.settings()
-    settings_fingerprint = fingerprint(settings)
-
-    target, previous = target_version(model_dir, name, version, settings_fingerprint)
-    if previous is not None:
-        return up_to_date(model_dir, name, target, previous, started, prefix, log)
+    slot = claim_version(model_dir, name, version, settings, plan, started=started, log=log)
+    if slot.existing is not None:
+        return slot.existing
 
     network = _build_network(arch, classes, checkpoint)
     log(
@@ -149,19 +143,12 @@ def export_model(
         labels=labels.labels,
         preprocessing=preprocessing,
         source=WeightsSource(spec=weights if weights is not None else RANDOM_INIT_SPEC, sha256=sha256),
-        export=ExportInfo(
-            torch_version=torch.__version__,
-            onnx_version=onnx.__version__,
-            opset=opset,
-            precision=precision,
-            exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            quantization=quantization,
-            settings=settings,
-            settings_fingerprint=settings_fingerprint,
+        export=slot.export_info(
+            torch_version=torch.__version__, opset=opset, precision=precision, quantization=quantization
         ),
         verification=figures,
     )
-    return publish(graph, card, model_dir, name, target, started, prefix, log)
+    return publish(graph, card, slot)
 
 
 def _check_precision(int8: bool, fp16: bool, verify: bool, opset: int) -> None:

@@ -27,6 +27,9 @@ BATCH_AXIS_NAME = "batch"
 class PixelsToProbabilities(nn.Module):
     """uint8 [N, H, W, 3] RGB -> float32 [N, classes] probabilities around ``network``."""
 
+    scale: torch.Tensor
+    shift: torch.Tensor
+
     def __init__(
         self,
         network: nn.Module,
@@ -70,7 +73,7 @@ def trace_to_onnx(wrapper: PixelsToProbabilities, crop_size: int, opset: int) ->
             torch.onnx.export(
                 wrapper.eval(),
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # a file object works; the stubs name only paths
                 dynamo=False,
                 export_params=True,
                 opset_version=opset,
@@ -111,3 +114,8 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The graph's default-domain opset (0 when it names none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

@@ -19,7 +19,7 @@ from export.calibration import (
     select,
 )
 from export.errors import ExportError
-from export.graph import check_graph
+from export.graph import check_graph, op_counts
 from export.quantize import quantize, recipe
 from export.verify import INT8_MIN_TOP1_AGREEMENT, Reference, verify_quantized
 from servable.card import Quantization
@@ -94,9 +94,7 @@ def run_int8(
     result = quantize(float_bytes, calibration.pixels)
     quantized, kept = result.model, result.float_nodes
     check_graph(quantized)
-    counts: dict[str, int] = {}
-    for node in quantized.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    counts = op_counts(quantized)
     log(
         f"{prefix} INT8: quantized in {time.perf_counter() - started:.1f} s"
         f" ({counts.get('QuantizeLinear', 0)} QuantizeLinear, {counts.get('DequantizeLinear', 0)}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from pydantic import ValidationError
 
@@ -51,14 +51,10 @@ class PreprocessingSpec:
     std: Sequence[float] | None = None
 
     def as_settings(self) -> dict[str, object]:
+        """The flags as given, for the card: every field, sequences as the lists JSON reads back."""
         return {
-            "preset": self.preset,
-            "resize": self.resize,
-            "crop": self.crop,
-            "crop_pct": self.crop_pct,
-            "interpolation": self.interpolation,
-            "mean": list(self.mean) if self.mean is not None else None,
-            "std": list(self.std) if self.std is not None else None,
+            key: list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+            for key, value in asdict(self).items()
         }
 
 

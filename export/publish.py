@@ -6,17 +6,21 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from export.errors import ExportError
 from export.graph import set_metadata
 from export.repository import existing_versions, read_card, write_version
-from servable.card import ModelCard
+from servable.card import ExportInfo, ModelCard
 from servable.layout import model_path
+
+if TYPE_CHECKING:
+    from export.int8 import Int8Plan
 
 Log = Callable[[str], None]
 
@@ -47,7 +51,68 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def target_version(
+@dataclass(frozen=True)
+class Slot:
+    """Where one export goes, decided before any work: the version to write, with the settings that decide
+    its content and their fingerprint; ``existing`` is the result when a version already holds them."""
+
+    model_dir: Path
+    name: str
+    version: int
+    settings: dict[str, Any]
+    fingerprint: str
+    existing: ExportResult | None
+    started: float
+    log: Log
+
+    @property
+    def prefix(self) -> str:
+        """What every log line of this export starts with."""
+        return f"[{self.name}]"
+
+    def export_info(self, **fields: Any) -> ExportInfo:
+        """The card's export record: ``fields`` plus the settings, their fingerprint and the time."""
+        return ExportInfo(
+            onnx_version=onnx.__version__,
+            exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            settings=self.settings,
+            settings_fingerprint=self.fingerprint,
+            **fields,
+        )
+
+
+def claim_version(
+    model_dir: Path,
+    name: str,
+    version: int | None,
+    settings: dict[str, Any],
+    int8: Int8Plan | None,
+    *,
+    started: float,
+    log: Log,
+) -> Slot:
+    """Settings (with the INT8 plan's) -> fingerprint -> the version to write, or the one already up to date.
+
+    Raises :class:`ExportError` when the requested ``version`` exists with other settings.
+    """
+    if int8 is not None:
+        settings = {**settings, "int8": int8.settings()}
+    settings_fingerprint = fingerprint(settings)
+    target, previous = _target_version(model_dir, name, version, settings_fingerprint)
+    slot = Slot(model_dir, name, target, settings, settings_fingerprint, None, started, log)
+    if previous is None:
+        return slot
+    path = model_path(model_dir, name, target)
+    log(
+        f"{slot.prefix} up to date: version {target} already holds these weights and settings ({path});"
+        " nothing to do"
+    )
+    seconds = time.perf_counter() - started
+    existing = ExportResult(path, name, target, True, previous, seconds, path.stat().st_size)
+    return replace(slot, existing=existing)
+
+
+def _target_version(
     model_dir: Path, name: str, version: int | None, settings_fingerprint: str
 ) -> tuple[int, ModelCard | None]:
     """(version to write, or the existing version's card when it already matches and nothing is to do)."""
@@ -71,35 +136,16 @@ def target_version(
     return version, None
 
 
-def up_to_date(
-    model_dir: Path, name: str, version: int, card: ModelCard, started: float, prefix: str, log: Log
-) -> ExportResult:
-    """The result for a version that already holds these weights and settings."""
-    path = model_path(model_dir, name, version)
-    log(
-        f"{prefix} up to date: version {version} already holds these weights and settings ({path});"
-        " nothing to do"
-    )
-    return ExportResult(path, name, version, True, card, time.perf_counter() - started, path.stat().st_size)
-
-
-def publish(
-    graph: onnx.ModelProto,
-    card: ModelCard,
-    model_dir: Path,
-    name: str,
-    version: int,
-    started: float,
-    prefix: str,
-    log: Log,
-) -> ExportResult:
+def publish(graph: onnx.ModelProto, card: ModelCard, slot: Slot) -> ExportResult:
     """Put the card into ``graph`` and write it as ``<name>/<version>/model.onnx`` atomically."""
     set_metadata(graph, card.to_metadata())
     payload = graph.SerializeToString()
-    path = write_version(model_dir, name, version, payload)
-    seconds = time.perf_counter() - started
-    log(f"{prefix} wrote {path} ({len(payload) / 1e6:.1f} MB) version {version}, total {seconds:.1f} s")
-    return ExportResult(path, name, version, False, card, seconds, len(payload))
+    path = write_version(slot.model_dir, slot.name, slot.version, payload)
+    seconds = time.perf_counter() - slot.started
+    slot.log(
+        f"{slot.prefix} wrote {path} ({len(payload) / 1e6:.1f} MB) version {slot.version}, total {seconds:.1f} s"
+    )
+    return ExportResult(path, slot.name, slot.version, False, card, seconds, len(payload))
 
 
 def _card_fingerprint(card: ModelCard) -> str | None:

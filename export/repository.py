@@ -38,7 +38,7 @@ def read_card(path: Path) -> ModelCard | None:
         return ModelCard.from_metadata({p.key: p.value for p in model.metadata_props})
     except (OSError, InvalidModelCard):
         return None
-    except Exception:  # protobuf's DecodeError and friends: not a model file we wrote.
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends: not a model file we wrote.
         return None
 
 
@@ -48,4 +48,3 @@ def write_version(model_dir: Path, name: str, version: int, payload: bytes) -> P
         return publish_version(model_dir, name, version, payload)
     except FileExistsError as exc:
         raise ExportError(f"{exc}; pass another --version or leave it out") from exc
-

@@ -124,8 +124,8 @@ def reference_probabilities(
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     outputs = []
-    # Batches of 8 took 12 s for 700 CIFAR images on 2 cores, batches of 64 0.5 s; ResNet-50 runs
-    # equally fast at 8 and 16 (~17 img/s), so large inputs keep small batches (less memory).
+    # Small inputs in batches of 64 (700 CIFAR images: 0.5 s, against 12 s in batches of 8); ResNet-50
+    # is no faster past 16, so large inputs keep small batches (less memory).
     batch = 64 if pixels.shape[1] <= 64 else 16
     with torch.no_grad():
         for chunk in _batches(pixels, batch):
@@ -134,12 +134,19 @@ def reference_probabilities(
     return np.concatenate(outputs).astype(np.float32)
 
 
-def onnx_session(model_bytes: bytes) -> ort.InferenceSession:
-    """A CPU onnxruntime session straight from the serialized model (nothing on disk yet)."""
+def onnx_session(
+    model_bytes: bytes, what: str = "onnxruntime cannot load the exported graph"
+) -> ort.InferenceSession:
+    """A CPU onnxruntime session straight from the serialized model (nothing on disk yet).
+
+    onnxruntime's own log is silenced: a failure is reported in our words, ``what`` and its text.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
     try:
-        return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ExportError(f"onnxruntime cannot load the exported graph: {exc}") from exc
+        return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's exceptions share no base class below Exception
+        raise ExportError(f"{what}: {exc}") from exc
 
 
 def onnx_probabilities(session: ort.InferenceSession, pixels: np.ndarray, batch_size: int) -> np.ndarray:
@@ -159,30 +166,27 @@ def torch_reference(network: nn.Module, preprocessing: Preprocessing) -> tuple[R
     return run, f"PyTorch {torch.__version__} fp32"
 
 
-def verify(
-    model_bytes: bytes,
-    reference: Reference,
-    reference_name: str,
-    precision: str,
-    inputs: VerificationInputs,
+def compare(
+    model_bytes: bytes, reference: Reference, reference_name: str, inputs: VerificationInputs, what: str
 ) -> dict[str, Any]:
-    """Compare onnxruntime with the reference; return the figures, or raise :class:`ExportError` if off."""
+    """The comparison figures: onnxruntime (in batches of 8, and the first 8 one by one) against ``reference``.
+
+    ``what`` names the graph in the error raised when its output is not float32 probabilities.
+    """
     session = onnx_session(model_bytes)
     pixels = inputs.pixels
     expected = reference(pixels)
     actual = onnx_probabilities(session, pixels, BATCH_SIZE)
     if actual.dtype != np.float32 or actual.shape != expected.shape:
-        raise ExportError(f"ONNX output is {actual.dtype} {actual.shape}, expected float32 {expected.shape}")
-
+        raise ExportError(
+            f"{what} output is {actual.dtype} {actual.shape}, expected float32 {expected.shape}"
+        )
     abs_diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
     agree, ties = _top1_agreement(expected, actual)
     # ``actual`` was computed in batches of BATCH_SIZE: its first batch is the batched answer.
     batched = actual[: min(BATCH_SIZE, len(pixels))]
     one_by_one = onnx_probabilities(session, pixels[: len(batched)], 1)
-    batch_diff = float(np.max(np.abs(one_by_one - batched)))
-    batch_top1_same = bool(np.array_equal(one_by_one.argmax(1), batched.argmax(1)))
-
-    figures: dict[str, Any] = {
+    return {
         "inputs": inputs.description,
         "images": len(pixels),
         "real_images": inputs.real_count,
@@ -193,9 +197,20 @@ def verify(
         "top1_agreement": agree / len(pixels),
         "top1_mismatches": int(len(pixels) - agree),
         "top1_ties": ties,
-        "batch1_vs_batch8_max_abs_diff": batch_diff,
-        "batch1_vs_batch8_top1_same": batch_top1_same,
+        "batch1_vs_batch8_max_abs_diff": float(np.max(np.abs(one_by_one - batched))),
+        "batch1_vs_batch8_top1_same": bool(np.array_equal(one_by_one.argmax(1), batched.argmax(1))),
     }
+
+
+def verify(
+    model_bytes: bytes,
+    reference: Reference,
+    reference_name: str,
+    precision: str,
+    inputs: VerificationInputs,
+) -> dict[str, Any]:
+    """Compare onnxruntime with the reference; return the figures, or raise :class:`ExportError` if off."""
+    figures = compare(model_bytes, reference, reference_name, inputs, "ONNX")
     failures = _failures(figures, precision)
     if failures:
         raise ExportError("verification failed: " + "; ".join(failures))
@@ -246,30 +261,9 @@ def verify_quantized(
 
     Raises :class:`ExportError` when agreement is below ``min_agreement`` or batch 1 and batch 8 differ.
     """
-    session = onnx_session(model_bytes)
-    expected = reference(holdout)
-    actual = onnx_probabilities(session, holdout, BATCH_SIZE)
-    if actual.dtype != np.float32 or actual.shape != expected.shape:
-        raise ExportError(f"INT8 output is {actual.dtype} {actual.shape}, expected float32 {expected.shape}")
-    abs_diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    agree, ties = _top1_agreement(expected, actual)
-    batched = actual[: min(BATCH_SIZE, len(holdout))]
-    one_by_one = onnx_probabilities(session, holdout[: len(batched)], 1)
-    figures: dict[str, Any] = {
-        "inputs": f"held-out: {holdout_source}",
-        "images": len(holdout),
-        "real_images": len(holdout),
-        "reference": reference_name,
-        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
-        "max_abs_diff": float(abs_diff.max()),
-        "mean_abs_diff": float(abs_diff.mean()),
-        "top1_agreement": agree / len(holdout),
-        "top1_mismatches": int(len(holdout) - agree),
-        "top1_ties": ties,
-        "min_top1_agreement": min_agreement,
-        "batch1_vs_batch8_max_abs_diff": float(np.max(np.abs(one_by_one - batched))),
-        "batch1_vs_batch8_top1_same": bool(np.array_equal(one_by_one.argmax(1), batched.argmax(1))),
-    }
+    inputs = VerificationInputs(holdout, len(holdout), f"held-out: {holdout_source}")
+    figures = compare(model_bytes, reference, reference_name, inputs, "INT8")
+    figures["min_top1_agreement"] = min_agreement
     problems = []
     if figures["top1_agreement"] < min_agreement:
         problems.append(

@@ -13,7 +13,7 @@ Each family is an architecture module (``models/resnet.py``, ``preact_resnet.py`
 ``inception_resnet.py``) plus its registry data in ``models/zoo/``; importing ``models`` registers them.
 """
 
-import models.zoo
+import models.zoo  # noqa: F401  (registers every family's names)
 from models.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint
 from models.config import ModelConfig, PublishedCheckpoint
 from models.densenet import DenseNet
@@ -30,8 +30,8 @@ __all__ = [
     "InceptionResNetV2",
     "LoadedCheckpoint",
     "ModelConfig",
-    "Preprocessing",
     "PreActResNet",
+    "Preprocessing",
     "PublishedCheckpoint",
     "ResNet",
     "build_model",

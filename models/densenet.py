@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layers import check_shape, init_weights
+
 #: ``...denselayer3.norm.1.weight`` -> ``...denselayer3.norm1.weight`` (the 2017 files' names).
 _LEGACY_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$"
@@ -94,8 +96,7 @@ class DenseNet(nn.Module):
         num_classes: int = 1000,
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        check_shape(num_classes)
         self.features = nn.Sequential(
             OrderedDict(
                 conv0=nn.Conv2d(3, num_init_features, 7, stride=2, padding=3, bias=False),
@@ -116,18 +117,9 @@ class DenseNet(nn.Module):
         self.features.add_module("norm5", nn.BatchNorm2d(channels))
         self.num_features = channels
         self.classifier = nn.Linear(channels, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """torchvision's init: He convs, unit BN, zero linear bias (concatenation keeps scales bounded)."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        # torchvision's init: He convs on fan_in (concatenation keeps the scales bounded), zero head bias.
+        init_weights(self, conv_fan="fan_in")
+        nn.init.zeros_(self.classifier.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Every block and transition, and ``norm5``; the ReLU before pooling is the head's."""

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from models.layers import check_shape, init_weights
+
 #: TensorFlow's batch-norm epsilon, which the ported checkpoints were trained with.
 BN_EPS = 1e-3
 
@@ -40,8 +42,16 @@ class ConvBN(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
-def _chain(*convs: tuple[int, int, int | tuple[int, int], int, int | tuple[int, int]]) -> nn.Sequential:
-    """A branch of ConvBNs given as (in, out, kernel, stride, padding) tuples."""
+#: One convolution of a branch: (in, out, kernel, stride, padding).
+ConvSpec = tuple[int, int, int | tuple[int, int], int, int | tuple[int, int]]
+#: A residual block's inception branches, each a chain of convolutions.
+Branches = tuple[tuple[ConvSpec, ...], ...]
+
+
+def _chain(*convs: ConvSpec) -> nn.Module:
+    """A branch of ConvBNs: one is the module itself (``branch0.conv``), more a Sequential (``branch1.0.conv``)."""
+    if len(convs) == 1:
+        return ConvBN(*convs[0])
     return nn.Sequential(*(ConvBN(*spec) for spec in convs))
 
 
@@ -61,16 +71,37 @@ class Mixed5b(nn.Module):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
 
 
-class Residual(nn.Module):
-    """Inception branches, concatenated, projected by a biased 1x1 (``conv2d``), scaled, added, ReLU."""
+#: 35x35 residual block on 320 channels.
+BLOCK35: Branches = (
+    ((320, 32, 1, 1, 0),),
+    ((320, 32, 1, 1, 0), (32, 32, 3, 1, 1)),
+    ((320, 32, 1, 1, 0), (32, 48, 3, 1, 1), (48, 64, 3, 1, 1)),
+)
+#: 17x17 residual block on 1088 channels (factorised 1x7 / 7x1).
+BLOCK17: Branches = (
+    ((1088, 192, 1, 1, 0),),
+    ((1088, 128, 1, 1, 0), (128, 160, (1, 7), 1, (0, 3)), (160, 192, (7, 1), 1, (3, 0))),
+)
+#: 8x8 residual block on 2080 channels (factorised 1x3 / 3x1).
+BLOCK8: Branches = (
+    ((2080, 192, 1, 1, 0),),
+    ((2080, 192, 1, 1, 0), (192, 224, (1, 3), 1, (0, 1)), (224, 256, (3, 1), 1, (1, 0))),
+)
 
-    def __init__(
-        self, channels: int, branches: Sequence[nn.Module], mixed: int, scale: float, relu: bool
-    ) -> None:
+
+class Residual(nn.Module):
+    """Inception branches, concatenated, projected by a biased 1x1 (``conv2d``), scaled, added, ReLU.
+
+    The block keeps its input width (the branches' input); ``conv2d`` takes what they concatenate.
+    """
+
+    def __init__(self, branches: Branches, scale: float, relu: bool = True) -> None:
         super().__init__()
-        for index, branch in enumerate(branches):
-            self.add_module(f"branch{index}", branch)
+        for index, convs in enumerate(branches):
+            self.add_module(f"branch{index}", _chain(*convs))
         self.branch_names = tuple(f"branch{index}" for index in range(len(branches)))
+        channels = branches[0][0][0]
+        mixed = sum(convs[-1][1] for convs in branches)
         self.conv2d = nn.Conv2d(mixed, channels, 1, bias=True)
         self.scale = scale
         self.act: nn.Module | None = nn.ReLU(inplace=True) if relu else None
@@ -79,49 +110,6 @@ class Residual(nn.Module):
         mixed = torch.cat([getattr(self, name)(x) for name in self.branch_names], 1)
         out = self.conv2d(mixed) * self.scale + x
         return self.act(out) if self.act is not None else out
-
-
-def block35(scale: float) -> Residual:
-    """35x35 residual block on 320 channels."""
-    return Residual(
-        320,
-        [
-            ConvBN(320, 32, 1),
-            _chain((320, 32, 1, 1, 0), (32, 32, 3, 1, 1)),
-            _chain((320, 32, 1, 1, 0), (32, 48, 3, 1, 1), (48, 64, 3, 1, 1)),
-        ],
-        mixed=128,
-        scale=scale,
-        relu=True,
-    )
-
-
-def block17(scale: float) -> Residual:
-    """17x17 residual block on 1088 channels (factorised 1x7 / 7x1)."""
-    return Residual(
-        1088,
-        [
-            ConvBN(1088, 192, 1),
-            _chain((1088, 128, 1, 1, 0), (128, 160, (1, 7), 1, (0, 3)), (160, 192, (7, 1), 1, (3, 0))),
-        ],
-        mixed=384,
-        scale=scale,
-        relu=True,
-    )
-
-
-def block8(scale: float, relu: bool = True) -> Residual:
-    """8x8 residual block on 2080 channels (factorised 1x3 / 3x1)."""
-    return Residual(
-        2080,
-        [
-            ConvBN(2080, 192, 1),
-            _chain((2080, 192, 1, 1, 0), (192, 224, (1, 3), 1, (0, 1)), (224, 256, (3, 1), 1, (1, 0))),
-        ],
-        mixed=448,
-        scale=scale,
-        relu=relu,
-    )
 
 
 class Mixed6a(nn.Module):
@@ -156,8 +144,7 @@ class InceptionResNetV2(nn.Module):
 
     def __init__(self, *, num_classes: int = 1000, blocks: Sequence[int] = (10, 20, 9)) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        check_shape(num_classes)
         self.conv2d_1a = ConvBN(3, 32, 3, stride=2)
         self.conv2d_2a = ConvBN(32, 32, 3)
         self.conv2d_2b = ConvBN(32, 64, 3, padding=1)
@@ -166,29 +153,18 @@ class InceptionResNetV2(nn.Module):
         self.conv2d_4a = ConvBN(80, 192, 3)
         self.maxpool_5a = nn.MaxPool2d(3, stride=2)
         self.mixed_5b = Mixed5b()
-        self.repeat = nn.Sequential(*(block35(0.17) for _ in range(blocks[0])))
+        self.repeat = nn.Sequential(*(Residual(BLOCK35, 0.17) for _ in range(blocks[0])))
         self.mixed_6a = Mixed6a()
-        self.repeat_1 = nn.Sequential(*(block17(0.10) for _ in range(blocks[1])))
+        self.repeat_1 = nn.Sequential(*(Residual(BLOCK17, 0.10) for _ in range(blocks[1])))
         self.mixed_7a = Mixed7a()
-        self.repeat_2 = nn.Sequential(*(block8(0.20) for _ in range(blocks[2])))
-        self.block8 = block8(1.0, relu=False)
+        self.repeat_2 = nn.Sequential(*(Residual(BLOCK8, 0.20) for _ in range(blocks[2])))
+        self.block8 = Residual(BLOCK8, 1.0, relu=False)
         self.conv2d_7b = ConvBN(2080, 1536, 1)
         self.num_features = 1536
         self.classif = nn.Linear(1536, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """He init for convs, unit BN, zero biases (the residual scales keep random activations finite)."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        # The residual scales (not a last norm) keep random activations finite; zero head bias.
+        init_weights(self)
+        nn.init.zeros_(self.classif.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, the three residual grids with their reductions, and the final 1x1 to 1536 channels."""

@@ -19,6 +19,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from models.layers import ResidualBlock, check_shape, init_weights
+
 BlockType = Literal["basic", "bottleneck"]
 StemType = Literal["imagenet", "cifar"]
 
@@ -45,14 +47,30 @@ class ProjectionShortcut(nn.Module):
         return self.conv(x)
 
 
-class PreActBasic(nn.Module):
-    """BN-ReLU-3x3-BN-ReLU-3x3 (the paper's CIFAR ResNet-110), stride on the first convolution."""
+class _PreActBlock(ResidualBlock):
+    """What both blocks share: the shortcut (created first, so the key order equals timm's), ``norm1``
+    on the input, and the add with no BN or ReLU after it."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         needs_projection = stride != 1 or in_channels != out_channels
         self.downsample = ProjectionShortcut(in_channels, out_channels, stride) if needs_projection else None
         self.norm1 = BatchNormAct(in_channels)
+
+    def _branch(self, preact: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        preact = self.norm1(x)
+        shortcut = x if self.downsample is None else self.downsample(preact)
+        return self._branch(preact) + shortcut
+
+
+class PreActBasic(_PreActBlock):
+    """BN-ReLU-3x3-BN-ReLU-3x3 (the paper's CIFAR ResNet-110), stride on the first convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__(in_channels, out_channels, stride)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.norm2 = BatchNormAct(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
@@ -61,22 +79,16 @@ class PreActBasic(nn.Module):
     def last_norm(self) -> nn.BatchNorm2d:
         return self.norm2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        preact = self.norm1(x)
-        shortcut = x if self.downsample is None else self.downsample(preact)
-        return self.conv2(self.norm2(self.conv1(preact))) + shortcut
+    def _branch(self, preact: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.norm2(self.conv1(preact)))
 
 
-class PreActBottleneck(nn.Module):
+class PreActBottleneck(_PreActBlock):
     """BN-ReLU-1x1, BN-ReLU-3x3 (stride here, as timm), BN-ReLU-1x1 expanding to ``out_channels``."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__()
+        super().__init__(in_channels, out_channels, stride)
         mid = out_channels // 4
-        needs_projection = stride != 1 or in_channels != out_channels
-        # Created first so the key order equals timm's (downsample.conv precedes norm1).
-        self.downsample = ProjectionShortcut(in_channels, out_channels, stride) if needs_projection else None
-        self.norm1 = BatchNormAct(in_channels)
         self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
         self.norm2 = BatchNormAct(mid)
         self.conv2 = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False)
@@ -87,17 +99,11 @@ class PreActBottleneck(nn.Module):
     def last_norm(self) -> nn.BatchNorm2d:
         return self.norm3
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        preact = self.norm1(x)
-        shortcut = x if self.downsample is None else self.downsample(preact)
-        out = self.conv2(self.norm2(self.conv1(preact)))
-        return self.conv3(self.norm3(out)) + shortcut
+    def _branch(self, preact: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.norm3(self.conv2(self.norm2(self.conv1(preact)))))
 
 
-BLOCKS: dict[str, type[PreActBasic | PreActBottleneck]] = {
-    "basic": PreActBasic,
-    "bottleneck": PreActBottleneck,
-}
+BLOCKS: dict[str, type[_PreActBlock]] = {"basic": PreActBasic, "bottleneck": PreActBottleneck}
 
 
 class Stage(nn.Module):
@@ -146,10 +152,7 @@ class PreActResNet(nn.Module):
         stem_width: int = 64,
     ) -> None:
         super().__init__()
-        if len(layers) != len(channels):
-            raise ValueError(f"{len(layers)} stage depths for {len(channels)} stage widths")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        check_shape(num_classes, layers, channels)
         self.stem = nn.Sequential()
         if stem == "cifar":
             self.stem.add_module("conv", nn.Conv2d(3, stem_width, 3, stride=1, padding=1, bias=False))
@@ -167,26 +170,7 @@ class PreActResNet(nn.Module):
         self.num_features = in_channels
         self.norm = BatchNormAct(in_channels)
         self.head = ConvHead(in_channels, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """He init for convs, unit BN; each branch's last BN at 1/sqrt(blocks) (see models.resnet).
-
-        Measured on random 32x32 input in eval mode: with unit gains preact-resnet-164's logits reach
-        4e7 (resnetv2_101's 5e4 at 224), a softmax of one-hot rows that makes export's random-weight
-        verification meaningless; scaled, they stay below 3 (0.9).
-        """
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        blocks = [module for module in self.modules() if isinstance(module, (PreActBasic, PreActBottleneck))]
-        for block in blocks:
-            nn.init.constant_(block.last_norm.weight, 1.0 / len(blocks) ** 0.5)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, stages and the final BN + ReLU: the last feature map before pooling."""

@@ -10,11 +10,13 @@ BN; max-pool stem; global average pool, flatten, linear head).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.layers import ResidualBlock, check_shape, init_weights
 
 BlockType = Literal["basic", "bottleneck"]
 ShortcutType = Literal["A", "B"]
@@ -77,82 +79,98 @@ def _projection_shortcut(in_channels: int, out_channels: int, stride: int, avg_d
     )
 
 
-class BasicBlock(nn.Module):
+class _ResNetBlock(ResidualBlock):
+    """What BasicBlock and Bottleneck share: the SE after the branch's last BN, the shortcut, the add.
+
+    ``_build_branch`` creates the branch's modules first, so the keys keep torchvision's and timm's
+    order (convs and BNs, then ``se``, then ``downsample``).
+    """
+
+    expansion: ClassVar[int]
+
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int,
+        shortcut: nn.Module | None,
+        *,
+        groups: int = 1,
+        width_per_group: int = 64,
+        se: bool = False,
+    ) -> None:
+        super().__init__()
+        self._build_branch(in_channels, planes, stride, groups, width_per_group)
+        self.relu = nn.ReLU(inplace=True)
+        self.se = SqueezeExcite(planes * self.expansion) if se else None
+        self.downsample = shortcut
+
+    def _build_branch(
+        self, in_channels: int, planes: int, stride: int, groups: int, width_per_group: int
+    ) -> None:
+        raise NotImplementedError
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self._branch(x)
+        if self.se is not None:
+            out = self.se(out)
+        return self.relu(out + identity)
+
+
+class BasicBlock(_ResNetBlock):
     """Two 3x3 convs (ResNet-18/34 and the CIFAR nets)."""
 
     expansion = 1
 
-    def __init__(
-        self,
-        in_channels: int,
-        planes: int,
-        stride: int,
-        shortcut: nn.Module | None,
-        *,
-        groups: int = 1,
-        width_per_group: int = 64,
-        se: bool = False,
+    def _build_branch(
+        self, in_channels: int, planes: int, stride: int, groups: int, width_per_group: int
     ) -> None:
-        super().__init__()
         if groups != 1 or width_per_group != 64:
             raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
         self.conv1 = nn.Conv2d(in_channels, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.se = SqueezeExcite(planes) if se else None
-        self.downsample = shortcut
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.se is not None:
-            out = self.se(out)
-        return self.relu(out + identity)
+    @property
+    def last_norm(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResNetBlock):
     """1x1 reduce, 3x3 (stride and groups here: ResNet v1.5), 1x1 expand by 4."""
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_channels: int,
-        planes: int,
-        stride: int,
-        shortcut: nn.Module | None,
-        *,
-        groups: int = 1,
-        width_per_group: int = 64,
-        se: bool = False,
+    def _build_branch(
+        self, in_channels: int, planes: int, stride: int, groups: int, width_per_group: int
     ) -> None:
-        super().__init__()
         width = int(planes * (width_per_group / 64.0)) * groups
-        out_channels = planes * self.expansion
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.se = SqueezeExcite(out_channels) if se else None
-        self.downsample = shortcut
+        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    @property
+    def last_norm(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.se is not None:
-            out = self.se(out)
-        return self.relu(out + identity)
+        return self.bn3(self.conv3(out))
 
 
-BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+BLOCKS: dict[str, type[_ResNetBlock]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNet(nn.Module):
@@ -178,10 +196,7 @@ class ResNet(nn.Module):
         head_name: str = "fc",
     ) -> None:
         super().__init__()
-        if len(layers) != len(stage_widths):
-            raise ValueError(f"{len(layers)} stage depths for {len(stage_widths)} stage widths")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        check_shape(num_classes, layers, stage_widths)
         block_cls = BLOCKS[block]
         self.head_name = head_name
         in_channels = self._build_stem(stem, stem_width, stage_widths[0])
@@ -219,7 +234,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.num_features = in_channels
         setattr(self, head_name, nn.Linear(in_channels, num_classes))
-        self._init_weights()
+        init_weights(self)
 
     def _build_stem(self, stem: StemType, stem_width: int, first_stage_width: int) -> int:
         """Create conv1/bn1/relu(/maxpool); return the channel count the first stage receives."""
@@ -249,25 +264,6 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         return out_channels
-
-    def _init_weights(self) -> None:
-        """He init for convs, unit BN: a usable random model (checkpoints overwrite all of it).
-
-        The last BN of each residual branch starts at 1/sqrt(blocks) so that activations stay finite
-        in eval mode at any depth (with unit gains, resnet1202's 600 additions overflow float32).
-        """
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        blocks = [module for module in self.modules() if isinstance(module, (BasicBlock, Bottleneck))]
-        for block in blocks:
-            last_bn = block.bn3 if isinstance(block, Bottleneck) else block.bn2
-            nn.init.constant_(last_bn.weight, 1.0 / len(blocks) ** 0.5)
 
     @property
     def head(self) -> nn.Linear:

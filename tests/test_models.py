@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import cifar_checkpoint, shared_path
+from pydantic import ValidationError
 
 import models
 from models.checkpoints import expected_shapes
@@ -307,5 +308,6 @@ def test_configs_are_frozen() -> None:
     config = models.get_model_config("resnet50")
     with pytest.raises(AttributeError):
         config.num_classes = 3  # type: ignore[misc]
-    with pytest.raises(AttributeError):
+    # servable's Preprocessing is a frozen pydantic model.
+    with pytest.raises(ValidationError, match="frozen"):
         config.preprocessing.crop_size = 3  # type: ignore[misc]

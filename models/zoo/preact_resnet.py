@@ -8,67 +8,42 @@ The paper's CIFAR nets have no published weights: they are architectures to trai
 
 from __future__ import annotations
 
-from models.config import CIFAR, TIMM_DEFAULT, ModelConfig
 from models.preact_resnet import PreActResNet
 from models.registry import register
-from models.sources import default_preprocessing, timm_checkpoints
-from servable.preprocessing import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
+from models.sources import model_config, timm_checkpoints, timm_preprocessing
 
 FAMILY = "preact_resnet"
+#: timm's ``ClassifierHead(use_conv=True)``: a 1x1 convolution.
+HEAD = "head.fc"
+
+#: timm's ResNetV2 (pre-activation bottlenecks, BN + ReLU norms, 7x7 stem), one a1h-style tag each:
+#: (name, stage depths, parameters, tag)
+TIMM = (
+    ("resnetv2_50", (3, 4, 6, 3), 25_549_352, "a1h_in1k"),
+    ("resnetv2_101", (3, 4, 23, 3), 44_541_480, "a1h_in1k"),
+)
+#: The paper's CIFAR-10 nets: 3x3 stem of 16, three stages, projection shortcuts. Depth 6n+2 with basic
+#: blocks (110: n=18), 9n+2 with bottlenecks (164: n=18); the paper gives 1.7 M for both.
+#: (name, block, blocks per stage n, parameters)
+CIFAR10 = (
+    ("preact-resnet-110", "basic", 18, 1_730_522),
+    ("preact-resnet-164", "bottleneck", 18, 1_703_258),
+)
 
 
-def _timm(name: str, layers: tuple[int, ...], *, num_params: int, tag: str) -> None:
-    """A timm ResNetV2 (pre-activation bottleneck, BN + ReLU norms, 7x7 stem) with one a1h-style tag."""
-    checkpoints = timm_checkpoints(
-        name,
-        [(tag, Preprocessing.from_crop_pct(224, 0.95, "bicubic", mean=INCEPTION_MEAN, std=INCEPTION_STD))],
-    )
-    register(
-        ModelConfig(
-            name=name,
-            family=FAMILY,
-            layout="timm",
-            builder=PreActResNet,
-            builder_args={"block": "bottleneck", "layers": layers},
-            num_classes=1000,
-            label_set="imagenet1k",
-            preprocessing=default_preprocessing(checkpoints, tag, TIMM_DEFAULT),
-            num_params=num_params,
-            checkpoints=checkpoints,
-            head_name="head.fc",
-            default_tag=tag,
+def _register() -> None:
+    for name, layers, params, tag in TIMM:
+        checkpoints = timm_checkpoints(name, [(tag, timm_preprocessing(224, 0.95, "inception"))])
+        args: dict[str, object] = {"block": "bottleneck", "layers": layers}
+        register(
+            model_config(
+                name, FAMILY, "timm", PreActResNet, args, checkpoints, num_params=params, head_name=HEAD
+            )
         )
-    )
+    for name, block, n, params in CIFAR10:
+        widths = (16, 32, 64) if block == "basic" else (64, 128, 256)
+        args = {"block": block, "layers": (n, n, n), "channels": widths, "stem": "cifar", "stem_width": 16}
+        register(model_config(name, FAMILY, "cifar", PreActResNet, args, num_params=params, head_name=HEAD))
 
 
-def _cifar(name: str, block: str, blocks_per_stage: int, *, num_params: int) -> None:
-    """A CIFAR-10 pre-activation ResNet: 3x3 stem of 16, three stages, projection shortcuts."""
-    widths = (16, 32, 64) if block == "basic" else (64, 128, 256)
-    register(
-        ModelConfig(
-            name=name,
-            family=FAMILY,
-            layout="cifar",
-            builder=PreActResNet,
-            builder_args={
-                "block": block,
-                "layers": (blocks_per_stage,) * 3,
-                "channels": widths,
-                "stem": "cifar",
-                "stem_width": 16,
-            },
-            num_classes=10,
-            label_set="cifar10",
-            preprocessing=CIFAR,
-            num_params=num_params,
-            checkpoints=(),
-            head_name="head.fc",
-        )
-    )
-
-
-_timm("resnetv2_50", (3, 4, 6, 3), num_params=25_549_352, tag="a1h_in1k")
-_timm("resnetv2_101", (3, 4, 23, 3), num_params=44_541_480, tag="a1h_in1k")
-# Depth 6n+2 with basic blocks (110: n=18), 9n+2 with bottlenecks (164: n=18); the paper gives 1.7 M for both.
-_cifar("preact-resnet-110", "basic", 18, num_params=1_730_522)
-_cifar("preact-resnet-164", "bottleneck", 18, num_params=1_703_258)
+_register()
