@@ -249,7 +249,7 @@ def grpc_call(grpc_server: GrpcServer, request: service_pb2.ModelInferRequest) -
 
 
 def _grpc_count(grpc_server: GrpcServer, status: str) -> float:
-    return metric_value(grpc_server.server, "resnet_serve_requests_total", protocol="grpc_server-grpc", status=status)
+    return metric_value(grpc_server.server, "resnet_serve_requests_total", protocol="v2-grpc", status=status)
 
 
 def test_a_cancelled_rpc_counts_as_client_closed_not_as_a_server_error(small_limits_server: GrpcServer) -> None:
