@@ -1,25 +1,27 @@
-"""Helpers for the deployment tests: rendering the kustomize tree, Kubernetes schemas, promtool, HAProxy.
+"""Helpers for the deployment tests: rendering the kustomize tree and reading what it says, Kubernetes
+schemas, promtool, HAProxy.
 
 Each external tool is optional: ``*_problem()`` says why a test cannot run here (the test then skips with
-that reason) and is None when the tool is present. ``.ci/run`` installs them on Debian when it can.
+that reason, :func:`skip_without`) and is None when the tool is present. ``.ci/run`` installs them on
+Debian when it can.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import json
-import math
 import re
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from server import REPO_ROOT
 
@@ -65,6 +67,7 @@ def render(kustomization: str) -> tuple[dict[str, Any], ...]:
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     if result.returncode != 0:
         raise AssertionError(f"kubectl kustomize {kustomization} failed:\n{result.stderr}")
@@ -214,14 +217,95 @@ def start_haproxy(config: str, workdir: Path, socket_path: Path, port: int) -> H
     raise TimeoutError(f"haproxy did not come up:\n{log_path.read_text()}")
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100), nearest-rank; 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+def skip_without(*problems: Callable[[], str | None]) -> Any:
+    """An autouse module fixture that skips the module, with the reason, when a tool is missing."""
+
+    @pytest.fixture(scope="module", autouse=True)
+    def tools_present() -> None:
+        for problem in problems:
+            reason = problem()
+            if reason:
+                pytest.skip(reason)
+
+    return tools_present
+
+
+# --- what the manifests say -----------------------------------------------------------------------------
+
+SERVICE_PREFIX = "RESNET_SERVE_"
 
 
 def iter_containers(pod_spec: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     yield from pod_spec.get("initContainers", [])
     yield from pod_spec.get("containers", [])
+
+
+def pod_templates(objects: tuple[dict[str, Any], ...]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind/name, pod spec) for every Deployment and Job."""
+    return [
+        (f"{obj['kind']}/{obj['metadata']['name']}", obj["spec"]["template"]["spec"])
+        for obj in objects
+        if obj["kind"] in ("Deployment", "Job")
+    ]
+
+
+def server_container(objects: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    spec = one(objects, "Deployment")["spec"]["template"]["spec"]
+    return next(container for container in spec["containers"] if container["name"] == "server")
+
+
+def prestop_sleep_s(container: dict[str, Any]) -> float:
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2, command
+    return float(command[1])
+
+
+def settings_env(objects: tuple[dict[str, Any], ...]) -> dict[str, str]:
+    """The RESNET_SERVE_* environment the server container gets (ConfigMap, then explicit values)."""
+    container = server_container(objects)
+    maps = {obj["metadata"]["name"]: obj.get("data", {}) for obj in by_kind(objects, "ConfigMap")}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(maps[source["configMapRef"]["name"]])
+    for item in container.get("env", []):
+        env[item["name"]] = item.get("value", f"<from {next(iter(item.get('valueFrom', {'': 0})))}>")
+    return env
+
+
+def settings_fields() -> dict[str, Any]:
+    from service.settings import Settings
+
+    return dict(Settings.model_fields)
+
+
+def parse_settings(env: dict[str, str]) -> Any:
+    """Settings built from ``env`` exactly as the service reads its environment (ValidationError if not)."""
+    from service.settings import Settings
+
+    values = {
+        key[len(SERVICE_PREFIX) :].lower(): value
+        for key, value in env.items()
+        if not value.startswith("<from")
+    }
+    return Settings(**values)
+
+
+def rule_groups() -> list[dict[str, Any]]:
+    """The PrometheusRule's groups (overlays/cpu)."""
+    return list(one(render("overlays/cpu"), "PrometheusRule")["spec"]["groups"])
+
+
+def dashboard() -> dict[str, Any]:
+    """The Grafana dashboard the monitoring ConfigMap carries (overlays/cpu)."""
+    config = next(
+        obj
+        for obj in by_kind(render("overlays/cpu"), "ConfigMap")
+        if obj["metadata"]["name"] == "resnet-serve-dashboard"
+    )
+    return dict(json.loads(config["data"]["resnet-serve.json"]))
+
+
+def adapter_rules() -> list[dict[str, Any]]:
+    """prometheus-adapter's custom metric rules (deploy/kubernetes/prometheus-adapter/values.yaml)."""
+    values = yaml.safe_load((KUBERNETES_DIR / "prometheus-adapter" / "values.yaml").read_text())
+    return list(values["rules"]["custom"])

@@ -1,19 +1,150 @@
-"""Load generators for tests against a real server: closed loop (capacity) and open loop (a fixed rate).
+"""Load on a real server and what it does to the process: raw HTTP requests, load generators, watchers.
 
-Raw prebuilt requests on new connections (:func:`hostile_corpus.send_raw`): an HTTP client library
-would spend milliseconds of the shared cores per request and show up as server latency.
+Generators send raw prebuilt requests on new connections: an HTTP client library would spend
+milliseconds of the shared cores per request and show up as server latency. :class:`PostingLoad`
+(httpx threads) is for tests that want every answer's JSON rather than a rate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+import os
+import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from hostile_corpus import as_file, raw_http_request, send_raw
+import httpx
+from server import RunningServer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 #: Seconds a request may take before the generator counts it as lost (beyond the servers' timeouts used).
 CLIENT_TIMEOUT_S = 20.0
+BOUNDARY = "hostile-boundary-7f3a"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (q from 0 to 100) by nearest rank; NaN when there are no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+# --- request bodies and the raw client -------------------------------------------------------------
+
+
+def multipart(parts: list[tuple[str, str, bytes]], boundary: str = BOUNDARY, content_type: str = "image/jpeg") -> bytes:
+    """A multipart/form-data body from (field name, filename, data) parts."""
+    out = bytearray()
+    for name, filename, data in parts:
+        out += f"--{boundary}\r\n".encode()
+        out += f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'.encode()
+        out += f"Content-Type: {content_type}\r\n\r\n".encode()
+        out += data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out)
+
+
+def as_file(data: bytes, filename: str = "upload.bin") -> tuple[bytes, dict[str, str]]:
+    """``data`` as the single ``file`` field of a multipart body, with its content-type header."""
+    return multipart([("file", filename, data)]), {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+def raw_http_request(port: int, target: str, body: bytes, headers: dict[str, str], method: str = "POST") -> bytes:
+    """A complete ``Connection: close`` request, built once so a load generator only writes bytes."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def predict_request(port: int, image: bytes) -> bytes:
+    """One multipart /predict request as raw bytes."""
+    return raw_http_request(port, "/predict", *as_file(image, "a.jpg"))
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    """Status (0 on a transport error), lower-cased headers, body and seconds to answer."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    seconds: float
+    error: str | None = None
+
+    @classmethod
+    def parse(cls, raw: bytes, seconds: float, error: str | None = None) -> RawAnswer:
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else 0
+        headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+        return cls(status, headers, body, seconds, error if not status else None)
+
+    def error_code(self) -> str | None:
+        try:
+            return str(json.loads(self.body)["error"]["code"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+async def send_raw(port: int, request: bytes, timeout_s: float) -> RawAnswer:
+    """Write ``request`` on a new connection and read the answer until the server closes it."""
+    started = time.perf_counter()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            raw = await asyncio.wait_for(reader.read(), timeout_s)
+        finally:
+            writer.close()
+    except (OSError, asyncio.TimeoutError) as exc:
+        return RawAnswer(0, {}, b"", time.perf_counter() - started, repr(exc))
+    return RawAnswer.parse(raw, time.perf_counter() - started)
+
+
+async def send_early(port: int, request: bytes, timeout_s: float) -> RawAnswer:
+    """Like :func:`send_raw`, but reading while writing: an answer sent before the body ends is seen.
+
+    The server may answer (and close) before it has read the whole request; writing first and
+    reading afterwards would then lose the answer to a connection reset.
+    """
+    started = time.perf_counter()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError as exc:
+        return RawAnswer(0, {}, b"", time.perf_counter() - started, repr(exc))
+
+    async def write() -> None:
+        try:
+            for offset in range(0, len(request), 65536):
+                writer.write(request[offset: offset + 65536])
+                await writer.drain()
+        except OSError:
+            pass  # the server stopped reading: its answer is what matters
+
+    sending = asyncio.create_task(write())
+    raw = b""
+    error = None
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), timeout_s):
+            raw += chunk
+    except (OSError, asyncio.TimeoutError) as exc:
+        error = repr(exc)
+    finally:
+        await sending
+        writer.close()
+    return RawAnswer.parse(raw, time.perf_counter() - started, error)
+
+
+# --- load generators -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -22,17 +153,6 @@ class Outcome:
     seconds: float
     code: str | None
     retry_after: str | None
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
-
-
-def predict_request(port: int, image: bytes) -> bytes:
-    """One multipart /predict request as raw bytes (see :func:`hostile_corpus.raw_http_request`)."""
-    body, headers = as_file(image, "a.jpg")
-    return raw_http_request(port, "/predict", body, headers)
 
 
 async def post(port: int, request: bytes) -> Outcome:
@@ -66,3 +186,175 @@ async def open_loop(port: int, request: bytes, rate: float, duration_s: float) -
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(post(port, request)))
     return list(await asyncio.gather(*tasks))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One request of a :class:`PostingLoad` (times from ``time.monotonic``)."""
+
+    started: float
+    finished: float
+    status: int  # 0: transport error (refused, or closed before an answer)
+    image: int  # the index of the image it sent
+    answer: Any = None  # the JSON body, when there is one
+    detail: str = ""  # the start of a body that is not a 200, or the transport error
+
+
+class PostingLoad:
+    """``clients`` threads posting images to ``url`` back to back (one httpx connection each) until stopped.
+
+    Client ``i`` sends images i, i + clients, ... in turn: one ``file`` part, or ``per_request`` copies
+    as ``files`` parts. A client pauses 50 ms after a transport error (a server that stopped accepting).
+    """
+
+    def __init__(
+        self, url: str, images: Sequence[bytes], *, clients: int = 1, per_request: int = 1, timeout_s: float = 30.0
+    ) -> None:
+        self.url = url
+        self.images = images
+        self.clients = clients
+        self.per_request = per_request
+        self.timeout_s = timeout_s
+        self.attempts: list[Attempt] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.timeout_s + 30)
+
+    def failures(self) -> list[Attempt]:
+        return [a for a in self.attempts if a.status != 200]
+
+    def _files(self, image: bytes) -> Any:
+        if self.per_request == 1:
+            return {"file": ("x.jpg", image, "image/jpeg")}
+        return [("files", (f"{n}.jpg", image, "image/jpeg")) for n in range(self.per_request)]
+
+    def _run(self, worker: int) -> None:
+        index = worker
+        with httpx.Client(timeout=self.timeout_s) as client:
+            while not self._stop.is_set():
+                image = index % len(self.images)
+                started = time.monotonic()
+                try:
+                    response = client.post(self.url, files=self._files(self.images[image]))
+                    detail = "" if response.status_code == 200 else response.text[:300]
+                    attempt = Attempt(started, time.monotonic(), response.status_code, image, _json(response), detail)
+                except httpx.HTTPError as exc:
+                    attempt = Attempt(started, time.monotonic(), 0, image, None, repr(exc))
+                with self._lock:
+                    self.attempts.append(attempt)
+                if attempt.status == 0:
+                    self._stop.wait(0.05)
+                index += self.clients
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+# --- watching the server -----------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` from /proc (Linux), without extra dependencies."""
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's RSS every ``interval_s`` and keeps the peak."""
+
+    def __init__(self, pid: int, interval_s: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval_s = interval_s
+        self.peak = rss_bytes(pid)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                self.peak = max(self.peak, rss_bytes(self.pid))
+            except OSError:
+                return
+            self._stop_event.wait(self.interval_s)
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join(timeout=5)
+        return self.peak
+
+
+class LivenessProbe(threading.Thread):
+    """Polls ``/health/live`` and keeps the slowest answer: how long the event loop was unavailable."""
+
+    def __init__(self, base_url: str, interval_s: float = 0.01) -> None:
+        super().__init__(daemon=True)
+        self.url = base_url + "/health/live"
+        self.interval_s = interval_s
+        self.worst_s = 0.0
+        self.failures: list[str] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=60.0) as client:
+            while not self._stop_event.is_set():
+                started = time.perf_counter()
+                try:
+                    if client.get(self.url).status_code != 200:
+                        self.failures.append("not 200")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                self.worst_s = max(self.worst_s, time.perf_counter() - started)
+                self._stop_event.wait(self.interval_s)
+
+    def stop(self) -> float:
+        self._stop_event.set()
+        self.join(timeout=70)
+        return self.worst_s
+
+
+@dataclass
+class Watch:
+    """What a server's process did while a block ran: RSS before, at its peak and after, the longest stall."""
+
+    rss_before: int
+    rss_peak: int = 0
+    rss_after: int = 0
+    stall_s: float = 0.0  # the slowest /health/live answer (0 when liveness was not probed)
+
+    @property
+    def rss_growth(self) -> int:
+        """How far the peak rose above the RSS before the block."""
+        return self.rss_peak - self.rss_before
+
+
+@contextmanager
+def watched(server: RunningServer, *, liveness: bool = True, interval_s: float = 0.02) -> Iterator[Watch]:
+    """Sample ``server``'s RSS every ``interval_s`` (and poll /health/live when ``liveness``) during the block."""
+    pid = server.process.pid
+    watch = Watch(rss_bytes(pid))
+    sampler = RssSampler(pid, interval_s)
+    probe = LivenessProbe(server.base_url) if liveness else None
+    sampler.start()
+    if probe is not None:
+        probe.start()
+    try:
+        yield watch
+    finally:
+        if probe is not None:
+            watch.stall_s = probe.stop()
+        watch.rss_peak = sampler.stop()
+        watch.rss_after = rss_bytes(pid) if server.alive() else 0

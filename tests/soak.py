@@ -29,39 +29,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+TESTS = Path(__file__).resolve().parent
+sys.path[:0] = [str(TESTS), str(TESTS.parent)]
 
-from hostile_corpus import (
-    MODEL_QUERY,
-    as_file,
-    build_corpus,
-    gradient,
-    raw_http_request,
-    rss_bytes,
-    send_raw,
-)
-from load import percentile
+from hostile import MODEL_QUERY, build_corpus, encode, gradient
+from load import as_file, closed_loop, percentile, raw_http_request, rss_bytes, send_raw
 from server import run_server
+
+from servable.layout import publish_version
 
 
 def publish_next_version(model_folder: Path) -> int:
-    """Copy the newest version into the next number with one atomic rename; drop all but the two newest."""
+    """Copy the newest version into the next number as the exporter publishes; drop all but the two newest."""
     versions = sorted(int(p.name) for p in model_folder.iterdir() if p.name.isdigit())
     newest, target = versions[-1], versions[-1] + 1
-    staging = Path(tempfile.mkdtemp(prefix=f".{target}.partial-", dir=model_folder))
-    shutil.copyfile(model_folder / str(newest) / "model.onnx", staging / "model.onnx")
-    os.rename(staging, model_folder / str(target))
+    payload = (model_folder / str(newest) / "model.onnx").read_bytes()
+    publish_version(model_folder.parent, model_folder.name, target, payload)
     for old in versions[:-1]:
         shutil.rmtree(model_folder / str(old), ignore_errors=True)
     return target
@@ -115,24 +107,7 @@ def answered_version(body: bytes) -> int | None:
 
 
 def valid_image() -> bytes:
-    buffer = io.BytesIO()
-    gradient(320, 240).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
-async def measure_capacity(port: int, request: bytes, concurrency: int, seconds: float) -> float:
-    done = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal done
-        while time.perf_counter() < stop_at:
-            answer = await send_raw(port, request, 60)  # await first: `done += await ...` loses updates
-            done += answer.status == 200
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.perf_counter() - started)
+    return encode(gradient(320, 240), "JPEG", quality=90)
 
 
 async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
@@ -146,7 +121,7 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
     ]
     # The median of three rounds: the best one overstated what the box sustains (494.8 against 415.9 req/s
     # on the same code and box, and 70 % of the best gave queue_full bursts in a 30-minute soak).
-    rounds = sorted([await measure_capacity(port, valid, args.concurrency, 5.0) for _ in range(3)])
+    rounds = sorted([(await closed_loop(port, valid, args.concurrency, 5.0))[0] for _ in range(3)])
     capacity = rounds[1]
     rate = args.fraction * capacity
     print(f"capacity {capacity:.1f} req/s (median of {', '.join(f'{r:.1f}' for r in rounds)}); soaking at "
@@ -217,7 +192,7 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
             print(
                 f"{(time.perf_counter() - started) / 60:5.1f} min  sent {index}  this minute {dict(this_minute)}  "
                 f"valid failures so far {sum(valid_failures.values())}  "
-                f"p50 {percentile(minute_latencies, 0.5) * 1000:.0f} ms  p99 {percentile(minute_latencies, 0.99) * 1000:.0f} ms"
+                f"p50 {percentile(minute_latencies, 50) * 1000:.0f} ms  p99 {percentile(minute_latencies, 99) * 1000:.0f} ms"
                 f"  RSS {rss / 1e6:.0f} MB  late {minute_late * 1000:.0f} ms  cores server {cpu['server_cores']:.2f} "
                 f"generator {cpu['generator_cores']:.2f} others {cpu['other_cores']:.2f}  steal {cpu['steal_percent']:.1f} %"
                 + (f"  versions {sorted(minute_versions)}" if every else ""),
@@ -236,7 +211,7 @@ async def soak(args: argparse.Namespace, port: int, pid: int | None) -> int:
     print(
         f"SUMMARY: {index} requests in {args.minutes:g} min at {rate:.1f} req/s ({args.fraction:.0%} of "
         f"{capacity:.1f}); statuses {dict(statuses)}; valid failures {dict(valid_failures)}; "
-        f"valid p50 {percentile(latencies, 0.5) * 1000:.0f} ms p99 {percentile(latencies, 0.99) * 1000:.0f} ms; "
+        f"valid p50 {percentile(latencies, 50) * 1000:.0f} ms p99 {percentile(latencies, 99) * 1000:.0f} ms; "
         f"RSS first minute {rss_samples[0] / 1e6 if rss_samples else 0:.0f} MB -> end "
         f"{rss_samples[-1] / 1e6 if rss_samples else 0:.0f} MB (growth {growth:+.0f} MB); the generator was at "
         f"worst {worst_late * 1000:.0f} ms late",

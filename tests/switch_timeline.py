@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import cifar_checkpoint, cifar_sample
-from hostile_corpus import RssSampler, as_file, raw_http_request, rss_bytes, send_raw
+from load import RssSampler, as_file, raw_http_request, rss_bytes, send_raw
 from server import run_server
 
 SERVING = re.compile(r"^(\S+ \S+) .*model cifar v(\d+) serving: session ([\d.]+) s, warm-up ([\d.]+) s")

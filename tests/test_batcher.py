@@ -10,9 +10,12 @@ threads never touch asyncio futures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import numpy as np
 import pytest
@@ -65,25 +68,37 @@ async def classify(batcher: Batcher, values: list[int]) -> list[float]:
     return [float(row[0]) for row in await asyncio.gather(*futures)]
 
 
-def run(coroutine: Callable[[], object]) -> object:
-    return asyncio.run(coroutine())  # type: ignore[arg-type]
+def on_event_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """An ``async def`` test run to completion on a fresh event loop (the service's loop is asyncio's)."""
+
+    @functools.wraps(test)
+    def run() -> None:
+        asyncio.run(test())
+
+    return run
 
 
-def test_each_image_gets_its_own_row_and_concurrent_requests_share_batches() -> None:
-    async def scenario() -> None:
-        model = FakeModel(delay_s=0.01)
-        batcher = make(model, max_batch=8)
-        for start in range(0, 32, 4):
-            batcher.reserve(4)  # eight requests admitted at once, decoding
-        results = []
-        for start in range(0, 32, 4):
-            results.append(asyncio.ensure_future(_submit_reserved(batcher, list(range(start, start + 4)))))
-        answers = await asyncio.gather(*results)
-        assert [a for answer in answers for a in answer] == [float(v) for v in range(32)]
-        assert max(model.batches) == 8 and sum(model.batches) == 32
+@contextlib.asynccontextmanager
+async def batching(model: FakeModel, **options: Any) -> AsyncIterator[Batcher]:
+    """A started batcher on ``model`` (see :func:`make`), drained when the block ends."""
+    batcher = make(model, **options)
+    try:
+        yield batcher
+    finally:
         await batcher.drain(5)
 
-    run(scenario)
+
+@on_event_loop
+async def test_each_image_gets_its_own_row_and_concurrent_requests_share_batches() -> None:
+    model = FakeModel(delay_s=0.01)
+    async with batching(model, max_batch=8) as batcher:
+        for _ in range(8):
+            batcher.reserve(4)  # eight requests admitted at once, decoding
+        requests = [asyncio.ensure_future(_submit_reserved(batcher, list(range(start, start + 4))))
+                    for start in range(0, 32, 4)]
+        answers = await asyncio.gather(*requests)
+        assert [a for answer in answers for a in answer] == [float(v) for v in range(32)]
+        assert max(model.batches) == 8 and sum(model.batches) == 32
 
 
 async def _submit_reserved(batcher: Batcher, values: list[int]) -> list[float]:
@@ -92,21 +107,17 @@ async def _submit_reserved(batcher: Batcher, values: list[int]) -> list[float]:
     return [float(row[0]) for row in await asyncio.gather(*futures)]
 
 
-def test_a_lone_request_is_not_held_for_the_batch_delay() -> None:
-    async def scenario() -> None:
-        batcher = make(FakeModel(), delay_ms=500)
+@on_event_loop
+async def test_a_lone_request_is_not_held_for_the_batch_delay() -> None:
+    async with batching(FakeModel(), delay_ms=500) as batcher:
         started = time.perf_counter()
         assert await classify(batcher, [7]) == [7.0]
         assert time.perf_counter() - started < 0.25  # nothing else was decoding: it ran at once
-        await batcher.drain(5)
-
-    run(scenario)
 
 
-def test_the_oldest_image_waits_at_most_the_delay_while_others_decode() -> None:
-    async def scenario() -> None:
-        model = FakeModel()
-        batcher = make(model, delay_ms=60, max_batch=8)
+@on_event_loop
+async def test_the_oldest_image_waits_at_most_the_delay_while_others_decode() -> None:
+    async with batching(FakeModel(), delay_ms=60, max_batch=8) as batcher:
         batcher.reserve(2)  # two images admitted; only one arrives, the other is "still decoding"
         started = time.perf_counter()
         (future,) = batcher.submit([pixels(1)])
@@ -114,15 +125,12 @@ def test_the_oldest_image_waits_at_most_the_delay_while_others_decode() -> None:
         waited = time.perf_counter() - started
         assert 0.05 <= waited < 0.5, waited
         batcher.release(1)
-        await batcher.drain(5)
-
-    run(scenario)
 
 
-def test_abandoned_images_never_reach_the_model() -> None:
-    async def scenario() -> None:
-        model = FakeModel(delay_s=0.2)
-        batcher = make(model, max_batch=1)
+@on_event_loop
+async def test_abandoned_images_never_reach_the_model() -> None:
+    model = FakeModel(delay_s=0.2)
+    async with batching(model, max_batch=1) as batcher:
         first = asyncio.ensure_future(classify(batcher, [1]))
         await asyncio.sleep(0.05)  # image 1 is running; image 2 queues behind it
         batcher.reserve(1)
@@ -131,54 +139,42 @@ def test_abandoned_images_never_reach_the_model() -> None:
         assert await first == [1.0]
         await asyncio.sleep(0.3)
         assert model.seen == [1]
-        await batcher.drain(5)
-
-    run(scenario)
 
 
-def test_a_failing_batch_fails_only_its_waiters_and_the_next_batch_runs() -> None:
-    async def scenario() -> None:
-        model = FakeModel(fail_when=lambda batch: bool((batch == 13).any()))
-        batcher = make(model, max_batch=4)
+@on_event_loop
+async def test_a_failing_batch_fails_only_its_waiters_and_the_next_batch_runs() -> None:
+    model = FakeModel(fail_when=lambda batch: bool((batch == 13).any()))
+    async with batching(model, max_batch=4) as batcher:
         with pytest.raises(ServiceError) as failed:
             await classify(batcher, [13, 14])
         assert failed.value.status == 500 and failed.value.code == "inference_failed"
         assert await classify(batcher, [15]) == [15.0]
         assert batcher.running
-        await batcher.drain(5)
-
-    run(scenario)
 
 
-def test_a_result_with_the_wrong_number_of_rows_fails_the_batch_at_once() -> None:
-    async def scenario() -> None:
-        batcher = make(FakeModel(drop_rows=1), max_batch=4)
+@on_event_loop
+async def test_a_result_with_the_wrong_number_of_rows_fails_the_batch_at_once() -> None:
+    async with batching(FakeModel(drop_rows=1), max_batch=4) as batcher:
         started = time.perf_counter()
         with pytest.raises(ServiceError) as failed:
             await asyncio.wait_for(classify(batcher, [1, 2, 3]), 5)
         assert failed.value.status == 500 and "2 output rows for 3 images" in failed.value.message
         assert time.perf_counter() - started < 1.0
-        await batcher.drain(5)
-
-    run(scenario)
 
 
-def test_worker_threads_only_run_the_model_and_several_instances_run_in_parallel() -> None:
-    async def scenario() -> None:
-        model = FakeModel(delay_s=0.2)
-        batcher = make(model, instances=2, max_batch=1)
+@on_event_loop
+async def test_worker_threads_only_run_the_model_and_several_instances_run_in_parallel() -> None:
+    model = FakeModel(delay_s=0.2)
+    async with batching(model, instances=2, max_batch=1) as batcher:
         started = time.perf_counter()
         assert await asyncio.gather(classify(batcher, [1]), classify(batcher, [2])) == [[1.0], [2.0]]
         assert time.perf_counter() - started < 0.35  # two instances: both batches at once
         assert all(name.startswith("infer-fake") for name in model.threads) and len(model.threads) == 2
-        await batcher.drain(5)
-
-    run(scenario)
 
 
-def test_futures_are_resolved_on_the_event_loop_thread() -> None:
-    async def scenario() -> None:
-        batcher = make(FakeModel(delay_s=0.01))
+@on_event_loop
+async def test_futures_are_resolved_on_the_event_loop_thread() -> None:
+    async with batching(FakeModel(delay_s=0.01)) as batcher:
         loop_thread = threading.current_thread()
         resolved_on: list[threading.Thread] = []
         batcher.reserve(1)
@@ -187,14 +183,11 @@ def test_futures_are_resolved_on_the_event_loop_thread() -> None:
         await future
         await asyncio.sleep(0)
         assert resolved_on == [loop_thread]
-        await batcher.drain(5)
-
-    run(scenario)
 
 
-def test_queue_limit_refuses_before_any_work_and_counts_reserved_images() -> None:
-    async def scenario() -> None:
-        batcher = make(FakeModel(), queue=4)
+@on_event_loop
+async def test_queue_limit_refuses_before_any_work_and_counts_reserved_images() -> None:
+    async with batching(FakeModel(), queue=4) as batcher:
         batcher.reserve(3)
         with pytest.raises(ServiceError) as full:
             batcher.check_capacity(2)
@@ -204,56 +197,48 @@ def test_queue_limit_refuses_before_any_work_and_counts_reserved_images() -> Non
         assert too_many.value.status == 413
         batcher.release(3)
         batcher.check_capacity(4)
-        await batcher.drain(5)
-
-    run(scenario)
 
 
-def test_drain_under_load_finishes_reserved_queued_and_running_work_without_blocking_the_loop() -> None:
-    async def scenario() -> None:
-        model = FakeModel(delay_s=0.05)
-        batcher = make(model, max_batch=4)
-        running = asyncio.ensure_future(classify(batcher, list(range(8))))
-        await asyncio.sleep(0.01)
-        batcher.reserve(2)  # a request still decoding when shutdown begins
-        ticks = 0
+@on_event_loop
+async def test_drain_under_load_finishes_reserved_queued_and_running_work_without_blocking_the_loop() -> None:
+    batcher = make(FakeModel(delay_s=0.05), max_batch=4)
+    running = asyncio.ensure_future(classify(batcher, list(range(8))))
+    await asyncio.sleep(0.01)
+    batcher.reserve(2)  # a request still decoding when shutdown begins
+    ticks = 0
 
-        async def heartbeat() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.005)
-                ticks += 1
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
 
-        beat = asyncio.ensure_future(heartbeat())
-        drain = asyncio.ensure_future(batcher.drain(5))
-        await asyncio.sleep(0.02)
-        with pytest.raises(ServiceError) as refused:
-            batcher.check_capacity(1)  # no new work once draining
-        assert refused.value.code == "shutting_down"
-        late = batcher.submit([pixels(100), pixels(101)])  # ...but the reserved images still run
-        assert await running == [float(v) for v in range(8)]
-        assert [float(row[0]) for row in await asyncio.gather(*late)] == [100.0, 101.0]
-        await drain
-        beat.cancel()
-        assert ticks >= 10  # the loop kept turning throughout
-        assert not batcher.running
-
-    run(scenario)
+    beat = asyncio.ensure_future(heartbeat())
+    drain = asyncio.ensure_future(batcher.drain(5))
+    await asyncio.sleep(0.02)
+    with pytest.raises(ServiceError) as refused:
+        batcher.check_capacity(1)  # no new work once draining
+    assert refused.value.code == "shutting_down"
+    late = batcher.submit([pixels(100), pixels(101)])  # ...but the reserved images still run
+    assert await running == [float(v) for v in range(8)]
+    assert [float(row[0]) for row in await asyncio.gather(*late)] == [100.0, 101.0]
+    await drain
+    beat.cancel()
+    assert ticks >= 10  # the loop kept turning throughout
+    assert not batcher.running
 
 
-def test_drain_gives_up_at_its_timeout_and_fails_what_is_left() -> None:
-    async def scenario() -> None:
-        batcher = make(FakeModel(delay_s=0.5), max_batch=1)
-        first = asyncio.ensure_future(classify(batcher, [1]))
-        await asyncio.sleep(0.05)
-        batcher.reserve(1)
-        (queued,) = batcher.submit([pixels(2)])
-        started = time.perf_counter()
-        await batcher.drain(0.2)
-        assert time.perf_counter() - started < 0.45
-        with pytest.raises(ServiceError) as stopped:
-            await queued
-        assert stopped.value.status == 503
-        assert await first == [1.0]  # the running batch still delivers
-
-    run(scenario)
+@on_event_loop
+async def test_drain_gives_up_at_its_timeout_and_fails_what_is_left() -> None:
+    batcher = make(FakeModel(delay_s=0.5), max_batch=1)
+    first = asyncio.ensure_future(classify(batcher, [1]))
+    await asyncio.sleep(0.05)
+    batcher.reserve(1)
+    (queued,) = batcher.submit([pixels(2)])
+    started = time.perf_counter()
+    await batcher.drain(0.2)
+    assert time.perf_counter() - started < 0.45
+    with pytest.raises(ServiceError) as stopped:
+        await queued
+    assert stopped.value.status == 503
+    assert await first == [1.0]  # the running batch still delivers

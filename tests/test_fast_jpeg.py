@@ -17,16 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import shared_path
-from hostile_corpus import (
-    BOUNDARY,
-    build_corpus,
-    encode,
-    gradient,
-    jpeg_with_corrupt_scan,
-    jpeg_with_exif_orientation,
-)
+from hostile import build_corpus, encode, gradient
+from hostile.images import jpeg_with_corrupt_scan, jpeg_with_exif_orientation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from load import BOUNDARY
 from PIL import Image
 
 from servable import jpeg

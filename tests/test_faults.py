@@ -21,10 +21,9 @@ import httpx
 import numpy as np
 import onnx
 import pytest
-from hostile_corpus import copy_model
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from server import run_server
+from server import link_repository, run_server
 
 from servable.card import INPUT_NAME, OUTPUT_NAME
 
@@ -121,7 +120,7 @@ def test_an_inference_error_fails_its_batch_and_the_batcher_keeps_serving(model_
 
 def broken_repository(model_repo: Path, repo: Path) -> None:
     """resnet20 intact, plus a truncated ONNX file, a non-ONNX file and an empty file."""
-    copy_model(model_repo, "resnet20", repo)
+    link_repository(model_repo, repo, "resnet20")
     good = (model_repo / "resnet20" / "1" / "model.onnx").read_bytes()
     for name, data in {"truncated": good[: len(good) // 2], "garbage": b"\x00not onnx" * 100, "empty": b""}.items():
         (repo / name / "1").mkdir(parents=True)

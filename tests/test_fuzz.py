@@ -20,7 +20,7 @@ import os
 import numpy as np
 import pytest
 from conftest import shared_path
-from hostile_corpus import encode, gradient
+from hostile import encode, gradient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image

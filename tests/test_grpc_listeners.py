@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 from conftest import shared_path
-from hostile_corpus import framed, slow_jpeg
-from server import GrpcServer, free_port, link_repository, run_grpc_server, run_server
+from hostile import framed, slow_jpeg
+from server import GrpcServer, free_port, grpc_server_fixture, link_repository, run_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.doors.sockets import claim_port, host_port
@@ -40,12 +39,11 @@ def own_connection(port: int) -> grpc.Channel:
     return grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
 
 
-@pytest.fixture(scope="module")
-def shared(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
-    # No JPEG draft mode: the slow calls below must really take their ~0.3 s to decode.
-    flags = ("--grpc-listeners", str(LISTENERS), "--limit-concurrency", str(LIMIT), "--no-jpeg-draft")
-    with run_grpc_server(model_repo, tmp_path_factory.mktemp("listeners"), *flags) as server:
-        yield server
+#: LISTENERS gRPC listeners on one port, LIMIT calls in flight; no JPEG draft mode: the slow calls below
+#: must really take their ~0.3 s to decode.
+shared_port_server = grpc_server_fixture(
+    "--grpc-listeners", str(LISTENERS), "--limit-concurrency", str(LIMIT), "--no-jpeg-draft"
+)
 
 
 def listening_sockets(port: int) -> int:
@@ -56,24 +54,24 @@ def listening_sockets(port: int) -> int:
     return sum(1 for row in rows if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A")
 
 
-def test_every_connection_is_answered_whichever_listener_takes_it(shared: GrpcServer) -> None:
+def test_every_connection_is_answered_whichever_listener_takes_it(shared_port_server: GrpcServer) -> None:
     """Two connections per listener on average: the kernel spreads them, each one gets the same answer."""
-    assert listening_sockets(shared.grpc_port) == LISTENERS
+    assert listening_sockets(shared_port_server.grpc_port) == LISTENERS
     request = infer_request(shared_path("data", "cifar10-sample", "cat", "0000.jpg").read_bytes())
     answers = []
     for _ in range(2 * LISTENERS):
-        with own_connection(shared.grpc_port) as channel:
+        with own_connection(shared_port_server.grpc_port) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             answers.append(stub.ModelInfer(request, timeout=30).raw_output_contents[0])
     assert len(set(answers)) == 1
 
 
-def test_limit_concurrency_counts_calls_on_every_listener_together(shared: GrpcServer) -> None:
+def test_limit_concurrency_counts_calls_on_every_listener_together(shared_port_server: GrpcServer) -> None:
     """12 slow calls on 12 connections against a limit of 2: the ones beyond it get RESOURCE_EXHAUSTED
     with a retry hint. Per-listener limits (grpc's own) would admit up to two per listener the
     connections landed on: about 10 of the 12 (6 were refused when this test was tried against them)."""
     request = infer_request(slow_jpeg())
-    channels = [own_connection(shared.grpc_port) for _ in range(12)]
+    channels = [own_connection(shared_port_server.grpc_port) for _ in range(12)]
     try:
         for channel in channels:  # connect first, so the calls below arrive together
             grpc.channel_ready_future(channel).result(timeout=10)
@@ -102,44 +100,44 @@ def test_limit_concurrency_counts_calls_on_every_listener_together(shared: GrpcS
     assert ours, refused
     assert all(metadata.get("retry-after") == "1" for metadata in ours)
     assert all(details == GRPC_OWN_REFUSAL for details, metadata in refused if metadata not in ours)
-    assert shared.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
+    assert shared_port_server.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
 
 
-def test_every_way_a_call_ends_gives_its_slot_back(shared: GrpcServer) -> None:
+def test_every_way_a_call_ends_gives_its_slot_back(shared_port_server: GrpcServer) -> None:
     """Errors and client deadlines free their slot: after more of them than the limit, calls still pass."""
     missing = service_pb2.ModelReadyRequest(name="no-such-model")
     for _ in range(LIMIT + 1):
         with pytest.raises(grpc.RpcError) as refused:
-            shared.stub.ModelReady(missing, timeout=10)
+            shared_port_server.stub.ModelReady(missing, timeout=10)
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     slow = infer_request(slow_jpeg((10, 20, 30)))
     for _ in range(LIMIT + 1):  # each one gives up long before its decode ends
         with pytest.raises(grpc.RpcError) as expired:
-            shared.stub.ModelInfer(slow, timeout=0.05)
+            shared_port_server.stub.ModelInfer(slow, timeout=0.05)
         assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     request = infer_request(shared_path("data", "cifar10-sample", "cat", "0000.jpg").read_bytes())
     deadline = time.monotonic() + 30
     while True:  # the server notices the cancellations within the decodes already running
         try:
-            shared.stub.ModelInfer(request, timeout=30)
+            shared_port_server.stub.ModelInfer(request, timeout=30)
             break
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline, error
             time.sleep(0.2)
     for _ in range(LIMIT + 1):
-        assert shared.stub.ModelInfer(request, timeout=30).raw_output_contents
+        assert shared_port_server.stub.ModelInfer(request, timeout=30).raw_output_contents
 
 
-def test_a_second_instance_cannot_join_the_port(shared: GrpcServer, model_repo: Path, tmp_path: Path) -> None:
+def test_a_second_instance_cannot_join_the_port(shared_port_server: GrpcServer, model_repo: Path, tmp_path: Path) -> None:
     """SO_REUSEPORT lets any process of the same user bind the port too; ours checks first and exits."""
     repo = link_repository(model_repo, tmp_path, "resnet20")
-    with run_server(repo, "--grpc-port", str(shared.grpc_port), wait="none") as second:
+    with run_server(repo, "--grpc-port", str(shared_port_server.grpc_port), wait="none") as second:
         deadline = time.monotonic() + 60
         while second.alive() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not second.alive(), "a second server started on a gRPC port already served"
-        assert f"gRPC port 127.0.0.1:{shared.grpc_port} is in use" in second.log()
-    assert shared.stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+        assert f"gRPC port 127.0.0.1:{shared_port_server.grpc_port} is in use" in second.log()
+    assert shared_port_server.stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
 
 
 def listening() -> socket.socket:

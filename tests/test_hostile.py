@@ -1,6 +1,6 @@
 """The hostile-input corpus against a real uvicorn process, while valid requests keep flowing.
 
-Every case of :mod:`hostile_corpus` (/predict and the KServe V2 REST door) is sent to
+Every case of :mod:`hostile` (/predict and the KServe V2 REST door) is sent to
 ``python -m service`` on 127.0.0.1; each must get its documented status in its protocol's error
 shape (never a 5xx, no message over 400 characters), a background client sending a valid image
 meanwhile must only ever see 200, and the server's memory must stay bounded:
@@ -13,37 +13,31 @@ meanwhile must only ever see 200, and the server's memory must stay bounded:
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
-from conftest import shared_path
-from hostile_corpus import (
+from hostile import (
     BODY_TIMEOUT_S,
     HTTP_SHAPE,
     MAX_FILES,
     MAX_INFLIGHT_BYTES,
     MAX_MESSAGE_CHARS,
     MAX_UPLOAD_BYTES,
+    MODEL_QUERY,
     PREDICT_SHAPE,
     V2_SHAPE,
     Answer,
     HostileCase,
-    RssSampler,
-    ValidLoad,
-    as_file,
     build_corpus,
-    copy_model,
     encode,
     error_message,
     error_problem,
     gradient,
-    rss_bytes,
     send_case,
 )
-from server import RunningServer, run_server
+from load import PostingLoad, as_file, watched
+from server import RunningServer, photo, server_fixture
 
 PEAK_RSS_LIMIT = 1_500_000_000
 RSS_GROWTH_LIMIT = 200_000_000
@@ -54,19 +48,13 @@ def corpus() -> tuple[HostileCase, ...]:
     return tuple(build_corpus())
 
 
-@pytest.fixture(scope="module")
-def hostile_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    repo = tmp_path_factory.mktemp("hostile_repo")
-    copy_model(model_repo, "resnet20", repo)
-    with run_server(
-        repo,
-        "--max-upload-bytes", str(MAX_UPLOAD_BYTES),
-        "--max-files", str(MAX_FILES),
-        "--max-inflight-bytes", str(MAX_INFLIGHT_BYTES),
-        "--body-timeout-s", str(BODY_TIMEOUT_S),
-        "--max-batch-delay-ms", "2",
-    ) as server:
-        yield server
+hostile_server = server_fixture(
+    "--max-upload-bytes", str(MAX_UPLOAD_BYTES),
+    "--max-files", str(MAX_FILES),
+    "--max-inflight-bytes", str(MAX_INFLIGHT_BYTES),
+    "--body-timeout-s", str(BODY_TIMEOUT_S),
+    "--max-batch-delay-ms", "2",
+)
 
 
 def check_answer(case: HostileCase, answer: Answer) -> str | None:
@@ -98,16 +86,10 @@ def check_answer(case: HostileCase, answer: Answer) -> str | None:
 def test_hostile_corpus_gets_documented_errors_while_valid_requests_succeed(hostile_server: RunningServer) -> None:
     cases = corpus()
     assert len(cases) >= 200
-    pid = hostile_server.process.pid
-    valid = shared_path("data", "photos", "chelsea.jpg").read_bytes()
-    rss_before = rss_bytes(pid)
-    sampler = RssSampler(pid)
-    sampler.start()
-    background = ValidLoad(hostile_server.base_url, valid)
-    background.start()
+    valid = PostingLoad(hostile_server.url("/predict" + MODEL_QUERY), [photo("chelsea.jpg")])
     problems: list[str] = []
     rows: list[str] = []
-    try:
+    with watched(hostile_server, liveness=False) as watch, valid:
         for case in cases:
             answer = send_case(hostile_server.base_url, case)
             rows.append(f"| {case.name} | {answer.status} | {answer.seconds * 1000:.0f} ms |")
@@ -116,19 +98,15 @@ def test_hostile_corpus_gets_documented_errors_while_valid_requests_succeed(host
                 problems.append(f"{case.name}: {problem}")
             if case.kind == "stall" and answer.seconds > BODY_TIMEOUT_S + 10:
                 problems.append(f"{case.name}: cut off only after {answer.seconds:.1f} s")
-    finally:
-        background.stop()
-        peak = sampler.stop()
-    rss_after = rss_bytes(pid)
+    grown = watch.rss_after - watch.rss_before
     print("\n| case | status | time to answer |\n| --- | --- | --- |\n" + "\n".join(rows))
-    print(f"RSS before {rss_before / 1e6:.0f} MB, peak {peak / 1e6:.0f} MB, after {rss_after / 1e6:.0f} MB; "
-          f"{len(background.statuses)} valid requests meanwhile")
+    print(f"RSS before {watch.rss_before / 1e6:.0f} MB, peak {watch.rss_peak / 1e6:.0f} MB, after "
+          f"{watch.rss_after / 1e6:.0f} MB; {len(valid.attempts)} valid requests meanwhile")
     assert not problems, "\n".join(problems)
     assert hostile_server.alive()
-    assert not background.errors, background.errors[:5]
-    assert background.statuses and set(background.statuses) == {200}, sorted(set(background.statuses))
-    assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 1e6:.0f} MB"
-    assert rss_after - rss_before < RSS_GROWTH_LIMIT, f"RSS grew {(rss_after - rss_before) / 1e6:.0f} MB"
+    assert valid.attempts and not valid.failures(), [(a.status, a.detail) for a in valid.failures()[:5]]
+    assert watch.rss_peak < PEAK_RSS_LIMIT, f"peak RSS {watch.rss_peak / 1e6:.0f} MB"
+    assert grown < RSS_GROWTH_LIMIT, f"RSS grew {grown / 1e6:.0f} MB"
     assert "Traceback" not in hostile_server.log(), hostile_server.log()[-3000:]
 
 

@@ -8,13 +8,13 @@ internal network). /openapi.json and /docs stay open too: they describe, they do
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from hostile_corpus import as_file, copy_model, encode, gradient
-from server import RunningServer, run_server
+from hostile import encode, gradient
+from load import as_file
+from server import RunningServer, server_fixture
 
 KEY = "k3y-with-Ünicode-and-long-enough-0123456789"
 #: Every route the service has; anything new must be reviewed for "loads a model from a request".
@@ -31,12 +31,7 @@ KNOWN_ROUTES = {
 }
 
 
-@pytest.fixture(scope="module")
-def keyed_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    repo = tmp_path_factory.mktemp("auth_repo")
-    copy_model(model_repo, "resnet20", repo)
-    with run_server(repo, env={"RESNET_SERVE_API_KEY": KEY}) as server:
-        yield server
+keyed_server = server_fixture(env={"RESNET_SERVE_API_KEY": KEY})
 
 
 def post_image(server: RunningServer, headers: dict[str, bytes], params: dict[str, str] | None = None) -> httpx.Response:

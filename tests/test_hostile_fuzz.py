@@ -5,7 +5,7 @@ path parameters (model name, version) get random text: any unicode, unicode digi
 separators, huge digit strings, long values, invalid UTF-8 bytes. Every answer must be one that
 the request deserves (an oracle derives the set of errors from the documented rules: the service
 may report any one of them), in the protocol's JSON error shape, with a message of at most
-:data:`~hostile_corpus.MAX_MESSAGE_CHARS` characters; a request that deserves no error must
+:data:`~hostile.MAX_MESSAGE_CHARS` characters; a request that deserves no error must
 succeed. Targets past httptools' 64 KiB limit get the HTTP layer's plain-text 400 instead.
 
 Why a real server and not Starlette's TestClient: at a few milliseconds per request over a
@@ -22,25 +22,15 @@ import asyncio
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote
 
 import httpx
 import pytest
-from hostile_corpus import (
-    HTTP_SHAPE,
-    MAX_TARGET_BYTES,
-    PREDICT_SHAPE,
-    V2_SHAPE,
-    as_file,
-    encode,
-    error_problem,
-    gradient,
-    send_early,
-)
+from hostile import HTTP_SHAPE, MAX_TARGET_BYTES, PREDICT_SHAPE, V2_SHAPE, encode, error_problem, gradient
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
-from server import RunningServer, link_repository, run_server
+from load import as_file, raw_http_request, send_early
+from server import RunningServer, server_fixture
 
 EXAMPLES = int(os.environ.get("RESNET_SERVE_FUZZ_EXAMPLES", "300"))
 FUZZ_SETTINGS = settings(
@@ -64,11 +54,7 @@ ESCAPED_ECHO_LIMIT = 400
 Deserved = set[tuple[int, str]]
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    repo = link_repository(model_repo, tmp_path_factory.mktemp("fuzz_repo"), MODEL)
-    with run_server(repo, "--max-batch-delay-ms", "1") as server:
-        yield server
+fuzz_server = server_fixture("--max-batch-delay-ms", "1", models=(MODEL,))
 
 
 @pytest.fixture(scope="module")
@@ -253,10 +239,8 @@ _JPEG: list[bytes] = []
 def assert_refused_by_the_http_layer(client: httpx.Client, method: str, target: str, body: bytes,
                                      headers: dict[str, str]) -> None:
     """A target past 64 KiB (httpx will not send one): over a raw socket, httptools' plain-text 400."""
-    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", f"Content-Length: {len(body)}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
     port = int(str(client.base_url).rstrip("/").rsplit(":", 1)[1])
-    answer = asyncio.run(send_early(port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body, 30))
+    answer = asyncio.run(send_early(port, raw_http_request(port, target, body, headers, method), 30))
     # httptools' own URL limit (400) or service/http.py's head limit (431), whichever sees it first.
     assert answer.status in (400, 431), (answer.status, answer.error, answer.body[:200])
     assert error_problem(HTTP_SHAPE, None, answer.body) is None

@@ -11,26 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
-from hostile_corpus import (
-    HTTP_SHAPE,
-    PREDICT_SHAPE,
-    V2_SHAPE,
-    LivenessProbe,
-    RawAnswer,
-    RssSampler,
-    as_file,
-    encode,
-    error_problem,
-    gradient,
-    rss_bytes,
-    send_early,
-)
-from server import GrpcServer, run_grpc_server
+from hostile import HTTP_SHAPE, PREDICT_SHAPE, V2_SHAPE, encode, error_problem, gradient
+from load import RawAnswer, as_file, send_early, watched
+from server import GrpcServer, grpc_server_fixture
 from tritonclient.grpc import service_pb2
 
 KEY = "hostile-headers-key-0123456789"
@@ -39,11 +25,7 @@ V2_HEADER = (b'{"inputs":[{"name":"images","datatype":"UINT8","shape":[1,32,32,3
              b'"parameters":{"binary_data_size":3072}}]}')
 
 
-@pytest.fixture(scope="module")
-def keyed(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
-    workdir = tmp_path_factory.mktemp("hostile_headers")
-    with run_grpc_server(model_repo, workdir, env={"RESNET_SERVE_API_KEY": KEY}) as server:
-        yield server
+keyed_grpc_server = grpc_server_fixture(env={"RESNET_SERVE_API_KEY": KEY})
 
 
 def request(door: str, header_lines: list[bytes]) -> bytes:
@@ -101,8 +83,8 @@ MALFORMED = {
 
 @pytest.mark.parametrize("door", ["predict", "v2"])
 @pytest.mark.parametrize("lines", WRONG.values(), ids=list(WRONG))
-def test_hostile_credentials_get_401(keyed: GrpcServer, door: str, lines: list[bytes]) -> None:
-    answer = send(keyed, door, lines)
+def test_hostile_credentials_get_401(keyed_grpc_server: GrpcServer, door: str, lines: list[bytes]) -> None:
+    answer = send(keyed_grpc_server, door, lines)
     assert answer.status == 401, (answer.status, answer.error, answer.body[:200])
     assert answer.headers.get("www-authenticate") == "Bearer"
     assert error_problem(PREDICT_SHAPE if door == "predict" else V2_SHAPE, parsed(answer), answer.body) is None
@@ -111,33 +93,33 @@ def test_hostile_credentials_get_401(keyed: GrpcServer, door: str, lines: list[b
 
 @pytest.mark.parametrize("door", ["predict", "v2"])
 @pytest.mark.parametrize("lines", HUGE.values(), ids=list(HUGE))
-def test_huge_request_heads_are_refused_before_the_application(keyed: GrpcServer, door: str, lines: list[bytes]) -> None:
-    answer = send(keyed, door, lines)
+def test_huge_request_heads_are_refused_before_the_application(keyed_grpc_server: GrpcServer, door: str, lines: list[bytes]) -> None:
+    answer = send(keyed_grpc_server, door, lines)
     assert answer.status == 431, (answer.status, answer.error, answer.body[:200])
     assert KEY.encode() not in answer.body
-    assert keyed.server.alive()
+    assert keyed_grpc_server.server.alive()
 
 
 @pytest.mark.parametrize("door", ["predict", "v2"])
 @pytest.mark.parametrize("lines", MALFORMED.values(), ids=list(MALFORMED))
-def test_malformed_header_lines_are_refused_by_the_http_layer(keyed: GrpcServer, door: str, lines: list[bytes]) -> None:
-    answer = send(keyed, door, lines)
+def test_malformed_header_lines_are_refused_by_the_http_layer(keyed_grpc_server: GrpcServer, door: str, lines: list[bytes]) -> None:
+    answer = send(keyed_grpc_server, door, lines)
     assert answer.status == 400, (answer.status, answer.error, answer.body[:200])
     assert error_problem(HTTP_SHAPE, parsed(answer), answer.body) is None
 
 
-def test_the_right_key_still_works_on_both_transports(keyed: GrpcServer) -> None:
+def test_the_right_key_still_works_on_both_transports(keyed_grpc_server: GrpcServer) -> None:
     for door in ("predict", "v2"):
-        assert send(keyed, door, auth(b"Bearer " + KEY.encode())).status == 200, door
-    assert infer_over_grpc(keyed, (("authorization", f"Bearer {KEY}"),)) == grpc.StatusCode.OK
+        assert send(keyed_grpc_server, door, auth(b"Bearer " + KEY.encode())).status == 200, door
+    assert infer_over_grpc(keyed_grpc_server, (("authorization", f"Bearer {KEY}"),)) == grpc.StatusCode.OK
 
 
-def infer_over_grpc(keyed: GrpcServer, metadata: tuple[tuple[str, str | bytes], ...]) -> grpc.StatusCode:
+def infer_over_grpc(keyed_grpc_server: GrpcServer, metadata: tuple[tuple[str, str | bytes], ...]) -> grpc.StatusCode:
     message = service_pb2.ModelInferRequest(model_name="resnet20")
     message.inputs.add(name="images", datatype="UINT8", shape=[1, 32, 32, 3])
     message.raw_input_contents.append(PIXELS)
     try:
-        keyed.stub.ModelInfer(message, metadata=metadata, timeout=30)
+        keyed_grpc_server.stub.ModelInfer(message, metadata=metadata, timeout=30)
     except grpc.RpcError as error:
         return error.code()
     return grpc.StatusCode.OK
@@ -152,45 +134,36 @@ GRPC_METADATA = {
 
 
 @pytest.mark.parametrize(("metadata", "expected"), GRPC_METADATA.values(), ids=list(GRPC_METADATA))
-def test_hostile_grpc_credentials_are_refused(keyed: GrpcServer, metadata: tuple, expected: grpc.StatusCode) -> None:
+def test_hostile_grpc_credentials_are_refused(keyed_grpc_server: GrpcServer, metadata: tuple, expected: grpc.StatusCode) -> None:
     """100 KB of metadata is refused by grpc itself (16 KiB hard limit); the rest by the API key check."""
-    assert infer_over_grpc(keyed, metadata) == expected
-    assert keyed.server.alive()
+    assert infer_over_grpc(keyed_grpc_server, metadata) == expected
+    assert keyed_grpc_server.server.alive()
 
 
 # Two credentials are ambiguous (RFC 9110: Authorization is not a list header): both doors refuse them.
 @pytest.mark.parametrize("door", ["rest", "grpc"])
-def test_repeated_credentials_are_refused(keyed: GrpcServer, door: str) -> None:
+def test_repeated_credentials_are_refused(keyed_grpc_server: GrpcServer, door: str) -> None:
     if door == "rest":
-        answer = send(keyed, "predict", auth(b"Bearer " + KEY.encode()) + auth(b"Bearer wrong"))
+        answer = send(keyed_grpc_server, "predict", auth(b"Bearer " + KEY.encode()) + auth(b"Bearer wrong"))
         assert answer.status == 401, answer.body[:200]
     else:
         metadata = (("authorization", "Bearer wrong"), ("authorization", f"Bearer {KEY}"))
-        assert infer_over_grpc(keyed, metadata) == grpc.StatusCode.UNAUTHENTICATED
+        assert infer_over_grpc(keyed_grpc_server, metadata) == grpc.StatusCode.UNAUTHENTICATED
 
 
 HEADER_BYTES = 48_000_000
 
 
 # service/http.py bounds the request head (uvicorn's httptools protocol has no limit of its own): 431.
-def test_a_huge_header_is_refused_without_being_buffered(keyed: GrpcServer) -> None:
-    pid = keyed.server.process.pid
-    before = rss_bytes(pid)
-    sampler = RssSampler(pid)
-    probe = LivenessProbe(keyed.server.base_url)
-    sampler.start()
-    probe.start()
-    try:
-        answer = send(keyed, "predict", [b"X-Padding: " + b"p" * HEADER_BYTES])
-    finally:
-        stall = probe.stop()
-        peak = sampler.stop()
-    print(f"\n{HEADER_BYTES / 1e6:.0f} MB header: status {answer.status}, RSS +{(peak - before) / 1e6:.0f} MB, "
-          f"/health/live waited up to {stall * 1000:.0f} ms")
-    assert keyed.server.alive()
+def test_a_huge_header_is_refused_without_being_buffered(keyed_grpc_server: GrpcServer) -> None:
+    with watched(keyed_grpc_server.server) as watch:
+        answer = send(keyed_grpc_server, "predict", [b"X-Padding: " + b"p" * HEADER_BYTES])
+    print(f"\n{HEADER_BYTES / 1e6:.0f} MB header: status {answer.status}, RSS +{watch.rss_growth / 1e6:.0f} MB, "
+          f"/health/live waited up to {watch.stall_s * 1000:.0f} ms")
+    assert keyed_grpc_server.server.alive()
     assert answer.status == 0 or 400 <= answer.status < 500, answer.status  # refused, or the connection closed
-    assert stall < 1.0, f"the event loop was unavailable for {stall:.1f} s"
-    assert peak - before < 16_000_000, f"RSS grew {(peak - before) / 1e6:.0f} MB"
+    assert watch.stall_s < 1.0, f"the event loop was unavailable for {watch.stall_s:.1f} s"
+    assert watch.rss_growth < 16_000_000, f"RSS grew {watch.rss_growth / 1e6:.0f} MB"
 
 
 #: Requests the HTTP layer refuses from their head, each followed by a 3 MB body the server never reads.
@@ -202,13 +175,13 @@ REFUSED_HEADS = {
 
 
 @pytest.mark.parametrize("head, statuses", REFUSED_HEADS.values(), ids=list(REFUSED_HEADS))
-def test_a_refusal_reaches_a_client_that_is_still_sending(keyed: GrpcServer, head: bytes,
+def test_a_refusal_reaches_a_client_that_is_still_sending(keyed_grpc_server: GrpcServer, head: bytes,
                                                           statuses: tuple[int, ...]) -> None:
     """The connection is closed lingering (service/http.py): a plain close with 3 MB unread makes the
     kernel reset it, and the client lost the answer in 133 of 150 tries."""
     body = b"x" * 3_000_000
     request = head + b"\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-    answers = [asyncio.run(send_early(keyed.server.port, request, 30)) for _ in range(15)]
+    answers = [asyncio.run(send_early(keyed_grpc_server.server.port, request, 30)) for _ in range(15)]
     assert [(a.status in statuses, a.error) for a in answers] == [(True, None)] * len(answers), \
         [(a.status, a.error) for a in answers]
-    assert keyed.server.alive()
+    assert keyed_grpc_server.server.alive()

@@ -16,25 +16,15 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-from hostile_corpus import (
-    MAX_MESSAGE_CHARS,
-    LivenessProbe,
-    RssSampler,
-    encode,
-    framed,
-    gradient,
-    jpeg_claiming,
-    png_bomb,
-    rss_bytes,
-)
-from server import GrpcServer, run_grpc_server
+from hostile import MAX_MESSAGE_CHARS, encode, framed, gradient, jpeg_claiming, png_bomb
+from load import watched
+from server import GrpcServer, grpc_server_fixture
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.doors.v2.grpc_codec import TYPED_ELEMENT_BYTES
@@ -54,11 +44,11 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND
 Request = service_pb2.ModelInferRequest
 
 
-@pytest.fixture(scope="module")
-def v2(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
-    flags = ("--max-upload-bytes", str(MAX_UPLOAD), "--max-files", str(MAX_FILES), "--max-batch-delay-ms", "2")
-    with run_grpc_server(model_repo, tmp_path_factory.mktemp("hostile_v2"), *flags, max_message_bytes=64 << 20) as server:
-        yield server
+#: resnet20 with the hostile corpus's limits; the client's channel takes messages of up to 64 MiB.
+hostile_grpc_server = grpc_server_fixture(
+    "--max-upload-bytes", str(MAX_UPLOAD), "--max-files", str(MAX_FILES), "--max-batch-delay-ms", "2",
+    max_message_bytes=64 << 20,
+)
 
 
 def infer(model: str = "resnet20", name: str = "images", datatype: str = "UINT8",
@@ -153,27 +143,25 @@ def valid_request() -> Request:
     return encoded(encode(gradient(64, 64), "JPEG"))
 
 
-def test_hostile_grpc_messages_get_documented_codes_and_the_server_stays_ready(v2: GrpcServer) -> None:
-    pid = v2.server.process.pid
-    log_start = len(v2.server.log())
-    rss_before = rss_bytes(pid)
-    sampler = RssSampler(pid)
-    sampler.start()
+def test_hostile_grpc_messages_get_documented_codes_and_the_server_stays_ready(
+    hostile_grpc_server: GrpcServer,
+) -> None:
+    server, stub = hostile_grpc_server.server, hostile_grpc_server.stub
+    log_start = len(server.log())
     problems = []
-    try:
+    with watched(server, liveness=False) as watch:
         for name, request, expected, words in GRPC_CASES:
-            code, details = call(v2.stub, request)
+            code, details = call(stub, request)
             if code != expected or words not in details or len(details) > MAX_MESSAGE_CHARS:
                 problems.append(f"{name}: {code.name} {details[:200]!r} (expected {expected.name}, {words!r})")
-            if call(v2.stub, valid_request())[0] != grpc.StatusCode.OK:  # the door still serves after each
+            if call(stub, valid_request())[0] != grpc.StatusCode.OK:  # the door still serves after each
                 problems.append(f"after {name}: a valid request failed")
-    finally:
-        peak = sampler.stop()
-    print(f"\nRSS before {rss_before / 1e6:.0f} MB, peak {peak / 1e6:.0f} MB over {len(GRPC_CASES)} gRPC cases")
+    print(f"\nRSS before {watch.rss_before / 1e6:.0f} MB, peak {watch.rss_peak / 1e6:.0f} MB over "
+          f"{len(GRPC_CASES)} gRPC cases")
     assert not problems, "\n".join(problems)
-    assert v2.server.alive() and v2.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
-    assert peak < PEAK_RSS_LIMIT
-    log = v2.server.log()[log_start:]
+    assert server.alive() and stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
+    assert watch.rss_peak < PEAK_RSS_LIMIT
+    log = server.log()[log_start:]
     assert "Traceback" not in log, log[-3000:]
 
 
@@ -188,15 +176,15 @@ UNDECODABLE = {
 
 # Requests are parsed inside the handler's error mapping: undecodable bytes are INVALID_ARGUMENT.
 @pytest.mark.parametrize("wire", UNDECODABLE.values(), ids=list(UNDECODABLE))
-def test_undecodable_messages_are_invalid_argument(v2: GrpcServer, wire: bytes) -> None:
-    raw_infer = v2.channel.unary_unary(
+def test_undecodable_messages_are_invalid_argument(hostile_grpc_server: GrpcServer, wire: bytes) -> None:
+    raw_infer = hostile_grpc_server.channel.unary_unary(
         "/inference.GRPCInferenceService/ModelInfer", request_serializer=lambda blob: blob,
         response_deserializer=lambda blob: blob,
     )
     with pytest.raises(grpc.RpcError) as refused:
         raw_infer(wire, timeout=30)
     assert refused.value.code() == INVALID, (refused.value.code(), refused.value.details())
-    assert "DecodeError" not in v2.server.log()
+    assert "DecodeError" not in hostile_grpc_server.server.log()
 
 
 # --- what one request costs -------------------------------------------------------------------------
@@ -216,7 +204,7 @@ def rest(path: str, body: bytes, header_length: int | None = None) -> Callable[[
     headers = {"content-type": "application/json" if header_length is None else "application/octet-stream"}
     if header_length is not None:
         headers["inference-header-content-length"] = str(header_length)
-    return lambda v2: httpx.post(v2.server.url(path), content=body, headers=headers, timeout=120).status_code
+    return lambda target: httpx.post(target.server.url(path), content=body, headers=headers, timeout=120).status_code
 
 
 def binary(tensor: dict, tail: bytes) -> tuple[bytes, int]:
@@ -225,7 +213,7 @@ def binary(tensor: dict, tail: bytes) -> tuple[bytes, int]:
 
 
 def grpc_send(request: Request) -> Callable[[GrpcServer], object]:
-    return lambda v2: call(v2.stub, request)[0]
+    return lambda target: call(target.stub, request)[0]
 
 
 MB4 = 4 * 1024 * 1024
@@ -258,24 +246,17 @@ COSTLY = [
 
 
 @pytest.mark.parametrize("costly", COSTLY, ids=lambda c: c.name)
-def test_one_request_holds_no_more_than_its_byte_budget_charge(v2: GrpcServer, costly: Costly) -> None:
-    pid = v2.server.process.pid
-    before = rss_bytes(pid)
-    sampler = RssSampler(pid, interval_s=0.005)
-    probe = LivenessProbe(v2.server.base_url)
-    sampler.start()
-    probe.start()
-    try:
-        answer = costly.send(v2)
-    finally:
-        stall = probe.stop()
-        peak = sampler.stop()
-    grown = peak - before
+def test_one_request_holds_no_more_than_its_byte_budget_charge(
+    hostile_grpc_server: GrpcServer, costly: Costly
+) -> None:
+    with watched(hostile_grpc_server.server, interval_s=0.005) as watch:
+        answer = costly.send(hostile_grpc_server)
+    grown = watch.rss_growth
     bound = BODY_OVERHEAD * costly.charge + RSS_SLACK
     print(f"\n{costly.name}: answer {answer}, charged {costly.charge / 1e6:.1f} MB, RSS +{grown / 1e6:.0f} MB "
-          f"(bound {bound / 1e6:.0f} MB), /health/live waited up to {stall * 1000:.0f} ms")
+          f"(bound {bound / 1e6:.0f} MB), /health/live waited up to {watch.stall_s * 1000:.0f} ms")
     assert answer not in (500, 503, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), answer
     assert grown <= bound, f"RSS grew {grown / 1e6:.0f} MB for a {costly.charge / 1e6:.1f} MB charge"
     if costly.bounded_stall:
-        assert stall <= MAX_STALL_S, f"the event loop was unavailable for {stall:.1f} s"
-    assert v2.server.alive()
+        assert watch.stall_s <= MAX_STALL_S, f"the event loop was unavailable for {watch.stall_s:.1f} s"
+    assert hostile_grpc_server.server.alive()

@@ -6,33 +6,21 @@ Skips, with the reason, where promtool (Debian package ``prometheus``) or kubect
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
-from deploy_support import KUBERNETES_DIR, by_kind, kubectl_problem, one, promtool, promtool_problem, render
+from deploy_support import (
+    adapter_rules,
+    dashboard,
+    kubectl_problem,
+    promtool,
+    promtool_problem,
+    rule_groups,
+    skip_without,
+)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _tools() -> None:
-    problem = kubectl_problem() or promtool_problem()
-    if problem:
-        pytest.skip(problem)
-
-
-def rule_groups() -> list[dict[str, Any]]:
-    return one(render("overlays/cpu"), "PrometheusRule")["spec"]["groups"]
-
-
-def dashboard() -> dict[str, Any]:
-    config = next(
-        obj
-        for obj in by_kind(render("overlays/cpu"), "ConfigMap")
-        if obj["metadata"]["name"] == "resnet-serve-dashboard"
-    )
-    return json.loads(config["data"]["resnet-serve.json"])
+tools_present = skip_without(kubectl_problem, promtool_problem)
 
 
 def test_alert_rules_pass_promtool_check(tmp_path: Path) -> None:
@@ -53,8 +41,7 @@ def test_dashboard_and_adapter_queries_parse(tmp_path: Path) -> None:
                 expr = expr.replace(variable, value)
             assert "$" not in expr, f"panel {panel['title']!r} uses an unknown variable: {expr}"
             queries.append(expr)
-    adapter = yaml.safe_load((KUBERNETES_DIR / "prometheus-adapter" / "values.yaml").read_text())
-    for rule in adapter["rules"]["custom"]:
+    for rule in adapter_rules():
         queries.append(rule["seriesQuery"])
         queries.append(
             rule["metricsQuery"]

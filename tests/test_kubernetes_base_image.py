@@ -157,6 +157,7 @@ def test_unexpected_failures_are_reported(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     )
     assert result.returncode != 0 and result.stdout == ""
     assert "build-base-debian.sh: failed (exit 127)" in result.stderr, result.stderr

@@ -7,13 +7,9 @@ version's own answer for the same image (so "version 2" really came from version
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,67 +17,29 @@ import onnx
 import pytest
 import tritonclient.http as httpclient
 from conftest import cifar_checkpoint, cifar_sample
-from server import RunningServer, metric_value, run_server
+from load import Attempt, PostingLoad
+from server import RunningServer, metric_value, run_server, wait_until
 from tritonclient.utils import InferenceServerException
+
+from servable.layout import publish_version
 
 POLL_S = 0.5
 CLIENTS = 8
 
 
-@dataclass(frozen=True)
-class Outcome:
-    started: float
-    finished: float
-    status: int
-    version: int | None
-    image: int
-    score: float | None
-    detail: str = ""
+def answered_version(attempt: Attempt) -> int | None:
+    """The version that answered (None for a failure)."""
+    return attempt.answer.get("version") if attempt.status == 200 else None
 
 
-class Load:
-    """``CLIENTS`` threads posting images back to back; every outcome is kept."""
+def top1_score(attempt: Attempt) -> float | None:
+    """The top-1 score of an answer (None for a failure)."""
+    return attempt.answer["predictions"][0]["score"] if attempt.status == 200 else None
 
-    def __init__(self, server: RunningServer, images: list[bytes], query: str = "?model=cifar") -> None:
-        self.url = server.url("/predict" + query + "&top_k=1")
-        self.images = images
-        self.outcomes: list[Outcome] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(CLIENTS)]
 
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-    def _run(self, worker: int) -> None:
-        index = worker
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set():
-                image = index % len(self.images)
-                started = time.monotonic()
-                try:
-                    response = client.post(self.url, files={"file": ("x.jpg", self.images[image], "image/jpeg")})
-                    body = response.json()
-                    outcome = Outcome(
-                        started, time.monotonic(), response.status_code, body.get("version"), image,
-                        body["predictions"][0]["score"] if response.status_code == 200 else None,
-                        "" if response.status_code == 200 else response.text[:300],
-                    )
-                except (httpx.HTTPError, ValueError) as exc:
-                    outcome = Outcome(started, time.monotonic(), 0, None, image, None, repr(exc))
-                with self._lock:
-                    self.outcomes.append(outcome)
-                index += CLIENTS
-
-    def failures(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status != 200]
+def posting(server: RunningServer, pictures: list[bytes], query: str = "?model=cifar") -> PostingLoad:
+    """:data:`CLIENTS` clients posting ``pictures`` in turn, top-1 only."""
+    return PostingLoad(server.url("/predict" + query + "&top_k=1"), pictures, clients=CLIENTS)
 
 
 def images(count: int = 16) -> list[bytes]:
@@ -89,25 +47,9 @@ def images(count: int = 16) -> list[bytes]:
     return [path.read_bytes() for path, _ in sample[:: len(sample) // count][:count]]
 
 
-def publish(repo: Path, name: str, version: int, source: Path, *, config: str | None = None) -> Path:
-    """Copy ``source`` in as ``<name>/<version>/model.onnx`` the way the exporter does: one atomic rename."""
-    parent = repo / name
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=parent))
-    shutil.copyfile(source, staging / "model.onnx")
-    os.rename(staging, parent / str(version))
-    if config is not None:
-        (parent / "config.toml").write_text(config)
-    return parent / str(version) / "model.onnx"
-
-
-def wait_for(predicate: object, timeout_s: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if predicate():  # type: ignore[operator]
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
+def publish(repo: Path, name: str, number: int, source: Path) -> Path:
+    """Publish ``source`` as ``<name>/<number>/model.onnx`` the way the exporter does (one atomic rename)."""
+    return publish_version(repo, name, number, source.read_bytes())
 
 
 def served_versions(server: RunningServer, name: str = "cifar") -> list[int]:
@@ -131,51 +73,52 @@ def reference_scores(server: RunningServer, version: int, pictures: list[bytes])
 
 
 @pytest.fixture()
-def repo(model_repo: Path, tmp_path: Path) -> Path:
-    """A repository holding ``cifar`` version 1 (the real CIFAR resnet20)."""
+def cifar_repository(model_repo: Path, tmp_path: Path) -> Path:
+    """A repository of its own holding ``cifar`` version 1 (the real CIFAR resnet20), for a test to change."""
     target = tmp_path / "repo"
     publish(target, "cifar", 1, model_repo / "resnet20" / "1" / "model.onnx")
     return target
 
 
 @pytest.fixture()
-def live(repo: Path) -> Iterator[RunningServer]:
-    with run_server(repo, "--repository-poll-s", str(POLL_S), "--max-batch-delay-ms", "2") as server:
+def polling_server(cifar_repository: Path) -> Iterator[RunningServer]:
+    """A server polling ``cifar_repository`` every :data:`POLL_S` seconds."""
+    with run_server(cifar_repository, "--repository-poll-s", str(POLL_S), "--max-batch-delay-ms", "2") as server:
         yield server
 
 
 def test_a_new_exported_version_switches_in_under_load_with_no_failed_request(
-    live: RunningServer, repo: Path, model_repo: Path
+    polling_server: RunningServer, cifar_repository: Path, model_repo: Path
 ) -> None:
     from export import export_model
 
     pictures = images()
-    v1 = reference_scores(live, 1, pictures)
-    with Load(live, pictures) as load:
+    v1 = reference_scores(polling_server, 1, pictures)
+    with posting(polling_server, pictures) as load:
         time.sleep(1.0)
         # A different checkpoint under the same name: the exporter publishes it as version 2.
-        result = export_model("resnet32", str(cifar_checkpoint("resnet32")), model_dir=repo, name="cifar",
+        result = export_model("resnet32", str(cifar_checkpoint("resnet32")), model_dir=cifar_repository, name="cifar",
                               log=lambda line: None)
         exported = time.monotonic()
         assert result.version == 2
-        switched = wait_for(lambda: any(o.version == 2 and o.started > exported for o in load.outcomes), 60,
-                            "the first answer from version 2")
+        switched = wait_until(lambda: any(answered_version(o) == 2 and o.started > exported for o in load.attempts),
+                              60, "the first answer from version 2")
         time.sleep(1.0)
     assert not load.failures(), load.failures()[:5]
-    v2 = reference_scores(live, 2, pictures) if 2 in served_versions(live) else None
-    assert served_versions(live) == [2]  # latest-1 policy: version 1 retired after its requests drained
-    first_v2 = min(o.started for o in load.outcomes if o.version == 2)
-    for outcome in load.outcomes:
-        assert outcome.version in (1, 2)
-        if outcome.version == 1:
-            assert outcome.score == pytest.approx(v1[outcome.image], abs=1e-6)
+    v2 = reference_scores(polling_server, 2, pictures) if 2 in served_versions(polling_server) else None
+    assert served_versions(polling_server) == [2]  # latest-1 policy: version 1 retired after its requests drained
+    first_v2 = min(o.started for o in load.attempts if answered_version(o) == 2)
+    for outcome in load.attempts:
+        assert answered_version(outcome) in (1, 2)
+        if answered_version(outcome) == 1:
+            assert top1_score(outcome) == pytest.approx(v1[outcome.image], abs=1e-6)
             assert outcome.started < first_v2 + 0.5  # nothing started well after the switch went to v1
     assert v2 is None or all(
-        o.score == pytest.approx(v2[o.image], abs=1e-6) for o in load.outcomes if o.version == 2
+        top1_score(o) == pytest.approx(v2[o.image], abs=1e-6) for o in load.attempts if answered_version(o) == 2
     )
     load_and_warm = 10.0  # generous on a shared 2-core box: resnet32 loads and warms in about 1 s
     assert switched <= POLL_S + load_and_warm, switched
-    assert metric_value(live, "resnet_serve_version_loads_total", model="cifar") == 2
+    assert metric_value(polling_server, "resnet_serve_version_loads_total", model="cifar") == 2
 
 
 def corrupt_versions(source: Path, work: Path) -> dict[str, Path]:
@@ -197,30 +140,30 @@ def corrupt_versions(source: Path, work: Path) -> dict[str, Path]:
 
 
 def test_corrupt_new_versions_are_refused_under_load_and_the_old_one_keeps_serving(
-    live: RunningServer, repo: Path, tmp_path: Path
+    polling_server: RunningServer, cifar_repository: Path, tmp_path: Path
 ) -> None:
-    source = repo / "cifar" / "1" / "model.onnx"
+    source = cifar_repository / "cifar" / "1" / "model.onnx"
     broken = corrupt_versions(source, tmp_path / "broken")
     pictures = images()
-    with Load(live, pictures) as load:
+    with posting(polling_server, pictures) as load:
         for version, (why, path) in enumerate(broken.items(), start=2):
-            publish(repo, "cifar", version, path)
-            wait_for(lambda v=version: v in [r["version"] for r in refused(live)], 30, f"refusal of {why}")
+            publish(cifar_repository, "cifar", version, path)
+            wait_until(lambda v=version: v in [r["version"] for r in refused(polling_server)], 30, f"refusal of {why}")
         time.sleep(0.5)
     assert not load.failures(), load.failures()[:5]
-    assert {o.version for o in load.outcomes} == {1}
-    assert served_versions(live) == [1]
-    reasons = {r["version"]: r["reason"] for r in refused(live)}
+    assert {answered_version(o) for o in load.attempts} == {1}
+    assert served_versions(polling_server) == [1]
+    reasons = {r["version"]: r["reason"] for r in refused(polling_server)}
     assert "cannot load" in reasons[2] or "INVALID_PROTOBUF" in reasons[2] or "Protobuf" in reasons[2], reasons[2]
     assert "does not match" in reasons[3], reasons[3]
     assert "not valid JSON" in reasons[4], reasons[4]
-    assert metric_value(live, "resnet_serve_version_refusals_total", model="cifar", cause="load") == 3
-    assert metric_value(live, "resnet_serve_refused_versions", model="cifar") == 3
-    assert httpx.get(live.url("/health/ready"), timeout=10).status_code == 200
+    assert metric_value(polling_server, "resnet_serve_version_refusals_total", model="cifar", cause="load") == 3
+    assert metric_value(polling_server, "resnet_serve_refused_versions", model="cifar") == 3
+    assert httpx.get(polling_server.url("/health/ready"), timeout=10).status_code == 200
     # A refused folder is retried once it changes: replacing version 4 with a good file serves it.
-    shutil.rmtree(repo / "cifar" / "4")
-    publish(repo, "cifar", 4, source)
-    wait_for(lambda: served_versions(live) == [4], 30, "version 4 fixed and served")
+    shutil.rmtree(cifar_repository / "cifar" / "4")
+    publish(cifar_repository, "cifar", 4, source)
+    wait_until(lambda: served_versions(polling_server) == [4], 30, "version 4 fixed and served")
 
 
 def refused(server: RunningServer) -> list[dict[str, object]]:
@@ -232,44 +175,45 @@ def refused(server: RunningServer) -> list[dict[str, object]]:
 
 
 def test_removing_a_version_unloads_it_after_in_flight_work_and_pins_then_get_404(
-    repo: Path, model_repo: Path
+    cifar_repository: Path, model_repo: Path
 ) -> None:
-    publish(repo, "cifar", 2, model_repo / "resnet32" / "1" / "model.onnx", config='version_policy = "all"\n')
-    with run_server(repo, "--repository-poll-s", str(POLL_S)) as server:
+    publish(cifar_repository, "cifar", 2, model_repo / "resnet32" / "1" / "model.onnx")
+    (cifar_repository / "cifar" / "config.toml").write_text('version_policy = "all"\n')
+    with run_server(cifar_repository, "--repository-poll-s", str(POLL_S)) as server:
         assert served_versions(server) == [1, 2]
         pictures = images()
-        with Load(server, pictures, query="?model=cifar&version=2") as pinned, Load(server, pictures) as unpinned:
-            wait_for(lambda: any(o.version == 2 for o in unpinned.outcomes), 60, "unpinned answers from v2")
-            wait_for(lambda: any(o.version == 2 for o in pinned.outcomes), 60, "pinned answers from v2")
-            shutil.rmtree(repo / "cifar" / "2")
+        with posting(server, pictures, "?model=cifar&version=2") as pinned, posting(server, pictures) as unpinned:
+            wait_until(lambda: any(answered_version(o) == 2 for o in unpinned.attempts), 60, "unpinned answers from v2")
+            wait_until(lambda: any(answered_version(o) == 2 for o in pinned.attempts), 60, "pinned answers from v2")
+            shutil.rmtree(cifar_repository / "cifar" / "2")
             removed = time.monotonic()
-            wait_for(lambda: served_versions(server) == [1], 30, "version 2 unloaded")
+            wait_until(lambda: served_versions(server) == [1], 30, "version 2 unloaded")
             unloaded = time.monotonic()
             time.sleep(1.0)
-        answered = [o for o in pinned.outcomes if o.status == 200]
-        assert answered and all(o.version == 2 for o in answered)
-        late = [o for o in pinned.outcomes if o.status != 200]
+        answered = [o for o in pinned.attempts if o.status == 200]
+        assert answered and all(answered_version(o) == 2 for o in answered)
+        late = [o for o in pinned.attempts if o.status != 200]
         assert late and all(o.status == 404 and "unknown_version" in o.detail for o in late), late[:3]
         assert all(o.started > removed - 0.1 for o in late)  # only requests after the removal were refused
         assert not unpinned.failures()
-        assert {o.version for o in unpinned.outcomes if o.started > unloaded} == {1}
-        assert {o.version for o in unpinned.outcomes if o.finished < removed} == {2}  # the highest, until removed
+        assert {answered_version(o) for o in unpinned.attempts if o.started > unloaded} == {1}
+        assert {answered_version(o) for o in unpinned.attempts if o.finished < removed} == {2}  # the highest, until removed
 
 
 def test_explicit_mode_loads_and_unloads_through_the_api_only_for_models_in_the_repository(
-    repo: Path, model_repo: Path, tmp_path: Path
+    cifar_repository: Path, model_repo: Path, tmp_path: Path
 ) -> None:
     outside = tmp_path / "outside"
     publish(outside, "x", 1, model_repo / "resnet20" / "1" / "model.onnx")  # a valid model beside MODEL_DIR
-    with run_server(repo, "--model-control", "explicit", "--api-key", "k3y") as server:
+    with run_server(cifar_repository, "--model-control", "explicit", "--api-key", "k3y") as server:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
         authorised = {"Authorization": "Bearer k3y"}
         with pytest.raises(InferenceServerException) as no_key:
             client.load_model("cifar")
         assert no_key.value.status() == "401"
         client.unload_model("cifar", headers=authorised)
-        wait_for(lambda: not client.is_model_ready("cifar", headers=authorised), 30, "unload")
-        publish(repo, "cifar", 2, model_repo / "resnet32" / "1" / "model.onnx")
+        wait_until(lambda: not client.is_model_ready("cifar", headers=authorised), 30, "unload")
+        publish(cifar_repository, "cifar", 2, model_repo / "resnet32" / "1" / "model.onnx")
         time.sleep(1.0)  # explicit mode does not poll: nothing loads by itself
         assert not client.is_model_ready("cifar", headers=authorised)
         client.load_model("cifar", headers=authorised)
@@ -289,16 +233,16 @@ def test_explicit_mode_loads_and_unloads_through_the_api_only_for_models_in_the_
         }  # nothing from outside MODEL_DIR was loaded
 
 
-def test_poll_mode_refuses_explicit_control(live: RunningServer) -> None:
-    response = httpx.post(live.url("/v2/repository/models/cifar/unload"), timeout=10)
+def test_poll_mode_refuses_explicit_control(polling_server: RunningServer) -> None:
+    response = httpx.post(polling_server.url("/v2/repository/models/cifar/unload"), timeout=10)
     assert response.status_code == 400 and "explicit" in response.json()["error"]
 
 
-def test_per_model_config_applies_and_models_shows_the_effective_values(repo: Path) -> None:
-    (repo / "cifar" / "config.toml").write_text(
+def test_per_model_config_applies_and_models_shows_the_effective_values(cifar_repository: Path) -> None:
+    (cifar_repository / "cifar" / "config.toml").write_text(
         "max_batch_size = 8\nmax_batch_delay_ms = 1.5\nmax_queue_size = 40\ninstances = 2\ndefault_top_k = 2\n"
     )
-    with run_server(repo, "--repository-poll-s", str(POLL_S)) as server:
+    with run_server(cifar_repository, "--repository-poll-s", str(POLL_S)) as server:
         (model,) = httpx.get(server.url("/models"), timeout=10).json()["models"]
         assert model["settings"]["max_batch_size"] == 8 and model["settings"]["instances"] == 2
         assert model["batching"]["max_queue_size"] == 40 and model["batching"]["batch_buckets"] == [1, 2, 4, 8]
@@ -306,9 +250,9 @@ def test_per_model_config_applies_and_models_shows_the_effective_values(repo: Pa
         answer = httpx.post(server.url("/predict"), files={"file": ("x.jpg", images(1)[0])}, timeout=30).json()
         assert len(answer["predictions"]) == 2
         # A broken config.toml is reported and the model keeps its last good settings.
-        (repo / "cifar" / "config.toml").write_text("max_batch_size = 'lots'\n")
-        wait_for(lambda: (httpx.get(server.url("/models"), timeout=10).json()["models"][0]["config_error"] or "")
-                 .find("max_batch_size") >= 0, 30, "config error reported")
+        (cifar_repository / "cifar" / "config.toml").write_text("max_batch_size = 'lots'\n")
+        wait_until(lambda: (httpx.get(server.url("/models"), timeout=10).json()["models"][0]["config_error"] or "")
+                   .find("max_batch_size") >= 0, 30, "config error reported")
         (model,) = httpx.get(server.url("/models"), timeout=10).json()["models"]
         assert model["settings"]["max_batch_size"] == 8
         assert httpx.get(server.url("/health/ready"), timeout=10).status_code == 200

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from conftest import cifar_sample
-from hostile_corpus import RssSampler, raw_http_request, rss_bytes, send_raw
+from load import raw_http_request, send_raw, watched
 from PIL import Image
 from server import link_repository, run_server
 
@@ -131,15 +131,12 @@ def test_500_maximal_uploads_held_open_stay_within_the_memory_bound(model_repo: 
             model["batching"]["max_queue_size"] * int(np.prod(model["input_size"]))
             for model in httpx.get(server.url("/models"), timeout=10).json()["models"]
         )
-        before = rss_bytes(server.process.pid)
-        sampler = RssSampler(server.process.pid)
-        sampler.start()
         tally = Tally()
-        asyncio.run(attack(server.port, garbage, photo, valid_request, tally))
-        time.sleep(3.0)
-        peak = sampler.stop()
-        after = rss_bytes(server.process.pid)
+        with watched(server, liveness=False) as watch:
+            asyncio.run(attack(server.port, garbage, photo, valid_request, tally))
+            time.sleep(3.0)
         ready = httpx.get(server.url("/health/ready"), timeout=10).status_code
+    before, peak, after = watch.rss_before, watch.rss_peak, watch.rss_after
     bound = rss_bound(
         before, max_inflight_bytes=defaults.max_inflight_bytes, max_inflight_pixels=defaults.max_inflight_pixels,
         max_image_pixels=defaults.max_image_pixels, limit_concurrency=defaults.limit_concurrency,

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import pytest
 from conftest import shared_path
-from deploy_support import HAProxy, haproxy_problem, percentile, start_haproxy
+from deploy_support import HAProxy, haproxy_problem, start_haproxy
+from load import percentile
 from server import RunningServer, free_port, link_repository, run_server
 
 MODEL = "resnet20"

@@ -1,18 +1,15 @@
-"""The service in process (Starlette's TestClient drives the real app and lifespan) on real exported models.
+"""The service in process (Starlette's TestClient drives the real app and lifespan) on real exported models:
+answers, batching, introspection and the errors a request can get.
 
 Everything here runs real onnxruntime sessions on the `model_repo` fixture's models (CIFAR ResNets
-with their trained weights, resnet18 with random weights) and real images from ../shared.
+with their trained weights, resnet18 with random weights) and real images from ../shared. Limits,
+overload, timeouts and readiness are in test_service_limits.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import io
-import re
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +17,7 @@ import numpy as np
 import pytest
 from conftest import CIFAR_SAMPLE_ACCURACY, cifar_sample, shared_path
 from fastapi.testclient import TestClient
-from PIL import Image
-from server import link_repository
-
-from service.app import create_app
-from service.settings import Settings
+from server import assert_error, metric_value, photo, serve_in_process
 
 PHOTOS = (
     "astronaut.jpg", "chelsea.jpg", "chelsea.png", "coffee.jpg", "rocket.jpg", "motorcycle_left.jpg",
@@ -32,90 +25,15 @@ PHOTOS = (
 )
 
 
-def wait_ready(client: TestClient, timeout_s: float = 180.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        response = client.get("/health/ready")
-        if response.status_code == 200:
-            return response.json()
-        time.sleep(0.05)
-    raise AssertionError(f"not ready in {timeout_s} s: {client.get('/health/ready').json()}")
-
-
-@contextmanager
-def service(model_dir: Path, *, ready: bool = True, **settings: Any) -> Iterator[TestClient]:
-    """The real app with its lifespan running; ``settings`` override the defaults."""
-    settings.setdefault("grpc_port", 0)  # in-process apps coexist: no gRPC listener unless a test asks
-    app = create_app(Settings(model_dir=model_dir, **settings))
-    with TestClient(app, raise_server_exceptions=False) as client:
-        if ready:
-            wait_ready(client)
-        yield client
-
-
 @pytest.fixture(scope="module")
 def client(model_repo: Path) -> Iterator[TestClient]:
-    with service(model_repo, max_batch_delay_ms=10) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def cifar_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return link_repository(model_repo, tmp_path_factory.mktemp("cifar_repo"), "resnet20")
-
-
-@pytest.fixture(scope="module")
-def small_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return link_repository(model_repo, tmp_path_factory.mktemp("small_repo"), "resnet20", "resnet18")
-
-
-def serving(client: TestClient, name: str) -> Any:
-    """The version of ``name`` that unpinned requests get (its batcher and session)."""
-    return client.app.state.service.manager.resolve(name)  # type: ignore[attr-defined]
-
-
-def occupy_instance(client: TestClient, batcher: Any, seconds: float) -> None:
-    """Make the batcher's only instance busy for ``seconds``, as a long batch would (on the app's loop)."""
-
-    def take() -> None:
-        instance = batcher._idle_instances.popleft()
-
-        def give_back() -> None:
-            batcher._idle_instances.append(instance)
-            batcher._instance_free.set()
-
-        asyncio.get_running_loop().call_later(seconds, give_back)
-
-    client.portal.call(take)  # type: ignore[union-attr]
-
-
-def photo(name: str) -> bytes:
-    return shared_path("data", "photos", name).read_bytes()
+    """The whole session repository served in process (10 ms batch delay)."""
+    with serve_in_process(model_repo, max_batch_delay_ms=10) as in_process:
+        yield in_process
 
 
 def files(*names: str) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("files", (name, photo(name), "application/octet-stream")) for name in names]
-
-
-def metric(client: TestClient, name: str, **labels: str) -> float:
-    """The value of one Prometheus sample (0 when absent)."""
-    wanted = {key: value for key, value in labels.items()}
-    for line in client.get("/metrics").text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
-        if all(found.get(key) == value for key, value in wanted.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def assert_error(response: Any, status: int, code: str, *, mentions: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) >= {"error"} and body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    if mentions is not None:
-        assert mentions in body["error"]["message"], body
 
 
 # --- correctness -------------------------------------------------------------------------------
@@ -183,8 +101,8 @@ def test_concurrent_requests_are_batched_and_answers_match_single_requests(clien
     for path in cifar:
         response = client.post("/predict?model=resnet56&top_k=3", files={"file": (path.name, path.read_bytes())})
         alone[path] = response.json()["predictions"]
-    batches_before = metric(client, "resnet_serve_batch_size_count", model="resnet56")
-    singles_before = metric(client, "resnet_serve_batch_size_bucket", model="resnet56", le="1.0")
+    batches_before = metric_value(client, "resnet_serve_batch_size_count", model="resnet56")
+    singles_before = metric_value(client, "resnet_serve_batch_size_bucket", model="resnet56", le="1.0")
 
     def send(path: Path) -> list[dict[str, Any]]:
         response = client.post("/predict?model=resnet56&top_k=3", files={"file": (path.name, path.read_bytes())})
@@ -193,8 +111,8 @@ def test_concurrent_requests_are_batched_and_answers_match_single_requests(clien
 
     with ThreadPoolExecutor(16) as pool:
         together = dict(zip(cifar, pool.map(send, cifar)))
-    batches = metric(client, "resnet_serve_batch_size_count", model="resnet56") - batches_before
-    singles = metric(client, "resnet_serve_batch_size_bucket", model="resnet56", le="1.0") - singles_before
+    batches = metric_value(client, "resnet_serve_batch_size_count", model="resnet56") - batches_before
+    singles = metric_value(client, "resnet_serve_batch_size_bucket", model="resnet56", le="1.0") - singles_before
     assert batches < len(cifar), "no request shared a batch"
     assert singles < batches, "every batch held a single image"
     for path in cifar:
@@ -232,7 +150,7 @@ def test_health_models_metrics_and_docs(client: TestClient) -> None:
         "resnet_serve_model_info", "resnet_serve_provider_info", "resnet_serve_ready 1.0",
     ):
         assert family in text, family
-    assert metric(client, "resnet_serve_requests_total", model="resnet20", status="200") >= 1
+    assert metric_value(client, "resnet_serve_requests_total", model="resnet20", status="200") >= 1
 
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
@@ -245,44 +163,36 @@ def test_health_models_metrics_and_docs(client: TestClient) -> None:
 # --- errors ------------------------------------------------------------------------------------
 
 
-def jpeg(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (10, 200, 30)).save(buffer, "JPEG")
-    return buffer.getvalue()
+def refused_requests(good: bytes) -> list[tuple[str, str, dict[str, Any], int, str]]:
+    """(method, URL, request keywords, status, stable code) for requests /predict refuses before any image."""
+    one = {"files": {"file": ("a.jpg", good)}}
+
+    def raw(body: bytes, content_type: str | None) -> dict[str, Any]:
+        return {"content": body, "headers": {"content-type": content_type} if content_type else {}}
+
+    form = "multipart/form-data; boundary=xyz"
+    unterminated = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n' + good
+    return [
+        ("POST", "/predict?model=nope", one, 404, "unknown_model"),
+        ("POST", "/predict", one, 422, "model_required"),
+        *[("POST", f"/predict?model=resnet20&top_k={k}", one, 422, "invalid_request") for k in ("0", "-1", "abc", "1.5")],
+        ("POST", "/predict?model=resnet20&top_k=11", one, 422, "bad_top_k"),
+        ("POST", "/predict?model=resnet20", {"files": {"image": ("a.jpg", good)}}, 422, "unexpected_field"),
+        ("POST", "/predict?model=resnet20", {"data": {"file": "text"}}, 415, "unsupported_content_type"),
+        ("POST", "/predict?model=resnet20", {"files": [("file", ("a", good)), ("file", ("b", good))]}, 422, "bad_form"),
+        ("POST", "/predict?model=resnet20", raw(good, None), 415, "unsupported_content_type"),
+        ("POST", "/predict?model=resnet20", raw(good, "text/plain"), 415, "unsupported_content_type"),
+        ("POST", "/predict?model=resnet20", raw(b"--x\r\n", "multipart/form-data"), 422, "bad_multipart"),
+        ("POST", "/predict?model=resnet20", raw(unterminated, form), 422, "bad_multipart"),
+        ("POST", "/predict?model=resnet20", raw(b"--xyz--\r\n", form), 422, "no_image"),
+        ("GET", "/predict", {}, 405, "method_not_allowed"),
+        ("GET", "/no/such/path", {}, 404, "not_found"),
+    ]
 
 
 def test_request_errors_get_documented_json(client: TestClient) -> None:
-    good = photo("chelsea.jpg")
-    assert_error(client.post("/predict?model=nope", files={"file": ("a.jpg", good)}), 404, "unknown_model")
-    assert_error(client.post("/predict", files={"file": ("a.jpg", good)}), 422, "model_required")
-    for top_k in ("0", "-1", "abc", "1.5"):
-        assert_error(client.post(f"/predict?model=resnet20&top_k={top_k}", files={"file": ("a", good)}), 422, "invalid_request")
-    assert_error(client.post("/predict?model=resnet20&top_k=11", files={"file": ("a", good)}), 422, "bad_top_k")
-    assert_error(client.post("/predict?model=resnet20", files={"image": ("a.jpg", good)}), 422, "unexpected_field")
-    assert_error(client.post("/predict?model=resnet20", data={"file": "text"}), 415, "unsupported_content_type")
-    assert_error(
-        client.post("/predict?model=resnet20", files=[("file", ("a", good)), ("file", ("b", good))]), 422, "bad_form"
-    )
-    assert_error(client.post("/predict?model=resnet20", content=good), 415, "unsupported_content_type")
-    assert_error(
-        client.post("/predict?model=resnet20", content=good, headers={"content-type": "text/plain"}),
-        415, "unsupported_content_type",
-    )
-    assert_error(
-        client.post("/predict?model=resnet20", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}),
-        422, "bad_multipart",
-    )
-    unterminated = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n' + good
-    assert_error(
-        client.post("/predict?model=resnet20", content=unterminated, headers={"content-type": "multipart/form-data; boundary=xyz"}),
-        422, "bad_multipart",
-    )
-    assert_error(
-        client.post("/predict?model=resnet20", content=b"--xyz--\r\n", headers={"content-type": "multipart/form-data; boundary=xyz"}),
-        422, "no_image",
-    )
-    assert_error(client.get("/predict"), 405, "method_not_allowed")
-    assert_error(client.get("/no/such/path"), 404, "not_found")
+    for method, url, options, status, code in refused_requests(photo("chelsea.jpg")):
+        assert_error(client.request(method, url, **options), status, code)
 
 
 def test_bad_images_are_named_in_the_error(client: TestClient) -> None:
@@ -301,138 +211,3 @@ def test_bad_images_are_named_in_the_error(client: TestClient) -> None:
     )
     # The pool and batcher are unharmed: the next good request works.
     assert client.post("/predict?model=resnet20", files={"file": ("ok.jpg", good)}).status_code == 200
-
-
-def test_size_limits(cifar_repo: Path) -> None:
-    small_jpeg = jpeg(64, 64)
-    with service(cifar_repo, max_upload_bytes=2_000_000, max_files=4, max_image_pixels=1_000_000) as client:
-        big = b"\xff" * 2_000_001
-        assert_error(
-            client.post("/predict?model=resnet20", content=big, headers={"content-type": "image/jpeg"}),
-            413, "upload_too_large",
-        )
-
-        def chunked() -> Iterator[bytes]:  # no Content-Length: the limit is enforced while counting chunks
-            for _ in range(3000):
-                yield b"\x00" * 1000
-
-        assert_error(
-            client.post("/predict?model=resnet20", content=chunked(), headers={"content-type": "image/jpeg"}),
-            413, "upload_too_large",
-        )
-        too_many = [("files", (f"{i}.jpg", small_jpeg)) for i in range(5)]
-        assert_error(client.post("/predict?model=resnet20", files=too_many), 413, "too_many_files")
-        assert client.post("/predict?model=resnet20", files=too_many[:4]).status_code == 200
-        assert_error(
-            client.post("/predict?model=resnet20", files={"file": ("wide.jpg", jpeg(1001, 1000))}),
-            413, "image_too_large", mentions="wide.jpg",
-        )
-        bomb = io.BytesIO()
-        Image.new("L", (8000, 8000)).save(bomb, "PNG")  # 64 MP in ~60 KB
-        assert_error(
-            client.post("/predict?model=resnet20", files={"file": ("bomb.png", bomb.getvalue())}),
-            413, "image_too_large", mentions="bomb.png",
-        )
-        assert metric(client, "resnet_serve_rejections_total", model="resnet20", reason="image_too_large") == 2
-
-
-def test_queue_full_gets_503_with_retry_after(cifar_repo: Path) -> None:
-    with service(cifar_repo, max_queue_size=4, max_files=4) as client:
-        batcher = serving(client, "resnet20").batcher
-        batcher.reserve(4)  # four images admitted and decoding: the queue is at its limit
-        try:
-            response = client.post("/predict?model=resnet20", files={"file": ("a.jpg", photo("chelsea.jpg"))})
-            assert_error(response, 503, "queue_full")
-            assert response.headers["retry-after"] == "1"
-        finally:
-            batcher.release(4)
-        assert client.post("/predict?model=resnet20", files={"file": ("a.jpg", photo("chelsea.jpg"))}).status_code == 200
-
-
-def test_overload_gets_only_200_or_503(small_repo: Path) -> None:
-    """A flood against a one-image queue: some are refused with 503, every admitted one succeeds."""
-    with service(small_repo, max_queue_size=1, max_files=1, max_batch_size=1) as client:
-        data = photo("astronaut.jpg")
-
-        def send(_: int) -> int:
-            response = client.post("/predict?model=resnet18", files={"file": ("a.jpg", data)})
-            if response.status_code == 503:
-                assert response.json()["error"]["code"] == "queue_full" and "retry-after" in response.headers
-            return response.status_code
-
-        with ThreadPoolExecutor(16) as pool:
-            statuses = list(pool.map(send, range(48)))
-        assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
-
-
-def test_request_timeout_gets_504_and_the_batcher_recovers(cifar_repo: Path) -> None:
-    with service(cifar_repo, request_timeout_s=0.5) as client:
-        batcher = serving(client, "resnet20").batcher
-        images_before = metric(client, "resnet_serve_images_total", model="resnet20")
-        occupy_instance(client, batcher, 1.5)  # the only inference instance is busy past the timeout
-        started = time.monotonic()
-        response = client.post("/predict?model=resnet20", files={"file": ("a.jpg", photo("chelsea.jpg"))})
-        assert_error(response, 504, "timeout")
-        assert time.monotonic() - started < 1.4
-        time.sleep(1.2)
-        assert client.post("/predict?model=resnet20", files={"file": ("a.jpg", photo("chelsea.jpg"))}).status_code == 200
-        # The timed-out image was dropped before inference: only the second request's image ran.
-        assert metric(client, "resnet_serve_images_total", model="resnet20") == images_before + 1
-
-
-# --- readiness and configuration -----------------------------------------------------------------
-
-
-def test_not_ready_until_models_are_warm(small_repo: Path) -> None:
-    with service(small_repo, ready=False) as client:
-        assert client.get("/health/live").status_code == 200
-        first = client.get("/health/ready")
-        assert first.status_code == 503 and first.json()["error"]["code"] == "not_ready"
-        assert "loading" in first.json()["reason"]
-        body = wait_ready(client)
-        assert all(status == "ready" for status in body["models"].values())
-        manager = client.app.state.service.manager  # type: ignore[attr-defined]
-        assert all(version.model.warmup_seconds > 0 for version in manager.served_versions())
-        assert serving(client, "resnet18").model.buckets == (1, 2, 4, 8, 16, 32)
-
-
-def test_a_broken_model_keeps_the_service_not_ready_but_others_serve(model_repo: Path, tmp_path: Path) -> None:
-    repo = link_repository(model_repo, tmp_path / "repo", "resnet20")
-    (repo / "broken" / "3").mkdir(parents=True)
-    (repo / "broken" / "3" / "model.onnx").write_bytes(b"this is not an onnx file")
-    with service(repo, ready=False) as client:
-        deadline = time.monotonic() + 60
-        while "loading" in (ready := client.get("/health/ready")).json()["reason"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert ready.status_code == 503 and "broken" in ready.json()["reason"]
-        assert client.post("/predict?model=resnet20", files={"file": ("a.jpg", photo("chelsea.jpg"))}).status_code == 200
-        assert_error(client.post("/predict?model=broken", files={"file": ("a.jpg", photo("chelsea.jpg"))}), 503, "model_unavailable")
-
-
-def test_the_only_model_is_the_default_and_highest_version_wins(model_repo: Path, tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    for version in ("1", "7", "latest"):
-        (repo / "cifar" / version).mkdir(parents=True)
-    source = model_repo / "resnet20" / "1" / "model.onnx"
-    (repo / "cifar" / "1" / "model.onnx").write_bytes(b"old and broken")
-    (repo / "cifar" / "7" / "model.onnx").write_bytes(source.read_bytes())
-    with service(repo) as client:
-        body = client.post("/predict", files={"file": ("a.jpg", photo("chelsea.jpg"))}).json()
-        assert body["model"] == "cifar" and body["version"] == 7
-        assert client.get("/models").json()["default_model"] == "cifar"
-
-
-def test_api_key_protects_predict_and_models_but_not_probes(model_repo: Path, tmp_path: Path) -> None:
-    repo = link_repository(model_repo, tmp_path / "repo", "resnet20")
-    with service(repo, api_key="s3cret") as client:
-        assert client.get("/health/ready").status_code == 200
-        assert_error(client.get("/models"), 401, "unauthorized")
-        assert_error(client.post("/predict", files={"file": ("a.jpg", photo("chelsea.jpg"))}), 401, "unauthorized")
-        assert_error(
-            client.post("/predict", files={"file": ("a", photo("chelsea.jpg"))}, headers={"authorization": "Bearer nope"}),
-            401, "unauthorized",
-        )
-        authorised = {"authorization": "Bearer s3cret"}
-        assert client.get("/models", headers=authorised).status_code == 200
-        assert client.post("/predict", files={"file": ("a", photo("chelsea.jpg"))}, headers=authorised).status_code == 200

@@ -8,43 +8,32 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import shared_path
-from server import RunningServer, link_repository, run_server
+from server import RunningServer, link_repository, metric_value, photo, run_server, server_fixture
+
+#: Settings from flags and from the environment (the flag wins where both are given).
+configured_server = server_fixture(
+    "--max-batch-size", "8", "--max-upload-bytes", "1000000", "--log-format", "json",
+    env={"RESNET_SERVE_DEFAULT_TOP_K": "3", "RESNET_SERVE_MAX_BATCH_SIZE": "16"},
+    models=("resnet20", "resnet18"),
+)
 
 
-@pytest.fixture(scope="module")
-def repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return link_repository(model_repo, tmp_path_factory.mktemp("server_repo"), "resnet20", "resnet18")
-
-
-@pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[RunningServer]:
-    with run_server(
-        repo,
-        "--max-batch-size", "8", "--max-upload-bytes", "1000000", "--log-format", "json",
-        env={"RESNET_SERVE_DEFAULT_TOP_K": "3", "RESNET_SERVE_MAX_BATCH_SIZE": "16"},
-    ) as running:
-        yield running
-
-
-def test_flags_and_environment_configure_the_process(server: RunningServer) -> None:
-    models = {m["name"]: m for m in httpx.get(server.url("/models")).json()["models"]}
+def test_flags_and_environment_configure_the_process(configured_server: RunningServer) -> None:
+    models = {m["name"]: m for m in httpx.get(configured_server.url("/models")).json()["models"]}
     assert models["resnet18"]["batching"]["max_batch_size"] == 8  # the flag beats the environment
-    photo = shared_path("data", "photos", "coffee.jpg").read_bytes()
-    response = httpx.post(server.url("/predict?model=resnet18"), files={"file": ("coffee.jpg", photo)})
+    response = httpx.post(configured_server.url("/predict?model=resnet18"), files={"file": ("coffee.jpg", photo("coffee.jpg"))})
     assert response.status_code == 200 and len(response.json()["predictions"]) == 3  # from the environment
-    records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    assert any("ready: serving" in record["message"] for record in records), server.log()
+    records = [json.loads(line) for line in configured_server.log().splitlines() if line.startswith("{")]
+    assert any("ready: serving" in record["message"] for record in records), configured_server.log()
 
 
-def test_upload_limit_is_enforced_while_the_body_streams(server: RunningServer) -> None:
+def test_upload_limit_is_enforced_while_the_body_streams(configured_server: RunningServer) -> None:
     """A chunked body with no end in sight gets 413 once 1 MB has arrived, not when it finishes."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+    with socket.create_connection(("127.0.0.1", configured_server.port), timeout=10) as connection:
         connection.sendall(
             b"POST /predict?model=resnet20 HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
@@ -74,8 +63,8 @@ def test_upload_limit_is_enforced_while_the_body_streams(server: RunningServer) 
     assert sent < 4_000_000, f"the server read {sent} bytes before refusing"
 
 
-def test_declared_oversize_is_refused_before_reading(server: RunningServer) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+def test_declared_oversize_is_refused_before_reading(configured_server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", configured_server.port), timeout=10) as connection:
         connection.sendall(
             b"POST /predict?model=resnet20 HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
             b"Content-Length: 5000000000\r\n\r\n"
@@ -84,8 +73,9 @@ def test_declared_oversize_is_refused_before_reading(server: RunningServer) -> N
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
 
 
-def test_sigterm_under_load_finishes_every_accepted_request(repo: Path) -> None:
-    photos = [shared_path("data", "photos", name).read_bytes() for name in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg")]
+def test_sigterm_under_load_finishes_every_accepted_request(model_repo: Path, tmp_path: Path) -> None:
+    photos = [photo(name) for name in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg")]
+    repo = link_repository(model_repo, tmp_path / "repo", "resnet18")
     with run_server(repo, "--shutdown-grace-s", "60", "--max-queue-size", "256") as server:
         statuses: list[int | str] = []
         lock = threading.Lock()
@@ -131,9 +121,4 @@ def test_sigterm_under_load_finishes_every_accepted_request(repo: Path) -> None:
 
 def _work_started(server: RunningServer) -> float:
     """Images queued plus batches run so far: non-zero once the server holds or did work."""
-    text = httpx.get(server.url("/metrics"), timeout=5).text
-    depth = 0.0
-    for line in text.splitlines():
-        if line.startswith(("resnet_serve_queue_depth{", "resnet_serve_batch_size_count{")):
-            depth += float(line.rsplit(" ", 1)[1])
-    return depth
+    return metric_value(server, "resnet_serve_queue_depth") + metric_value(server, "resnet_serve_batch_size_count")

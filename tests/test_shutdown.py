@@ -14,15 +14,12 @@ never answered with anything else.
 from __future__ import annotations
 
 import signal
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from conftest import shared_path
-from hostile_corpus import copy_model
-from server import run_server
+from load import PostingLoad
+from server import link_repository, photo, run_server
 
 GRACE_S = 20.0
 ACCEPTED_MARGIN_S = 0.1
@@ -30,45 +27,16 @@ WORKERS = 6
 IMAGES_PER_REQUEST = 8
 
 
-@dataclass(frozen=True)
-class Attempt:
-    started: float
-    finished: float
-    status: int  # 0: transport error (refused or closed before an answer)
-    detail: str
-
-
 def test_sigterm_under_load_loses_no_accepted_request(model_repo: Path, tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    copy_model(model_repo, "resnet18", repo)
-    image = shared_path("data", "photos", "chelsea.jpg").read_bytes()
+    repo = link_repository(model_repo, tmp_path / "repo", "resnet18")
+    image = photo("chelsea.jpg")
     # Eight images per request: each takes a good fraction of a second on a CPU, so some are surely
     # in flight (and long since accepted) when the signal comes.
-    files = [("files", (f"{n}.jpg", image, "image/jpeg")) for n in range(IMAGES_PER_REQUEST)]
-    attempts: list[Attempt] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    with run_server(repo, "--shutdown-grace-s", str(GRACE_S), "--max-queue-size", "64") as server:
-        url = server.url("/predict")
-
-        def worker() -> None:
-            with httpx.Client(timeout=GRACE_S + 10) as client:
-                while not stop.is_set():
-                    started = time.monotonic()
-                    try:
-                        response = client.post(url, files=files)
-                        status, detail = response.status_code, response.text[:200]
-                    except httpx.HTTPError as exc:
-                        status, detail = 0, repr(exc)
-                    with lock:
-                        attempts.append(Attempt(started, time.monotonic(), status, detail))
-                    if status == 0:
-                        time.sleep(0.05)
-
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(WORKERS)]
-        for thread in threads:
-            thread.start()
+    with (
+        run_server(repo, "--shutdown-grace-s", str(GRACE_S), "--max-queue-size", "64") as server,
+        PostingLoad(server.url("/predict"), [image], clients=WORKERS, per_request=IMAGES_PER_REQUEST,
+                    timeout_s=GRACE_S + 10) as load,
+    ):
         time.sleep(3.0)  # steady load: every worker has requests in flight
         signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
@@ -82,10 +50,8 @@ def test_sigterm_under_load_loses_no_accepted_request(model_repo: Path, tmp_path
                 readiness.append(0)
         returncode = server.process.wait(timeout=GRACE_S + 10)
         exited = time.monotonic()
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=GRACE_S + 15)
         log = server.log()
+    attempts = load.attempts
 
     assert readiness and 200 not in readiness, readiness
     assert exited - signalled < GRACE_S + 2, f"exited {exited - signalled:.1f} s after SIGTERM"

@@ -9,9 +9,6 @@ encoded images are the JPEG files' bytes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,8 +16,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import cifar_sample, shared_path
-from server import RunningServer, free_port, link_repository, run_server
+from conftest import cifar_sample
+from server import GrpcServer, RunningServer, grpc_server_fixture, photo
 from tritonclient.utils import InferenceServerException
 
 from servable.images import preprocess_image
@@ -30,23 +27,8 @@ CIFAR = Preprocessing(resize_size=32, crop_size=32)
 IMAGENET = Preprocessing(resize_size=256, crop_size=224)
 
 
-@dataclass
-class V2Server:
-    server: RunningServer
-    grpc_port: int
-
-    def client(self, transport: str) -> Any:
-        if transport == "http":
-            return httpclient.InferenceServerClient(f"127.0.0.1:{self.server.port}")
-        return grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc_port}")
-
-
-@pytest.fixture(scope="module")
-def v2(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[V2Server]:
-    repo = link_repository(model_repo, tmp_path_factory.mktemp("v2_repo"), "resnet20", "resnet18")
-    grpc_port = free_port()
-    with run_server(repo, "--grpc-port", str(grpc_port), "--max-batch-delay-ms", "5") as server:
-        yield V2Server(server, grpc_port)
+#: A CIFAR and an ImageNet-sized model, both doors.
+two_door_server = grpc_server_fixture("--max-batch-delay-ms", "5", models=("resnet20", "resnet18"))
 
 
 def cifar_images(count: int) -> list[tuple[str, bytes]]:
@@ -101,7 +83,7 @@ MATRIX = [
     ids=["-".join(map(str, case)) for case in MATRIX],
 )
 def test_client_matrix_answers_equal_predict(
-    v2: V2Server, transport: str, form: str, encoding: str, classes: int, batch: int
+    two_door_server: GrpcServer, transport: str, form: str, encoding: str, classes: int, batch: int
 ) -> None:
     images = cifar_images(batch)
     module = httpclient if transport == "http" else grpcclient
@@ -109,10 +91,10 @@ def test_client_matrix_answers_equal_predict(
     # tritonclient sends encoded image bytes only as binary data ("Failed to encode ... using UTF-8"
     # otherwise), so for them the JSON/binary axis is the output's.
     answer = infer(
-        v2.client(transport), module, "resnet20", images, form,
+        two_door_server.client(transport), module, "resnet20", images, form,
         preprocessing=CIFAR, binary_in=binary or form == "encoded", binary_out=binary, classes=classes,
     )
-    expected = predict(v2.server, "resnet20", images, k=classes or 10)
+    expected = predict(two_door_server.server, "resnet20", images, k=classes or 10)
     if classes:
         assert answer.shape == (batch, classes)
         for row, wanted in zip(answer, expected, strict=True):
@@ -130,21 +112,21 @@ def test_client_matrix_answers_equal_predict(
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 @pytest.mark.parametrize("form", ["pixels", "encoded"])
-def test_imagenet_sized_model_answers_equal_predict(v2: V2Server, transport: str, form: str) -> None:
-    photos = [(name, shared_path("data", "photos", name).read_bytes()) for name in ("chelsea.jpg", "coffee.jpg")]
+def test_imagenet_sized_model_answers_equal_predict(two_door_server: GrpcServer, transport: str, form: str) -> None:
+    photos = [(name, photo(name)) for name in ("chelsea.jpg", "coffee.jpg")]
     module = httpclient if transport == "http" else grpcclient
     answer = infer(
-        v2.client(transport), module, "resnet18", photos, form,
+        two_door_server.client(transport), module, "resnet18", photos, form,
         preprocessing=IMAGENET, binary_in=True, binary_out=True, classes=5,
     )
-    expected = predict(v2.server, "resnet18", photos, k=5)
+    expected = predict(two_door_server.server, "resnet18", photos, k=5)
     for row, wanted in zip(answer, expected, strict=True):
         assert [text(entry).split(":", 2)[2] for entry in row] == [p["label"] for p in wanted]
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
-def test_health_metadata_config_and_repository_index(v2: V2Server, transport: str) -> None:
-    client = v2.client(transport)
+def test_health_metadata_config_and_repository_index(two_door_server: GrpcServer, transport: str) -> None:
+    client = two_door_server.client(transport)
     assert client.is_server_live() and client.is_server_ready()
     for model in ("resnet20", "resnet20-encoded", "resnet18"):
         assert client.is_model_ready(model) and client.is_model_ready(model, "1")
@@ -179,8 +161,8 @@ def test_health_metadata_config_and_repository_index(v2: V2Server, transport: st
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
-def test_unknown_model_and_version_are_not_found(v2: V2Server, transport: str) -> None:
-    client = v2.client(transport)
+def test_unknown_model_and_version_are_not_found(two_door_server: GrpcServer, transport: str) -> None:
+    client = two_door_server.client(transport)
     module = httpclient if transport == "http" else grpcclient
     tensor = module.InferInput("images", [1, 32, 32, 3], "UINT8")
     tensor.set_data_from_numpy(np.zeros((1, 32, 32, 3), np.uint8))

@@ -10,19 +10,20 @@ from __future__ import annotations
 import io
 import json
 import struct
+import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 import numpy as np
 import pytest
 from conftest import shared_path
-from hostile_corpus import framed, slow_jpeg
+from hostile import framed, slow_jpeg
 from PIL import Image
-from server import GrpcServer, metric_value, run_grpc_server
+from server import GrpcServer, grpc_server_fixture, link_repository, metric_value, run_grpc_server
 from tritonclient.grpc import service_pb2
 
 MAX_UPLOAD = 1_000_000
@@ -30,11 +31,10 @@ MAX_FILES = 4
 MAX_QUEUE = 16
 
 
-@pytest.fixture(scope="module")
-def v2(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
-    flags = ("--max-upload-bytes", str(MAX_UPLOAD), "--max-files", str(MAX_FILES), "--max-queue-size", str(MAX_QUEUE))
-    with run_grpc_server(model_repo, tmp_path_factory.mktemp("v2_errors"), *flags) as server:
-        yield server
+#: resnet20 with small limits (body, files, queue) that the error cases run into, on both transports.
+small_limits_server = grpc_server_fixture(
+    "--max-upload-bytes", str(MAX_UPLOAD), "--max-files", str(MAX_FILES), "--max-queue-size", str(MAX_QUEUE)
+)
 
 
 def jpeg() -> bytes:
@@ -110,15 +110,15 @@ def rest_body(case: Case) -> tuple[bytes, int]:
     return encoded + b"".join(raw for *_, raw in case.inputs), len(encoded)
 
 
-def rest_send(v2: GrpcServer, case: Case) -> httpx.Response:
+def rest_send(grpc_server: GrpcServer, case: Case) -> httpx.Response:
     body, header_length = rest_body(case)
     path = f"/v2/models/{case.model}" + (f"/versions/{case.version}" if case.version else "") + "/infer"
-    return httpx.post(v2.server.url(path), content=body, timeout=30,
+    return httpx.post(grpc_server.server.url(path), content=body, timeout=30,
                       headers={"Inference-Header-Content-Length": str(header_length),
                                "Content-Type": "application/octet-stream"})
 
 
-def grpc_send(v2: GrpcServer, case: Case) -> grpc.RpcError | service_pb2.ModelInferResponse:
+def grpc_send(grpc_server: GrpcServer, case: Case) -> grpc.RpcError | service_pb2.ModelInferResponse:
     request = service_pb2.ModelInferRequest(model_name=case.model, model_version=case.version, id="case")
     for name, datatype, shape, raw in case.inputs:
         request.inputs.add(name=name, datatype=datatype, shape=list(shape))
@@ -127,15 +127,12 @@ def grpc_send(v2: GrpcServer, case: Case) -> grpc.RpcError | service_pb2.ModelIn
         output = request.outputs.add(name=name)
         if k:
             output.parameters["classification"].int64_param = k
-    try:
-        return v2.stub.ModelInfer(request, timeout=30)
-    except grpc.RpcError as error:
-        return error
+    return grpc_call(grpc_server, request)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_error_case_on_rest(v2: GrpcServer, case: Case) -> None:
-    response = rest_send(v2, case)
+def test_error_case_on_rest(small_limits_server: GrpcServer, case: Case) -> None:
+    response = rest_send(small_limits_server, case)
     assert response.status_code == case.rest_status, response.text
     body = response.json()
     assert set(body) == {"error"} and isinstance(body["error"], str), body
@@ -143,43 +140,43 @@ def test_error_case_on_rest(v2: GrpcServer, case: Case) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_error_case_on_grpc(v2: GrpcServer, case: Case) -> None:
-    answer = grpc_send(v2, case)
+def test_error_case_on_grpc(small_limits_server: GrpcServer, case: Case) -> None:
+    answer = grpc_send(small_limits_server, case)
     assert isinstance(answer, grpc.RpcError), f"{case.name}: answered {answer}"
     assert answer.code() == case.grpc_code, (answer.code(), answer.details())
     assert case.words in (answer.details() or ""), answer.details()
 
 
-def test_rest_framing_lies_are_400(v2: GrpcServer) -> None:
+def test_rest_framing_lies_are_400(small_limits_server: GrpcServer) -> None:
     for lie in (1, -1, 10**6):
         case = Case("lying binary_data_size", 400, INVALID, "", rest_lie=lie)
-        response = rest_send(v2, case)
+        response = rest_send(small_limits_server, case)
         assert response.status_code == 400, (lie, response.text)
     for length in ("abc", "-5", "9" * 40, "99999"):
-        response = httpx.post(v2.server.url("/v2/models/resnet20/infer"), content=b"{}", timeout=30,
+        response = httpx.post(small_limits_server.server.url("/v2/models/resnet20/infer"), content=b"{}", timeout=30,
                               headers={"Inference-Header-Content-Length": length})
         assert response.status_code in (400, 413), (length, response.text)
         assert "error" in response.json()
-    response = httpx.post(v2.server.url("/v2/models/resnet20/infer"), content=b"{not json", timeout=30)
+    response = httpx.post(small_limits_server.server.url("/v2/models/resnet20/infer"), content=b"{not json", timeout=30)
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
-    response = httpx.post(v2.server.url("/v2/models/resnet20/infer"), content=b"{}", timeout=30,
+    response = httpx.post(small_limits_server.server.url("/v2/models/resnet20/infer"), content=b"{}", timeout=30,
                           headers={"Content-Encoding": "gzip"})
     assert response.status_code == 415
 
 
-def test_oversize_messages_are_refused_on_both_transports(v2: GrpcServer) -> None:
+def test_oversize_messages_are_refused_on_both_transports(small_limits_server: GrpcServer) -> None:
     big = bytes(MAX_UPLOAD + 1)
-    response = httpx.post(v2.server.url("/v2/models/resnet20/infer"), content=big, timeout=30)
+    response = httpx.post(small_limits_server.server.url("/v2/models/resnet20/infer"), content=big, timeout=30)
     assert response.status_code == 413 and "error" in response.json()
     request = service_pb2.ModelInferRequest(model_name="resnet20")
     request.inputs.add(name="images", datatype="UINT8", shape=[len(big) // 3072, 32, 32, 3])
     request.raw_input_contents.append(big * 2)
     with pytest.raises(grpc.RpcError) as refused:
-        v2.stub.ModelInfer(request, timeout=30)
+        small_limits_server.stub.ModelInfer(request, timeout=30)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_a_full_queue_is_resource_exhausted_with_a_retry_hint(v2: GrpcServer) -> None:
+def test_a_full_queue_is_resource_exhausted_with_a_retry_hint(small_limits_server: GrpcServer) -> None:
     """A flood of 4-image requests against a 16-image queue: some are refused with the retry hint."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -190,7 +187,7 @@ def test_a_full_queue_is_resource_exhausted_with_a_retry_hint(v2: GrpcServer) ->
 
     def send(_: int) -> tuple[grpc.StatusCode, dict[str, str]]:
         try:
-            v2.stub.ModelInfer(request, timeout=30)
+            small_limits_server.stub.ModelInfer(request, timeout=30)
             return grpc.StatusCode.OK, {}
         except grpc.RpcError as error:
             return error.code(), dict(error.trailing_metadata() or ())
@@ -205,73 +202,72 @@ def test_a_full_queue_is_resource_exhausted_with_a_retry_hint(v2: GrpcServer) ->
 
 
 def test_api_key_is_required_on_both_transports(model_repo: Path, tmp_path: Path) -> None:
-    with run_grpc_server(model_repo, tmp_path / "repo", "--api-key", "s3cret") as v2:
+    repo = link_repository(model_repo, tmp_path / "repo", "resnet20")
+    with run_grpc_server(repo, "--api-key", "s3cret") as keyed_server:
         case = Case("ok", 200, grpc.StatusCode.OK, "")
-        assert rest_send(v2, case).status_code == 401
-        answer = grpc_send(v2, case)
+        assert rest_send(keyed_server, case).status_code == 401
+        answer = grpc_send(keyed_server, case)
         assert isinstance(answer, grpc.RpcError) and answer.code() == grpc.StatusCode.UNAUTHENTICATED
         request = service_pb2.ModelInferRequest(model_name="resnet20")
         request.inputs.add(name="images", datatype="UINT8", shape=[1, 32, 32, 3])
         request.raw_input_contents.append(PIXELS)
-        response = v2.stub.ModelInfer(request, metadata=(("authorization", "Bearer s3cret"),), timeout=30)
+        response = keyed_server.stub.ModelInfer(request, metadata=(("authorization", "Bearer s3cret"),), timeout=30)
         assert response.model_name == "resnet20"
-        assert v2.stub.ServerLive(service_pb2.ServerLiveRequest()).live  # probes stay open
+        assert keyed_server.stub.ServerLive(service_pb2.ServerLiveRequest()).live  # probes stay open
         with pytest.raises(grpc.RpcError) as denied:
-            v2.stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="resnet20"))
+            keyed_server.stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="resnet20"))
         assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_draining_server_refuses_new_rpcs_as_unavailable_and_finishes_accepted_ones(
     model_repo: Path, tmp_path: Path
 ) -> None:
-    import threading
-    import time
-
-    with run_grpc_server(model_repo, tmp_path / "repo", "--shutdown-grace-s", "20", models=("resnet18",)) as v2:
-        server = v2.server
+    repo = link_repository(model_repo, tmp_path / "repo", "resnet18")
+    with run_grpc_server(repo, "--shutdown-grace-s", "20") as draining_server:
         request = service_pb2.ModelInferRequest(model_name="resnet18")
         request.inputs.add(name="images", datatype="UINT8", shape=[16, 224, 224, 3])
         request.raw_input_contents.append(bytes(16 * 224 * 224 * 3))
         results: list[object] = []
-        inflight = threading.Thread(target=lambda: results.append(grpc_call(v2, request)))
+        inflight = threading.Thread(target=lambda: results.append(grpc_call(draining_server, request)))
         inflight.start()
         time.sleep(0.3)  # the 16-image batch is running (about a second on 2 cores)
-        server.terminate()
+        draining_server.server.terminate()
         time.sleep(0.3)
-        late = grpc_call(v2, request)
+        late = grpc_call(draining_server, request)
         inflight.join(timeout=60)
         assert isinstance(results[0], service_pb2.ModelInferResponse), results
         assert isinstance(late, grpc.RpcError) and late.code() == grpc.StatusCode.UNAVAILABLE, late
-        assert server.wait(timeout=30) is not None
+        assert draining_server.server.wait(timeout=30) is not None
 
 
-def grpc_call(v2: GrpcServer, request: service_pb2.ModelInferRequest) -> object:
+def grpc_call(grpc_server: GrpcServer, request: service_pb2.ModelInferRequest) -> Any:
+    """The response, or the RpcError it ended with."""
     try:
-        return v2.stub.ModelInfer(request, timeout=60)
+        return grpc_server.stub.ModelInfer(request, timeout=60)
     except grpc.RpcError as error:
         return error
 
 
-def _grpc_count(v2: GrpcServer, status: str) -> float:
-    return metric_value(v2.server, "resnet_serve_requests_total", protocol="v2-grpc", status=status)
+def _grpc_count(grpc_server: GrpcServer, status: str) -> float:
+    return metric_value(grpc_server.server, "resnet_serve_requests_total", protocol="v2-grpc", status=status)
 
 
-def test_a_cancelled_rpc_counts_as_client_closed_not_as_a_server_error(v2: GrpcServer) -> None:
+def test_a_cancelled_rpc_counts_as_client_closed_not_as_a_server_error(small_limits_server: GrpcServer) -> None:
     """A client that cancels while its image decodes is a 499 in the metrics: 5xx alerts mean server faults."""
     jpeg = slow_jpeg()
     assert len(jpeg) < MAX_UPLOAD
     request = service_pb2.ModelInferRequest(model_name="resnet20-encoded")
     request.inputs.add(name="image_bytes", datatype="BYTES", shape=[1, 1])
     request.raw_input_contents.append(framed(jpeg))
-    errors_before, closed_before = _grpc_count(v2, "500"), _grpc_count(v2, "499")
-    call = v2.stub.ModelInfer.future(request, timeout=30)
+    errors_before, closed_before = _grpc_count(small_limits_server, "500"), _grpc_count(small_limits_server, "499")
+    call = small_limits_server.stub.ModelInfer.future(request, timeout=30)
     deadline = time.monotonic() + 10
-    while metric_value(v2.server, "resnet_serve_inflight_images") == 0 and time.monotonic() < deadline:  # admitted: reserved and decoding
+    while metric_value(small_limits_server.server, "resnet_serve_inflight_images") == 0 and time.monotonic() < deadline:  # admitted: reserved and decoding
         time.sleep(0.01)
     assert call.cancel()
     deadline = time.monotonic() + 10
-    while _grpc_count(v2, "499") == closed_before and time.monotonic() < deadline:
+    while _grpc_count(small_limits_server, "499") == closed_before and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _grpc_count(v2, "499") == closed_before + 1
-    assert _grpc_count(v2, "500") == errors_before
-    assert v2.stub.ModelReady(service_pb2.ModelReadyRequest(name="resnet20"), timeout=10).ready
+    assert _grpc_count(small_limits_server, "499") == closed_before + 1
+    assert _grpc_count(small_limits_server, "500") == errors_before
+    assert small_limits_server.stub.ModelReady(service_pb2.ModelReadyRequest(name="resnet20"), timeout=10).ready

@@ -23,7 +23,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import CIFAR_SAMPLE_ACCURACY, SHARED_DIR, cifar_sample, shared_path
 from PIL import Image
-from server import RunningServer, free_port, link_repository, run_server
+from server import GrpcServer, link_repository, run_grpc_server
 
 from servable.card import ModelCard
 
@@ -42,14 +42,19 @@ def image_client() -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, int, Path]]:
+def image_client_repository(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The four CIFAR ResNets and resnet50 with seeded random weights (an ImageNet-sized model)."""
     from export import export_model
 
     repo = link_repository(model_repo, tmp_path_factory.mktemp("image_client_repo"), *CIFAR_SAMPLE_ACCURACY)
-    export_model("resnet50", None, model_dir=repo, verify=False, log=lambda line: None)  # seeded random weights
-    grpc_port = free_port()
-    with run_server(repo, "--grpc-port", str(grpc_port)) as server:
-        yield server, grpc_port, repo
+    export_model("resnet50", None, model_dir=repo, verify=False, log=lambda line: None)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def image_client_server(image_client_repository: Path) -> Iterator[GrpcServer]:
+    with run_grpc_server(image_client_repository) as server:
+        yield server
 
 
 def run_image_client(model: str, image: Path, protocol: str, url: str) -> list[tuple[float, int, str]]:
@@ -71,44 +76,45 @@ def expected_top3(model_file: Path, pixels: np.ndarray) -> list[tuple[float, int
     return [(float(probabilities[0][i]), int(i), card.labels[i]) for i in order]
 
 
+def top3_both_ways(
+    server: GrpcServer, repository: Path, protocol: str, model: str, image: Path, size: int
+) -> tuple[list[tuple[float, int, str]], list[tuple[float, int, str]]]:
+    """What image_client.py prints for ``image`` and what onnxruntime gives for the pixels it sends
+    (resized to ``size`` x ``size``, no crop)."""
+    printed = run_image_client(model, image, protocol, server.address(protocol))
+    pixels = np.asarray(Image.open(image).convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    return printed, expected_top3(repository / model / "1" / "model.onnx", pixels)
+
+
 @pytest.mark.parametrize("protocol", ["HTTP", "gRPC"])
 def test_image_client_prints_the_right_top3_for_chelsea_on_resnet50(
-    servers: tuple[RunningServer, int, Path], protocol: str
+    image_client_server: GrpcServer, image_client_repository: Path, protocol: str
 ) -> None:
-    server, grpc_port, repo = servers
-    url = f"127.0.0.1:{server.port if protocol == 'HTTP' else grpc_port}"
     photo = shared_path("data", "photos", "chelsea.jpg")
-    printed = run_image_client("resnet50", photo, protocol, url)
-    pixels = np.asarray(Image.open(photo).convert("RGB").resize((224, 224), Image.BILINEAR), dtype=np.uint8)
-    expected = expected_top3(repo / "resnet50" / "1" / "model.onnx", pixels)
+    printed, expected = top3_both_ways(image_client_server, image_client_repository, protocol, "resnet50", photo, 224)
     assert [(i, label) for _, i, label in printed] == [(i, label) for _, i, label in expected]
     assert np.allclose([s for s, _, _ in printed], [s for s, _, _ in expected], atol=1e-6)
 
 
 @pytest.mark.parametrize("protocol", ["HTTP", "gRPC"])
 def test_image_client_prints_the_right_top3_for_cifar_images_on_resnet20(
-    servers: tuple[RunningServer, int, Path], protocol: str
+    image_client_server: GrpcServer, image_client_repository: Path, protocol: str
 ) -> None:
-    server, grpc_port, repo = servers
-    url = f"127.0.0.1:{server.port if protocol == 'HTTP' else grpc_port}"
     classes = shared_path("labels", "cifar10.txt").read_text().split()
     for name in ("cat", "ship", "truck"):
-        image = shared_path("data", "cifar10-sample", name, "0001.jpg")
-        printed = run_image_client("resnet20", image, protocol, url)
-        pixels = np.asarray(Image.open(image).convert("RGB"), dtype=np.uint8)  # 32x32: the resize is a no-op
+        image = shared_path("data", "cifar10-sample", name, "0001.jpg")  # 32x32: the resize is a no-op
+        printed, expected = top3_both_ways(image_client_server, image_client_repository, protocol, "resnet20", image, 32)
         assert printed[0][2] == name == classes[printed[0][1]]
-        expected = expected_top3(repo / "resnet20" / "1" / "model.onnx", pixels)
         assert [(i, label) for _, i, label in printed] == [(i, label) for _, i, label in expected]
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 @pytest.mark.parametrize("arch", list(CIFAR_SAMPLE_ACCURACY))
 def test_cifar_sample_accuracy_through_v2_with_encoded_images(
-    servers: tuple[RunningServer, int, Path], transport: str, arch: str
+    image_client_server: GrpcServer, transport: str, arch: str
 ) -> None:
-    server, grpc_port, _ = servers
     module = httpclient if transport == "http" else grpcclient
-    client = module.InferenceServerClient(f"127.0.0.1:{server.port if transport == 'http' else grpc_port}")
+    client = image_client_server.client(transport)
     sample = cifar_sample()
     correct = 0
     for start in range(0, len(sample), 50):
