@@ -291,6 +291,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image
+    image.load()  # a file that fails to decode (a truncated RLE BMP) is corrupt, not a mode without RGB
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
         return Image.fromarray(_grey_to_uint8(np.asarray(image), mode)).convert("RGB")
     if mode == "P" and "transparency" in image.info:

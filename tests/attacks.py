@@ -6,8 +6,6 @@
 * :func:`stalled_grpc_streams`: HTTP/2 connections full of ModelInfer calls that send HEADERS and
   never a message (grpc's own client, called as client-streaming with an iterator that never yields);
 * :func:`rapid_reset`: raw HTTP/2 (h2) HEADERS + RST_STREAM floods;
-* :func:`progressive_scan_bomb` and :func:`png_chunk_flood`: small files that make a decoder work
-  far beyond their pixel count.
 
 Everything talks to 127.0.0.1 only, and stops by itself.
 """
@@ -15,22 +13,15 @@ Everything talks to 127.0.0.1 only, and stops by itself.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import resource
 import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-from hostile_corpus import png_chunk
-from PIL import Image
 
 
 def allow_open_files(count: int) -> None:
@@ -141,7 +132,7 @@ def run_attack(*arguments: str) -> subprocess.Popen[str]:
     valid client shares neither its event loop nor its GIL); returns once it says it is under way."""
     process = subprocess.Popen([sys.executable, str(Path(__file__)), *arguments], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
-    if arguments[0] == "flood":
+    if arguments[0] in ("flood", "upload"):
         assert process.stdout.readline().strip() == "ready"
     return process
 
@@ -176,61 +167,6 @@ def http_status(port: int, request: bytes, timeout_s: float = 10.0) -> int:
             raw += chunk
     parts = raw.split(b" ", 2)
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-
-
-# --- decode-cost bombs -----------------------------------------------------------------------------
-
-
-def progressive_scan_bomb(width: int, height: int, scans: int) -> bytes:
-    """A grey progressive JPEG of ``width`` x ``height`` whose one AC scan is repeated ``scans`` times.
-
-    Each copy is a full libjpeg pass over the coefficient buffer (an end-of-band run covering the whole
-    image costs a few bytes), so the file stays small while the decode cost is ``scans`` x pixels.
-    """
-    buffer = io.BytesIO()
-    Image.new("L", (width, height), 128).save(buffer, "JPEG", progressive=True, quality=50)
-    data = buffer.getvalue()
-    scans_found = _scan_segments(data)
-    # Pick the last AC scan (Ss > 0) of the file: it codes nothing but end-of-band runs for a flat image.
-    start, end = next((s, e) for s, e in reversed(scans_found) if data[s + 5 + 2 * data[s + 4]] > 0)
-    scan = data[start:end]
-    return data[:end] + scan * scans + data[end:]
-
-
-def _scan_segments(data: bytes) -> list[tuple[int, int]]:
-    """(start, end) of every SOS segment with its entropy-coded data."""
-    found = []
-    position = 2
-    while position + 4 <= len(data):
-        marker = data[position + 1]
-        if marker == 0xD9:
-            break
-        length = struct.unpack(">H", data[position + 2:position + 4])[0]
-        if marker != 0xDA:
-            position += 2 + length
-            continue
-        cursor = position + 2 + length
-        while True:
-            cursor = data.index(b"\xff", cursor)
-            following = data[cursor + 1]
-            if following == 0 or 0xD0 <= following <= 0xD7:
-                cursor += 2
-                continue
-            break
-        found.append((position, cursor))
-        position = cursor
-    return found
-
-
-def png_chunk_flood(chunks: int, width: int = 64, height: int = 64) -> bytes:
-    """A small valid PNG with ``chunks`` empty ancillary chunks before its IDAT (Pillow walks each in Python)."""
-    pixels = np.full((height, width * 3 + 1), 7, np.uint8)
-    pixels[:, 0] = 0
-    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    empty = png_chunk(b"zzZz", b"")
-    return (b"\x89PNG\r\n\x1a\n" + header + empty * chunks
-            + png_chunk(b"IDAT", zlib.compress(pixels.tobytes())) + png_chunk(b"IEND", b""))
-
 
 
 # --- gRPC ------------------------------------------------------------------------------------------
@@ -378,9 +314,17 @@ def rapid_reset(port: int, connections: int, seconds: float, batch: int = 200) -
 
 def main(argv: list[str]) -> None:
     """``python tests/attacks.py flood PORT COUNT idle|slowloris HOLD_S``, ``... grpc-stall PORT CONNECTIONS
-    STREAMS HOLD_S [KEY]`` or ``... rapid-reset PORT CONNECTIONS SECONDS``; prints one JSON line."""
+    STREAMS HOLD_S [KEY]``, ``... rapid-reset PORT CONNECTIONS SECONDS`` or ``... upload PORT FILE COUNT``;
+    prints one JSON line."""
     kind, port = argv[0], int(argv[1])
-    if kind == "flood":
+    if kind == "upload":  # upload PORT FILE COUNT: POST FILE's bytes as image/png COUNT times, one by one
+        from hostile_corpus import raw_http_request
+
+        request = raw_http_request(port, "/predict?model=resnet20", Path(argv[2]).read_bytes(),
+                                   {"content-type": "image/png"})
+        print("ready", flush=True)
+        print(json.dumps({"statuses": [http_status(port, request, timeout_s=60) for _ in range(int(argv[3]))]}))
+    elif kind == "flood":
         result = asyncio.run(connection_flood(port, int(argv[2]), trickle=argv[3] == "slowloris", hold_s=float(argv[4])))
         print(json.dumps({"still_open": result.still_open, "latest_close_s": result.latest_close_s}))
     elif kind == "grpc-stall":
