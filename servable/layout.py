@@ -92,7 +92,7 @@ def read_regular_file(path: Path, *, max_bytes: int | None = None, timeout_s: fl
                     raise UnreadableFile(problem)
                 os.set_blocking(handle.fileno(), True)
                 result.append(handle.read() if max_bytes is None else handle.read(max_bytes + 1))
-        except BaseException as exc:  # handed to the caller
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
             result.append(exc)
 
     if timeout_s is None:

@@ -68,7 +68,7 @@ async def in_daemon_thread(function: Callable[..., T], *args: Any, timeout_s: fl
     def run() -> None:
         try:
             result = function(*args)
-        except BaseException as exc:  # handed to the awaiting coroutine
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
             error = exc
             loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
         else:
