@@ -102,12 +102,10 @@ def jpeg_structure(data: Buffer, at_most_scans: int = MAX_SCANS) -> tuple[int, i
 
 
 def _check_jpeg(data: Buffer, max_scan_pixels: int | None, max_pixels: int | None) -> int:
-    markers = data.count(b"\xff\xda")
-    if (
-        max_scan_pixels is not None and max_pixels is not None and markers * max_pixels <= max_scan_pixels
-        and markers <= MAX_SCANS and data.count(b"\xff") <= MAX_SEGMENTS
-    ):
-        return markers
+    if isinstance(data, (bytes, bytearray)) and max_scan_pixels is not None and max_pixels is not None:
+        markers = data.count(b"\xff\xda")  # (a memoryview has no count(): it is walked)
+        if markers * max_pixels <= max_scan_pixels and markers <= MAX_SCANS and data.count(b"\xff") <= MAX_SEGMENTS:
+            return markers
     segments, scans, pixels = jpeg_structure(data)
     if segments > MAX_SEGMENTS:
         raise ImageTooCostly(f"the JPEG has more than {MAX_SEGMENTS} segments")
