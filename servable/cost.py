@@ -111,7 +111,8 @@ def _check_jpeg(data: Buffer, max_scan_pixels: int | None, max_pixels: int | Non
         raise ImageTooCostly(f"the JPEG has more than {MAX_SEGMENTS} segments")
     if scans > MAX_SCANS:
         raise ImageTooCostly(f"the JPEG has more than {MAX_SCANS} scans")
-    if max_scan_pixels is not None and scans * pixels > max_scan_pixels:
+    too_many_pixels = max_pixels is not None and pixels > max_pixels  # the pixel limit's 413 says it better
+    if max_scan_pixels is not None and not too_many_pixels and scans * pixels > max_scan_pixels:
         raise ImageTooCostly(
             f"the JPEG has {scans} scans of {pixels} pixels: decoding it is {scans * pixels} pixel passes, "
             f"more than the limit of {max_scan_pixels}"
