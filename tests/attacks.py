@@ -1,13 +1,15 @@
 """Resource attacks on a running service, each bounded in count and time (issue 27's attack list).
 
 * :func:`connection_flood`: many TCP connections that send nothing, or trickle a request head at a
-  byte a second (slowloris), while a valid client keeps asking; it records the valid answers and when
-  the server closed each attacking connection;
+  byte a second (slowloris), each opened again when the server closes it; records when the server
+  closed the first ones;
 * :func:`stalled_grpc_streams`: HTTP/2 connections full of ModelInfer calls that send HEADERS and
-  never a message (grpc's own client, called as client-streaming with an iterator that never yields);
-* :func:`rapid_reset`: raw HTTP/2 (h2) HEADERS + RST_STREAM floods;
+  never a message;
+* :func:`rapid_reset`: HTTP/2 HEADERS + RST_STREAM floods.
 
-Everything talks to 127.0.0.1 only, and stops by itself.
+Each runs in a process of its own (``python tests/attacks.py ...``, :func:`run_attack`) so that the
+test's valid client shares neither its event loop nor its GIL. Everything talks to 127.0.0.1 only, and
+stops by itself.
 """
 
 from __future__ import annotations
