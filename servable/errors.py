@@ -42,3 +42,13 @@ class ImageTooLarge(ImageError):
     """More pixels (or inflated metadata) than the limit, known from the header before decoding."""
 
     code = "image_too_large"
+
+
+class ImageTooCostly(ImageError):
+    """Few pixels but far more decoding work (scans, segments, chunks) than any real image needs."""
+
+    code = "image_too_costly"
+
+
+class DecodeAbandoned(Exception):
+    """Raised inside a decode whose caller gave up on it (deadline, shutdown): not the client's error."""

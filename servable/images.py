@@ -24,17 +24,32 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from threading import Event
 from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from servable import jpeg
-from servable.errors import CorruptImage, EmptyImage, ImageError, ImageTooLarge, UnsupportedImage
+from servable.cost import check_decode_cost
+from servable.errors import (
+    CorruptImage,
+    DecodeAbandoned,
+    EmptyImage,
+    ImageError,
+    ImageTooLarge,
+    UnsupportedImage,
+)
 from servable.preprocessing import Preprocessing
 
 #: Default cap on width x height read from an image header: a 50-megapixel photo decodes to 150 MB.
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+#: Default cap on a JPEG's scans x pixels (:mod:`servable.cost`): a standard 10-scan progressive encoding
+#: of the largest image allowed.
+DEFAULT_MAX_SCAN_PIXELS = 10 * DEFAULT_MAX_IMAGE_PIXELS
+#: Most scans a JPEG may have for the libjpeg-turbo fast path (libjpeg's standard progression has 10,
+#: 6 for grey; mozjpeg's up to ~20).
+FAST_JPEG_MAX_SCANS = 32
 
 Image.init()  # Registers every format plugin so the list below sees them.
 
@@ -70,6 +85,7 @@ class OpenedImage:
     image: Image.Image | None
     data: Buffer
     max_pixels: int | None
+    abandoned: Event | None = None
 
 
 def preprocess_image(
@@ -80,6 +96,8 @@ def preprocess_image(
     jpeg_draft: bool = False,
     hold: Callable[[int], AbstractContextManager[object]] | None = None,
     fast_jpeg: bool = True,
+    max_scan_pixels: int | None = DEFAULT_MAX_SCAN_PIXELS,
+    abandoned: Event | None = None,
 ) -> np.ndarray:
     """Decode ``data`` and return the centre crop as a C-contiguous uint8 array (crop, crop, 3).
 
@@ -89,9 +107,15 @@ def preprocess_image(
     twice the resize target: much faster on big photos, but no longer bit-exact with torchvision.
     ``hold(pixels)`` is entered with the header's pixel count around the decode (the service's
     budget of decoded pixels in flight across threads). ``fast_jpeg`` False decodes every JPEG
-    with Pillow (the same pixels, slower).
+    with Pillow (the same pixels, slower). ``max_scan_pixels`` bounds a JPEG's decode work
+    (:mod:`servable.cost`). Once ``abandoned`` is set, Pillow's next read of the file raises
+    :class:`~servable.errors.DecodeAbandoned`: a caller that gave up gets its thread back within one
+    64 KiB block of decoding.
     """
-    opened = open_image(data, max_pixels=max_pixels, fast_jpeg=fast_jpeg and not jpeg_draft)
+    opened = open_image(
+        data, max_pixels=max_pixels, fast_jpeg=fast_jpeg and not jpeg_draft, max_scan_pixels=max_scan_pixels,
+        abandoned=abandoned,
+    )
     return decode_opened(opened, p, jpeg_draft=jpeg_draft, hold=hold)
 
 
@@ -110,7 +134,7 @@ def decode_opened(
                 pixels = jpeg.decode(opened.data)
                 if pixels is not None:
                     return _crop_decoded(pixels, p)
-            image = _open_checked(opened.data, opened.max_pixels)  # Pillow decides what libjpeg refused
+            image = _open_checked(opened.data, opened.max_pixels, opened.abandoned)  # Pillow decides what libjpeg refused
         with _pillow_errors():
             if jpeg_draft and image.format in ("JPEG", "MPO"):
                 _request_draft(image, p.resize_size)
@@ -124,7 +148,7 @@ def _pillow_errors() -> Iterator[None]:
     """Whatever Pillow raises while decoding or resizing becomes the ImageError that says why."""
     try:
         yield
-    except ImageError:
+    except (ImageError, DecodeAbandoned):
         raise
     except Image.DecompressionBombError:
         raise ImageTooLarge("image decompresses beyond the pixel limit") from None
@@ -136,20 +160,29 @@ def _pillow_errors() -> Iterator[None]:
         raise _corrupt(exc) from None
 
 
-def open_image(data: Buffer, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, fast_jpeg: bool = True) -> OpenedImage:
-    """Identify the format and read the header only; refuse images larger than ``max_pixels``."""
+def open_image(
+    data: Buffer, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, fast_jpeg: bool = True,
+    max_scan_pixels: int | None = DEFAULT_MAX_SCAN_PIXELS, abandoned: Event | None = None,
+) -> OpenedImage:
+    """Identify the format and read the header only; refuse images larger than ``max_pixels`` and
+    files whose decode work is out of bounds (:func:`servable.cost.check_decode_cost`, before any
+    header walk of Pillow's or ours)."""
     if not data:
         raise EmptyImage("the image is empty (0 bytes)")
-    size = jpeg.plain_jpeg_size(data) if fast_jpeg else None
+    scans = check_decode_cost(data, max_scan_pixels, max_pixels)
+    # libjpeg-turbo in one call cannot be abandoned, and its strict mode reports a bogus progression only
+    # after decoding all of it: JPEGs with more scans than real encoders write go to Pillow's
+    # interruptible reads.
+    size = jpeg.plain_jpeg_size(data) if fast_jpeg and scans <= FAST_JPEG_MAX_SCANS else None
     if size is not None:
         _check_size(*size, max_pixels)
-        return OpenedImage(size[0], size[1], None, data, max_pixels)
-    image = _open_checked(data, max_pixels)
-    return OpenedImage(image.width, image.height, image, data, max_pixels)
+        return OpenedImage(size[0], size[1], None, data, max_pixels, abandoned)
+    image = _open_checked(data, max_pixels, abandoned)
+    return OpenedImage(image.width, image.height, image, data, max_pixels, abandoned)
 
 
-def _open_checked(data: Buffer, max_pixels: int | None) -> Image.Image:
-    image = _open_with_pillow(data, max_pixels)
+def _open_checked(data: Buffer, max_pixels: int | None, abandoned: Event | None = None) -> Image.Image:
+    image = _open_with_pillow(data, max_pixels, abandoned)
     _check_size(image.width, image.height, max_pixels)
     return image
 
@@ -161,9 +194,11 @@ def _check_size(width: int, height: int, max_pixels: int | None) -> None:
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}")
 
 
-def _open_with_pillow(data: Buffer, max_pixels: int | None) -> Image.Image:
+def _open_with_pillow(data: Buffer, max_pixels: int | None, abandoned: Event | None = None) -> Image.Image:
     try:
-        image = Image.open(_readable(data), formats=ACCEPTED_FORMATS)
+        image = Image.open(_readable(data, abandoned), formats=ACCEPTED_FORMATS)
+    except DecodeAbandoned:
+        raise
     except Image.DecompressionBombError:
         limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
         raise ImageTooLarge(f"image has more pixels than the limit of {limit}") from None
@@ -193,12 +228,14 @@ def _crop_decoded(pixels: np.ndarray, p: Preprocessing) -> np.ndarray:
 
 
 class _ViewReader(io.RawIOBase):
-    """A read-only seekable file over a buffer, without copying it (io.BytesIO copies a bytearray)."""
+    """A read-only seekable file over a buffer, without copying it (io.BytesIO copies a bytearray);
+    every read raises :class:`DecodeAbandoned` once ``abandoned`` is set."""
 
-    def __init__(self, data: bytearray | memoryview) -> None:
+    def __init__(self, data: Buffer, abandoned: Event | None = None) -> None:
         super().__init__()
         self._view = memoryview(data).cast("B")
         self._position = 0
+        self._abandoned = abandoned
 
     def readable(self) -> bool:
         return True
@@ -207,6 +244,8 @@ class _ViewReader(io.RawIOBase):
         return True
 
     def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._abandoned is not None and self._abandoned.is_set():
+            raise DecodeAbandoned("the decode was abandoned")
         end = min(len(self._view), self._position + len(target))
         count = end - self._position
         memoryview(target).cast("B")[:count] = self._view[self._position : end]
@@ -222,11 +261,12 @@ class _ViewReader(io.RawIOBase):
         return self._position
 
 
-def _readable(data: Buffer) -> IO[bytes]:
-    """A file object over ``data``; ``bytes`` are shared by BytesIO itself, other buffers by a view."""
-    if isinstance(data, bytes):
+def _readable(data: Buffer, abandoned: Event | None = None) -> IO[bytes]:
+    """A file object over ``data``; ``bytes`` are shared by BytesIO itself, other buffers (and any
+    decode that may be abandoned) by a view."""
+    if isinstance(data, bytes) and abandoned is None:
         return io.BytesIO(data)
-    return io.BufferedReader(_ViewReader(data))  # type: ignore[return-value]
+    return io.BufferedReader(_ViewReader(data, abandoned))  # type: ignore[return-value]
 
 
 def apply_exif_orientation(image: Image.Image) -> Image.Image:
@@ -251,6 +291,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image
+    image.load()  # a file that fails to decode (a truncated RLE BMP) is corrupt, not a mode without RGB
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
         return Image.fromarray(_grey_to_uint8(np.asarray(image), mode)).convert("RGB")
     if mode == "P" and "transparency" in image.info:

@@ -14,7 +14,9 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,14 +42,82 @@ class RepositoryMissing(OSError):
     """The model directory does not exist or is not a directory."""
 
 
+class UnreadableFile(OSError):
+    """A repository file that is not a regular file, or whose read did not finish in time."""
+
+
 @dataclass(frozen=True)
 class VersionFile:
-    """One version's model file as found on disk."""
+    """One version's model file as found on disk; ``problem`` says why it cannot be served unread."""
 
     name: str
     version: int
     path: Path
     fingerprint: Fingerprint = (0, 0, 0)
+    problem: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """The file's place in the repository, as messages show it (never the server's absolute path)."""
+        return f"{self.name}/{self.version}/{MODEL_FILE}"
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+)
+
+
+def not_regular(status: os.stat_result) -> str | None:
+    """Why a file (after following links) cannot be read as data: a FIFO or a device never ends or
+    blocks its reader; None for a regular file."""
+    if stat.S_ISREG(status.st_mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(status.st_mode)), "a special file")
+    return f"{kind}, not a regular file"
+
+
+def read_regular_file(path: Path, *, max_bytes: int | None = None, timeout_s: float | None = None) -> bytes:
+    """The bytes of a regular file, read within ``timeout_s`` (at most ``max_bytes`` + 1 of them).
+
+    Opened without blocking (a FIFO's open would wait for a writer) and checked with ``fstat`` on the
+    open descriptor, so a file swapped for a FIFO or a device after a scan is refused too. The read runs
+    on a daemon thread: on a mount that stops answering it is left behind, not waited for, and the
+    caller gets :class:`UnreadableFile`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise UnreadableFile(f"cannot open it: {exc.strerror or exc}") from None
+    result: list[bytes | BaseException] = []
+
+    def read() -> None:
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                problem = not_regular(os.fstat(handle.fileno()))
+                if problem is not None:
+                    raise UnreadableFile(problem)
+                os.set_blocking(handle.fileno(), True)
+                result.append(handle.read() if max_bytes is None else handle.read(max_bytes + 1))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
+            result.append(exc)
+
+    if timeout_s is None:
+        read()
+    else:
+        reader = threading.Thread(target=read, name=f"read {path.name}", daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+    if not result:
+        raise UnreadableFile(f"reading it took more than {timeout_s:g} s")
+    outcome = result[0]
+    if isinstance(outcome, UnreadableFile):
+        raise outcome
+    if isinstance(outcome, OSError):
+        raise UnreadableFile(f"cannot read it: {outcome.strerror or outcome}") from None
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 def is_model_name(name: str) -> bool:
@@ -103,7 +173,7 @@ def scan_versions(folder: Path, name: str) -> dict[int, VersionFile]:
             status = model_file.stat()
         except OSError:
             continue
-        versions[version] = VersionFile(name, version, model_file, fingerprint(status))
+        versions[version] = VersionFile(name, version, model_file, fingerprint(status), not_regular(status))
     return versions
 
 
@@ -163,11 +233,13 @@ def clear_export_failure(model_dir: Path, name: str) -> None:
 
 def read_export_failure(folder: Path) -> str | None:
     """Why the exporter could not export the model in ``folder``; None when it did (or never tried)."""
-    try:
-        with open(folder / EXPORT_FAILURE_FILE, "rb") as handle:
-            raw = handle.read(MAX_FAILURE_BYTES + 1)
-    except OSError:
+    path = folder / EXPORT_FAILURE_FILE
+    if not path.exists():
         return None
+    try:
+        raw = read_regular_file(path, max_bytes=MAX_FAILURE_BYTES)  # a FIFO here must not hang the scan
+    except UnreadableFile:
+        return f"the export failed ({EXPORT_FAILURE_FILE} is unreadable)"
     try:
         reason = json.loads(raw.decode("utf-8"))["reason"]
     except (ValueError, KeyError, TypeError):

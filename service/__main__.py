@@ -17,7 +17,7 @@ from service.app import create_app
 from service.limits.memory import configure_malloc, configure_pillow
 from service.logs import configure_logging
 from service.settings import ENV_PREFIX, Settings
-from service.state import ServiceState
+from service.state import EXIT_MARGIN_S, ServiceState, exit_after
 
 log = logging.getLogger("service")
 
@@ -59,6 +59,7 @@ class GracefulServer(uvicorn.Server):
         self.service_state = state
         self.shutdown_delay_s = shutdown_delay_s
         self._delayed: threading.Timer | None = None
+        self._exit_timer: threading.Timer | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         first = not self.service_state.shutting_down
@@ -78,19 +79,26 @@ class GracefulServer(uvicorn.Server):
     def _drain(self, sig: int, frame: FrameType | None) -> None:
         """Stop taking work (uvicorn closes its listener, the gRPC door stops) and finish what is in flight."""
         self.service_state.begin_drain()
+        if self._exit_timer is None:
+            self._exit_timer = exit_after(self.service_state.settings.shutdown_grace_s + EXIT_MARGIN_S)
         if sig == signal.SIGTERM and not self.should_exit:
             log.info("SIGTERM: draining; finishing in-flight requests (grace %.0f s)",
                      self.config.timeout_graceful_shutdown or 0)
         super().handle_exit(sig, frame)
 
 
-def _http_protocol() -> type | str:
-    """httptools (C, the fast parser) with a bound on the request head; h11 where httptools is missing."""
+def _http_protocol(settings: Settings) -> type | str:
+    """httptools (C, the fast parser) with bounds on the request head, its time and the requests in
+    progress; h11 where httptools is missing."""
     try:
-        from service.doors.http import BoundedHttpToolsProtocol
+        from service.doors.http import HttpLimits, bounded_protocol
     except ImportError:  # uvicorn without its [standard] extras: h11 bounds heads itself
         return "h11"
-    return BoundedHttpToolsProtocol
+    return bounded_protocol(HttpLimits(
+        max_requests=settings.limit_concurrency,
+        max_connections=settings.max_connections,
+        header_timeout_s=settings.header_timeout_s,
+    ))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -107,9 +115,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_level=settings.log_level.lower(),
         access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s + 0.999),
-        limit_concurrency=settings.limit_concurrency,
+        limit_concurrency=None,  # counted per request by the protocol (service/doors/http.py), not per socket
+        timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         backlog=settings.backlog,
-        http=_http_protocol(),
+        http=_http_protocol(settings),
         lifespan="on",
     )
     GracefulServer(config, app.state.service, shutdown_delay_s=settings.shutdown_delay_s).run()

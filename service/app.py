@@ -56,6 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Image classification with the ResNet family: dynamic batching on onnxruntime, "
         "/predict and the KServe V2 (Open Inference) protocol.",
         lifespan=lifespan,
+        # Starlette's slash redirect builds an absolute Location from the client's Host header (an open
+        # redirect through any cache or proxy that forwards Host); a path with a stray slash is a 404.
+        redirect_slashes=False,
     )
     app.state.service = state
     app.state.pipeline = pipeline

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from servable.images import DEFAULT_MAX_IMAGE_PIXELS
+from servable.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_SCAN_PIXELS
 from service.limits.cpus import CpuBudget, cpu_budget
 
 ENV_PREFIX = "RESNET_SERVE_"
@@ -51,8 +51,41 @@ class Settings(BaseSettings):
     )
     limit_concurrency: int = Field(
         default=1024, ge=1,
-        description="Most HTTP connections and requests at once, and most gRPC calls in flight; beyond it "
-        "503 (HTTP, from uvicorn) or RESOURCE_EXHAUSTED (gRPC) at once.",
+        description="Most HTTP requests in progress at once (open connections that have not sent a request do "
+        "not count), and most gRPC calls in flight; beyond it 503 (HTTP) or RESOURCE_EXHAUSTED (gRPC) at once.",
+    )
+    max_connections: int = Field(
+        default=4096, ge=1,
+        description="Most open connections per door (HTTP; gRPC, shared out across GRPC_LISTENERS); "
+        "connections beyond it are closed as they arrive.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0.0,
+        description="An HTTP request head (request line and headers) must be complete this long after the "
+        "connection opens (or after its first byte, on a kept-alive connection); else 408 and close, or a "
+        "plain close when nothing was sent.",
+    )
+    keepalive_timeout_s: float = Field(
+        default=5.0, gt=0.0, description="An HTTP connection idle this long between requests is closed."
+    )
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="Comma-separated proxy addresses (or '*') whose X-Forwarded-For/-Proto headers are trusted "
+        "for the client address in logs; unset: those headers are ignored.",
+    )
+    grpc_message_timeout_s: float = Field(
+        default=10.0, gt=0.0,
+        description="A gRPC ModelInfer call whose request message has not fully arrived this long after the "
+        "call started is ended with DEADLINE_EXCEEDED (it holds no inference slot meanwhile).",
+    )
+    grpc_max_streams_per_connection: int = Field(
+        default=100, ge=1,
+        description="Concurrent gRPC calls one HTTP/2 connection may open (SETTINGS_MAX_CONCURRENT_STREAMS).",
+    )
+    grpc_idle_timeout_s: float = Field(
+        default=300.0, gt=0.0,
+        description="A gRPC connection with no call for this long is closed (GOAWAY; clients reconnect on "
+        "their next call).",
     )
     backlog: int = Field(default=2048, ge=1, description="Connections the kernel queues before accept().")
 
@@ -64,6 +97,12 @@ class Settings(BaseSettings):
     )
     repository_poll_s: float = Field(
         default=5.0, ge=0.0, description="Seconds between repository scans in poll mode (0 = as none)."
+    )
+    model_read_timeout_s: float = Field(
+        default=60.0, gt=0.0,
+        description="A repository scan, or the read of one model file or config.toml, that takes longer "
+        "(a network mount that stopped answering) is given up: the version is refused with that reason "
+        "and the service keeps serving what it has.",
     )
 
     # Dynamic batching.
@@ -136,6 +175,12 @@ class Settings(BaseSettings):
         description="Decoded pixels held across decode threads at once (from image headers); a thread waits "
         "until its image fits, an image larger than this decodes alone.",
     )
+    max_scan_pixels: int = Field(
+        default=DEFAULT_MAX_SCAN_PIXELS, ge=1,
+        description="Largest decode work of one JPEG, as scans x pixels (each scan of a progressive JPEG is "
+        "another pass over the whole image; the default is ten scans of the largest image allowed); beyond "
+        "it, or beyond 500 scans, 422 image_too_costly before decoding.",
+    )
     max_files: int = Field(default=64, ge=1, description="Most images in one multipart request (413).")
     body_timeout_s: float = Field(
         default=10.0, gt=0.0,
@@ -183,7 +228,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("default_model", "api_key", "max_queue_size", mode="before")
+    @field_validator("default_model", "api_key", "max_queue_size", "forwarded_allow_ips", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

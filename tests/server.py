@@ -45,9 +45,16 @@ LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 def link_repository(source: Path, target: Path, *names: str) -> Path:
     """A model repository with only ``names`` from ``source`` (symlinks; version 1): faster startups."""
     for name in names:
-        (target / name / "1").mkdir(parents=True)
-        (target / name / "1" / "model.onnx").symlink_to(source / name / "1" / "model.onnx")
+        link_model(source, name, target)
     return target
+
+
+def link_model(source: Path, name: str, target: Path, as_name: str | None = None) -> Path:
+    """``<target>/<as_name or name>/1/model.onnx``, a symlink to ``source``'s version 1 of ``name``."""
+    folder = target / (as_name or name) / "1"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").symlink_to(source / name / "1" / "model.onnx")
+    return folder / "model.onnx"
 
 
 def photo(name: str) -> bytes:

@@ -14,12 +14,13 @@ never answered with anything else.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
 import httpx
 from load import PostingLoad
-from server import link_repository, photo, run_server
+from server import link_model, link_repository, photo, run_server
 
 GRACE_S = 20.0
 ACCEPTED_MARGIN_S = 0.1
@@ -73,3 +74,45 @@ def test_sigterm_under_load_loses_no_accepted_request(model_repo: Path, tmp_path
         f"{sum(a.status == 200 for a in late)} x 200, {sum(a.status == 503 for a in late)} x 503, "
         f"{sum(a.status == 0 for a in late)} refused; readiness after the signal {sorted(set(readiness))}"
     )
+
+
+BOMB_GRACE_S = 5.0
+
+
+def test_sigterm_during_decode_bombs_ends_within_the_grace_and_answers_503(model_repo: Path, tmp_path: Path) -> None:
+    """Before: with a grace of 5 s, SIGTERM while a scan bomb decoded took 37-45 s to exit, and the request
+    got a 500 with a CancelledError traceback. Now the bombs that fit the decode bound (each ~2 s of
+    libjpeg) are 16 in one request, ~16 s of decoding on two threads: the request gets 503
+    ``shutting_down`` before the grace ends and the process is gone within the grace plus 2 s."""
+    from bombs import progressive_scan_bomb
+    from load import multipart
+
+    repo = tmp_path / "repo"
+    link_model(model_repo, "resnet20", repo)
+    body = multipart([("files", f"{n}.jpg", progressive_scan_bomb(2000, 2000, 110)) for n in range(16)])
+    answers: list[httpx.Response | Exception] = []
+    with run_server(repo, "--shutdown-grace-s", str(BOMB_GRACE_S)) as server:
+
+        def send() -> None:
+            try:
+                answers.append(httpx.post(server.url("/predict?model=resnet20"), content=body, timeout=60,
+                                          headers={"content-type": "multipart/form-data; boundary=hostile-boundary-7f3a"}))
+            except httpx.HTTPError as exc:
+                answers.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        time.sleep(1.5)  # the bombs are decoding
+        assert not answers
+        signalled = time.monotonic()
+        server.terminate()
+        returncode = server.process.wait(timeout=60)
+        exited = time.monotonic() - signalled
+        sender.join(timeout=60)
+        log = server.log()
+    print(f"\nexited {exited:.2f} s after SIGTERM (rc {returncode}); the request got {answers}")
+    assert exited < BOMB_GRACE_S + 2, log[-3000:]
+    (answer,) = answers
+    assert isinstance(answer, httpx.Response), answer
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "shutting_down", answer.text
+    assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]

@@ -8,7 +8,11 @@ dropped and memory handed back to the OS. A version that fails to load or warm i
 remembered by its file's fingerprint, so it is tried again only when that folder changes; the
 versions already serving carry on.
 
-Everything here runs on the event loop except scanning and loading, which go to threads.
+Everything here runs on the event loop except scanning and loading, which go to threads. Each model
+has its own lock: a load that takes long (a slow mount, a big model) holds up only requests to change
+that model, never the control requests for the others; scans and file reads are bounded by
+``MODEL_READ_TIMEOUT_S`` (a FIFO as ``model.onnx`` once left the poll loop and every later explicit
+load waiting forever).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from service.engine.runtime import LoadedModel, ModelLoadError, load_model
 from service.engine.served import READY, Refusal, ServedModel, ServedVersion
 from service.errors import ServiceError
 from service.limits.memory import release_freed_memory
+from service.limits.timeouts import in_daemon_thread
 from service.metrics import Metrics
 from service.parsing import shown
 from service.settings import Settings
@@ -50,7 +55,7 @@ class ModelManager:
         #: Models the exporter recorded as not exported, with why (not served, not needed for readiness).
         self.not_exported: dict[str, str] = {}
         self.started = False
-        self._lock = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -128,48 +133,65 @@ class ModelManager:
 
     async def reconcile(self, names: Iterable[str] | None = None, *, initial: bool = False) -> None:
         """Scan the repository (on a thread) and bring the served versions in line with it."""
-        async with self._lock:
-            if self._closing:
-                return
-            try:
-                found = await asyncio.to_thread(scan_repository, self.settings.model_dir)
-            except (RepositoryError, OSError) as exc:
-                if initial:
-                    self.problem = str(exc)
-                    log.error("not ready: %s", exc)
-                else:
-                    log.error("repository scan failed (serving what is loaded): %s", exc)
-                return
-            for name in sorted(n for n, f in found.items() if f.export_failure and n not in self.not_exported):
-                log.error("model %s not exported: %s", name, found[name].export_failure)
-            self.not_exported = {name: f.export_failure for name, f in found.items() if f.export_failure}
-            selected = set(found) | set(self.models) if names is None else set(names)
+        if self._closing:
+            return
+        try:
+            found = await self._scan()
+        except (RepositoryError, OSError, TimeoutError) as exc:
+            reason = str(exc) or f"the repository scan took more than {self.settings.model_read_timeout_s:g} s"
             if initial:
-                self.required = {name for name, folder in found.items() if folder.versions}
-                for name in self.required:
-                    self.models[name] = ServedModel(name, ModelSettings.resolve(self.settings, found[name].config))
-                    self.models[name].loading = True
-                total = len(self.required)
-                for done, name in enumerate(sorted(self.required)):
-                    self.problem = f"loading models ({done} of {total} ready)"
-                    await self._apply(name, found.get(name))
-                self.problem = None
-                ready, reason = self.readiness()
-                if ready:
-                    log.info("ready: serving %s", ", ".join(
-                        f"{v.name} v{v.version}" for v in self.served_versions()))
-                else:
-                    log.error("not ready: %s", reason)
-                return
-            for name in sorted(selected):
-                await self._apply(name, found.get(name))
+                self.problem = reason
+                log.error("not ready: %s", reason)
+            else:
+                log.error("repository scan failed (serving what is loaded): %s", reason)
+            return
+        for name in sorted(n for n, f in found.items() if f.export_failure and n not in self.not_exported):
+            log.error("model %s not exported: %s", name, found[name].export_failure)
+        self.not_exported = {name: f.export_failure for name, f in found.items() if f.export_failure}
+        selected = set(found) | set(self.models) if names is None else set(names)
+        if initial:
+            self.required = {name for name, folder in found.items() if folder.versions}
+            for name in self.required:
+                self.models[name] = ServedModel(name, ModelSettings.resolve(self.settings, found[name].config))
+                self.models[name].loading = True
+            total = len(self.required)
+            for done, name in enumerate(sorted(self.required)):
+                self.problem = f"loading models ({done} of {total} ready)"
+                await self._apply_locked(name, found.get(name))
+            self.problem = None
+            ready, reason = self.readiness()
+            if ready:
+                log.info("ready: serving %s", ", ".join(
+                    f"{v.name} v{v.version}" for v in self.served_versions()))
+            else:
+                log.error("not ready: %s", reason)
+            return
+        for name in sorted(selected):
+            await self._apply_locked(name, found.get(name))
+
+    async def _scan(self) -> dict[str, ModelFolder]:
+        """The repository as it is now; ``TimeoutError`` when the file system does not answer in time
+        (the scan's thread is a daemon: left behind, it never holds up the exit)."""
+        timeout = self.settings.model_read_timeout_s
+        return await in_daemon_thread(scan_repository, self.settings.model_dir, timeout, timeout_s=timeout)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _apply_locked(self, name: str, folder: ModelFolder | None) -> None:
+        async with self._lock(name):
+            if not self._closing:
+                await self._apply(name, folder)
 
     async def load(self, name: str) -> ServedModel:
         """Explicit control: (re)load ``name`` from the repository; 404 when no such folder exists there."""
-        found = await asyncio.to_thread(scan_repository, self.settings.model_dir)
+        try:
+            found = await self._scan()
+        except (RepositoryError, OSError, TimeoutError) as exc:
+            raise ServiceError(503, "repository_unavailable", str(exc) or "the repository scan timed out") from None
         if name not in found or not found[name].versions:
             raise ServiceError(404, "unknown_model", f"no model folder {shown(name)} with a version in the repository")
-        async with self._lock:
+        async with self._lock(name):
             served = self.models.get(name)
             if served is not None:
                 served.unloaded = False
@@ -182,7 +204,7 @@ class ModelManager:
 
     async def unload(self, name: str) -> None:
         """Explicit control: stop serving ``name`` (in-flight requests finish on it)."""
-        async with self._lock:
+        async with self._lock(name):
             served = self.models.get(name)
             if served is None:
                 raise ServiceError(404, "unknown_model", f"no model named {shown(name)} is loaded")

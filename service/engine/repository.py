@@ -20,10 +20,12 @@ from servable.layout import (
     CONFIG_FILE,
     Fingerprint,
     RepositoryMissing,
+    UnreadableFile,
     VersionFile,
     config_fingerprint,
     model_folders,
     read_export_failure,
+    read_regular_file,
     scan_versions,
 )
 
@@ -98,40 +100,41 @@ class ModelFolder:
         return self.config.version_policy.select(list(self.versions))
 
 
-def scan_repository(model_dir: Path) -> dict[str, ModelFolder]:
+def scan_repository(model_dir: Path, read_timeout_s: float | None = None) -> dict[str, ModelFolder]:
     """Every model folder under ``model_dir`` (also those without a version yet), by name."""
     try:
         folders = model_folders(model_dir)
     except RepositoryMissing as exc:
         raise RepositoryError(str(exc)) from None
-    return {name: _scan_model(folder, name) for name, folder in folders.items()}
+    return {name: _scan_model(folder, name, read_timeout_s) for name, folder in folders.items()}
 
 
-def _scan_model(folder: Path, name: str) -> ModelFolder:
+def _scan_model(folder: Path, name: str, read_timeout_s: float | None) -> ModelFolder:
     config, error = ServingConfig(), None
     fingerprint = config_fingerprint(folder)
     if fingerprint is not None:
         try:
-            config = read_config(folder / CONFIG_FILE)
+            config = read_config(folder / CONFIG_FILE, read_timeout_s)
         except ConfigError as exc:
             error = str(exc)
     return ModelFolder(name, scan_versions(folder, name), config, error, fingerprint, read_export_failure(folder))
 
 
-def read_config(path: Path) -> ServingConfig:
-    """Parse a model's config.toml; every mistake is a :class:`ConfigError` naming the key."""
+def read_config(path: Path, timeout_s: float | None = None) -> ServingConfig:
+    """Parse a model's config.toml; every mistake is a :class:`ConfigError` naming the key. Messages
+    name the file as ``<model>/config.toml``, never by the server's absolute path."""
+    where = f"{path.parent.name}/{path.name}"
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc}") from None
+        raw = read_regular_file(path, max_bytes=MAX_CONFIG_BYTES, timeout_s=timeout_s)
+    except UnreadableFile as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+        raise ConfigError(f"{where}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
         document = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(document, where=str(path))
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    return parse_config(document, where=where)
 
 
 _INT_KEYS = {"max_batch_size": (1, 1024), "max_queue_size": (1, 1 << 20), "instances": (1, 64), "default_top_k": (1, 1 << 20)}

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from servable.card import INPUT_NAME, OUTPUT_NAME, InvalidModelCard, ModelCard
-from servable.layout import VersionFile
+from servable.layout import UnreadableFile, VersionFile, read_regular_file
 from service.engine.providers import (
     CPU,
     CUDA,
@@ -204,19 +204,28 @@ def load_model(entry: VersionFile, settings: Settings, options: RuntimeOptions |
     if wants_gpu:
         preload_gpu_libraries()
     notes: tuple[str, ...] = ()
+    if entry.problem is not None:
+        raise ModelLoadError(f"{entry.shown}: {entry.problem}")
+    try:
+        # Read here, not by onnxruntime from the path: a FIFO or a device is refused and a read that
+        # hangs (a mount that stops answering) ends after MODEL_READ_TIMEOUT_S (servable.layout).
+        content = read_regular_file(entry.path, timeout_s=settings.model_read_timeout_s)
+    except UnreadableFile as exc:
+        raise ModelLoadError(f"{entry.shown}: {exc}") from None
     try:
         # GPU provider options depend on the card (input size, fp16), so read it from a plain CPU
         # session first; on the CPU that session is the one we serve with.
-        session = _session(entry, settings, options, [CPU], None, optimize=not wants_gpu)
+        session = _session(entry, content, settings, options, [CPU], None, optimize=not wants_gpu)
         card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
     except InvalidModelCard as exc:
-        raise ModelLoadError(f"{entry.path}: {exc}") from None
+        raise ModelLoadError(f"{entry.shown}: {exc}") from None
     except Exception as exc:
-        raise ModelLoadError(f"{entry.path}: onnxruntime cannot load it: {exc}") from None
+        raise ModelLoadError(f"{entry.shown}: onnxruntime cannot load it: {_without_paths(str(exc), entry)}") from None
     if wants_gpu:
         plan = plan_providers(requested, card, settings.trt_cache_dir)
         requested = plan.expected
-        session, notes = _gpu_session(entry, settings, options, plan.session, card, plan.notes)
+        session, notes = _gpu_session(entry, content, settings, options, plan.session, card, plan.notes)
+    del content
     _check_signature(entry, session, card)
     assignment = node_providers(session)
     active = active_providers(assignment, session.get_providers())
@@ -254,7 +263,7 @@ def load_model(entry: VersionFile, settings: Settings, options: RuntimeOptions |
         try:
             model.warm_up()
         except Exception as exc:  # a graph that loads but cannot run (wrong shapes inside, bad ops)
-            raise ModelLoadError(f"{entry.path}: warm-up failed: {type(exc).__name__}: {str(exc)[:300]}") from None
+            raise ModelLoadError(f"{entry.shown}: warm-up failed: {type(exc).__name__}: {str(exc)[:300]}") from None
     model.load_seconds = time.perf_counter() - started
     log.info(
         "model %s v%d loaded: %s, %d classes, input %dx%d, providers %s, warm-up %.2fs",
@@ -266,6 +275,7 @@ def load_model(entry: VersionFile, settings: Settings, options: RuntimeOptions |
 
 def _gpu_session(
     entry: VersionFile,
+    content: bytes,
     settings: Settings,
     options: RuntimeOptions,
     providers: list[str],
@@ -283,17 +293,25 @@ def _gpu_session(
         attempts.append([CPU])
     for index, attempt in enumerate(attempts):
         try:
-            return _session(entry, settings, options, attempt, card), notes
+            return _session(entry, content, settings, options, attempt, card), notes
         except Exception as exc:  # noqa: BLE001 (onnxruntime's Fail and EPFail derive from Exception only)
             if index == len(attempts) - 1:
-                raise ModelLoadError(f"{entry.path}: onnxruntime cannot load it: {exc}") from None
+                raise ModelLoadError(
+                    f"{entry.shown}: onnxruntime cannot load it: {_without_paths(str(exc), entry)}"
+                ) from None
             why = f"a session on {', '.join(attempt)} failed ({type(exc).__name__}: {str(exc)[:300]})"
             notes = (*notes, f"{why}; trying {', '.join(attempts[index + 1])}")
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def _without_paths(message: str, entry: VersionFile) -> str:
+    """onnxruntime's message, with the model file's absolute path (if it names it) as the repository shows it."""
+    return message.replace(str(entry.path), entry.shown)
+
+
 def _session(
     entry: VersionFile,
+    content: bytes,
     settings: Settings,
     options: RuntimeOptions,
     providers: list[str],
@@ -305,7 +323,7 @@ def _session(
     if not optimize:
         session_opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(
-        str(entry.path),
+        content,
         sess_options=session_opts,
         providers=[
             (name, provider_options(name, entry, card, cache_dir=settings.trt_cache_dir,
@@ -323,8 +341,8 @@ def _check_signature(entry: VersionFile, session: ort.InferenceSession, card: Mo
     inputs, outputs = session.get_inputs(), session.get_outputs()
     side = card.preprocessing.crop_size
     if [i.name for i in inputs] != [INPUT_NAME] or inputs[0].type != "tensor(uint8)":
-        raise ModelLoadError(f"{entry.path}: expected one uint8 input {INPUT_NAME!r}, found {[(i.name, i.type) for i in inputs]}")
+        raise ModelLoadError(f"{entry.shown}: expected one uint8 input {INPUT_NAME!r}, found {[(i.name, i.type) for i in inputs]}")
     if list(inputs[0].shape[1:]) != [side, side, 3]:
-        raise ModelLoadError(f"{entry.path}: input shape {inputs[0].shape} does not match [N, {side}, {side}, 3]")
+        raise ModelLoadError(f"{entry.shown}: input shape {inputs[0].shape} does not match [N, {side}, {side}, 3]")
     if OUTPUT_NAME not in [o.name for o in outputs]:
-        raise ModelLoadError(f"{entry.path}: no output named {OUTPUT_NAME!r}")
+        raise ModelLoadError(f"{entry.shown}: no output named {OUTPUT_NAME!r}")

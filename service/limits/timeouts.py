@@ -9,8 +9,9 @@ path (each body chunk, each batch wait) that was a measurable share of the event
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -48,3 +49,30 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     finally:
         handle.cancel()
     return not fired
+
+
+async def in_daemon_thread(function: Callable[..., T], *args: Any, timeout_s: float) -> T:
+    """``function(*args)`` on a daemon thread of its own, raising ``TimeoutError`` after ``timeout_s``.
+
+    For blocking calls that may never return (a file system that stopped answering): unlike
+    ``asyncio.to_thread``, whose pool threads are joined at exit, a thread left behind here holds
+    neither a pool slot nor the process.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = function(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            error = exc
+            loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+        else:
+            loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+    threading.Thread(target=run, name=getattr(function, "__name__", "blocking call"), daemon=True).start()
+    return await within(future, timeout_s)

@@ -47,6 +47,7 @@ class Pipeline:
             hold=state.pixel_budget.hold,
             jpeg_draft=self.settings.jpeg_draft,
             fast_jpeg=state.fast_jpeg,
+            max_scan_pixels=self.settings.max_scan_pixels,
         )
         # Label values are served model names (or "-"), statuses and protocols: a bounded set.
         self._request_counters: dict[tuple[str, int, str], Any] = {}
@@ -86,8 +87,11 @@ class Pipeline:
             batcher.reserve(count)
             try:
                 started = time.perf_counter()
-                pixels = await self.decoder.decode(inputs, served.model.card.preprocessing)
+                pixels = await self.decoder.decode(inputs, served.model.card.preprocessing, admitted.seconds_left())
                 self.metrics.preprocess_latency.labels(served.name).observe(time.perf_counter() - started)
+            except TimeoutError:  # the decode is abandoned (service.pipeline.decode): its threads stop
+                batcher.release(count)
+                raise self._timed_out() from None
             except BaseException:
                 batcher.release(count)
                 raise
@@ -111,12 +115,15 @@ class Pipeline:
         try:
             return await within(rows(), admitted.seconds_left())
         except TimeoutError:
-            raise ServiceError(
-                504, "timeout", f"not answered within the request timeout of {self.settings.request_timeout_s:g} s"
-            ) from None
+            raise self._timed_out() from None
         finally:
             for future in futures:
                 future.cancel()  # no-op when done; otherwise the batcher drops the image unrun
+
+    def _timed_out(self) -> ServiceError:
+        return ServiceError(
+            504, "timeout", f"not answered within the request timeout of {self.settings.request_timeout_s:g} s"
+        )
 
     # --- access and accounting -------------------------------------------------------------------
 
@@ -154,7 +161,8 @@ class Pipeline:
         """Count the request (by model, status and protocol), its latency and, on failure, the reason."""
         scope = RequestScope(protocol)
         try:
-            yield scope
+            with self.state.in_flight.track():  # a drain out of grace answers 503 (service.pipeline.drain)
+                yield scope
         except ServiceError as error:
             scope.status = error.status
             self.metrics.rejections.labels(scope.model, error.code).inc()

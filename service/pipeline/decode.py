@@ -7,6 +7,7 @@ here it becomes the client's :class:`~service.errors.ServiceError`, with the fil
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
@@ -14,18 +15,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from servable.errors import ImageError
+from servable.errors import DecodeAbandoned, ImageError
 from servable.images import OpenedImage, decode_opened, open_image, preprocess_image
 from servable.preprocessing import Preprocessing
 from service.errors import ServiceError
+from service.limits.timeouts import within
 from service.parsing import shown
 from service.pipeline.call import EncodedImages
 
-#: Largest image (pixels, from its header) a single-image request decodes on the event loop.
+#: Largest image (pixels, from its header) a single-image request decodes on the event loop ...
 INLINE_DECODE_PIXELS = 64 * 64
+#: ... and the largest file whose header it reads there: any walk over a file's structure (JPEG
+#: segments, PNG chunks) is then bounded by its size. A 20 MiB PNG of 1.75 M empty chunks, opened on
+#: the loop, kept /health/live waiting 4.2 s; a CIFAR JPEG is ~1 KB.
+INLINE_DECODE_BYTES = 16 * 1024
 
 #: The status each image refusal answers: too many pixels is the request's size, a format we do not
-#: read is the media type, everything else is content the client must fix.
+#: read is the media type, everything else (corrupt, or too costly to decode) is content the client must fix.
 IMAGE_STATUS = {"image_too_large": 413, "unsupported_image": 415}
 
 Hold = Callable[[int], AbstractContextManager[object]]
@@ -47,22 +53,43 @@ class Decoder:
     hold: Hold
     jpeg_draft: bool
     fast_jpeg: bool
+    max_scan_pixels: int | None = None
 
-    async def decode(self, images: EncodedImages, preprocessing: Preprocessing) -> list[np.ndarray]:
+    async def decode(
+        self, images: EncodedImages, preprocessing: Preprocessing, seconds: float | None = None
+    ) -> list[np.ndarray]:
         """Preprocess on the decode pool, one task per chunk of the request; a lone tiny image inline.
 
-        Handing a 32x32 JPEG to a pool thread and back cost more CPU than decoding it (the hand-off
-        plus GIL ping-pong between the loop, the pool and the inference thread: ~150 us of ~200), so
-        a single image whose header says at most :data:`INLINE_DECODE_PIXELS` is decoded on the event
-        loop (+3-12 % requests/s for CIFAR uploads at 32 clients). Everything larger, and every
-        multi-image request, goes to the pool.
+        Raises ``TimeoutError`` after ``seconds`` (the request's deadline). A decode the caller stops
+        waiting for (deadline, cancellation, a sibling image's error) is abandoned: its pool threads
+        skip the images not begun, and Pillow's next read of the one in hand raises, so a thread is
+        back within one 64 KiB block of decoding (libjpeg-turbo's one-call fast path runs to its end:
+        its work is bounded by :mod:`servable.cost`).
+        """
+        abandoned = threading.Event()
+        try:
+            return await within(self._decode(images, preprocessing, abandoned), seconds)
+        finally:
+            abandoned.set()  # after an answer nothing is left running; otherwise this stops the threads
+
+    async def _decode(
+        self, images: EncodedImages, preprocessing: Preprocessing, abandoned: threading.Event
+    ) -> list[np.ndarray]:
+        """Handing a 32x32 JPEG to a pool thread and back cost more CPU than decoding it (the hand-off
+        plus GIL ping-pong between the loop, the pool and the inference thread: ~150 us of ~200), so a
+        single file of at most :data:`INLINE_DECODE_BYTES` whose header says at most
+        :data:`INLINE_DECODE_PIXELS` is decoded on the event loop (+3-12 % requests/s for CIFAR uploads
+        at 32 clients). Everything larger, and every multi-image request, goes to the pool.
         """
         loop = asyncio.get_running_loop()
-        if len(images) == 1:
+        if len(images) == 1 and len(images.blobs[0]) <= INLINE_DECODE_BYTES:
             name = images.names[0]
             try:
                 # The header only: ~7 us for a plain JPEG (segment walk and libjpeg's header), ~30 us through Pillow.
-                opened = open_image(images.blobs[0], max_pixels=self.max_pixels, fast_jpeg=self.fast_jpeg)
+                opened = open_image(
+                    images.blobs[0], max_pixels=self.max_pixels, fast_jpeg=self.fast_jpeg,
+                    max_scan_pixels=self.max_scan_pixels,
+                )
                 if opened.width * opened.height <= INLINE_DECODE_PIXELS:
                     return [decode_opened(opened, preprocessing, jpeg_draft=self.jpeg_draft)]
             except ImageError as error:
@@ -70,11 +97,11 @@ class Decoder:
             return [await loop.run_in_executor(self.pool, self._decode_opened, opened, preprocessing, name)]
         count = len(images)
         chunks = min(count, self.threads)
-        if chunks <= 1:
-            return await loop.run_in_executor(self.pool, self._decode_range, images, preprocessing, 0, count)
-        size = -(-count // chunks)
+        size = -(-count // max(1, chunks))
         parts = await asyncio.gather(*(
-            loop.run_in_executor(self.pool, self._decode_range, images, preprocessing, start, min(start + size, count))
+            loop.run_in_executor(
+                self.pool, self._decode_range, images, preprocessing, start, min(start + size, count), abandoned
+            )
             for start in range(0, count, size)
         ))
         return [image for part in parts for image in part]
@@ -87,15 +114,19 @@ class Decoder:
             raise image_refusal(error, name) from None
 
     def _decode_range(
-        self, images: EncodedImages, preprocessing: Preprocessing, start: int, stop: int
+        self, images: EncodedImages, preprocessing: Preprocessing, start: int, stop: int,
+        abandoned: threading.Event,
     ) -> list[np.ndarray]:
-        """Pool thread: decode ``images[start:stop]`` in order."""
+        """Pool thread: decode ``images[start:stop]`` in order, until the request abandons them."""
         out = []
         for index in range(start, stop):
+            if abandoned.is_set():
+                raise DecodeAbandoned("the request stopped waiting")
             try:
                 out.append(preprocess_image(
                     images.blobs[index], preprocessing, max_pixels=self.max_pixels, jpeg_draft=self.jpeg_draft,
-                    hold=self.hold, fast_jpeg=self.fast_jpeg,
+                    hold=self.hold, fast_jpeg=self.fast_jpeg, max_scan_pixels=self.max_scan_pixels,
+                    abandoned=abandoned,
                 ))
             except ImageError as error:
                 raise image_refusal(error, images.names[index]) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from bombs import jpeg_segment_flood, png_chunk_flood, progressive_scan_bomb, truncated_rle_bmp
 from load import BOUNDARY, as_file, multipart
 from PIL import Image
 
@@ -95,6 +96,16 @@ def predict_cases() -> list[HostileCase]:
         _image_case("10000x10 png", encode(gradient(10000, 10), "PNG"), 200, None, "crop window resampled only"),
         _image_case("grey jpeg", encode(gradient(50, 50, "L"), "JPEG"), 200, None, "grey to RGB"),
         _image_case("bmp", encode(gradient(30, 30), "BMP"), 200, None, "an accepted raster format"),
+        _image_case("truncated rle bmp", truncated_rle_bmp(), 422, "corrupt_image", "RLE data cut short: corrupt, not a mode"),
+        # Decode-cost bombs (servable/cost.py): few pixels or bytes, far more decoder work.
+        _image_case("jpeg scan bomb 7000x7000 x 15000 scans", progressive_scan_bomb(7000, 7000, 15_000), 422,
+                    "image_too_costly", "1.2 MB, 71 s of libjpeg before the scan bound"),
+        _image_case("jpeg scan bomb 2000x2000 x 1000 scans", progressive_scan_bomb(2000, 2000, 1000), 422,
+                    "image_too_costly", "4 G pixel passes in 30 KB"),
+        _image_case("jpeg of 2M empty COM segments", jpeg_segment_flood(2_000_000), 422, "image_too_costly",
+                    "8 MB of header segments that Pillow walks in Python"),
+        _image_case("png of 600k empty chunks", png_chunk_flood(600_000), 422, "image_too_costly",
+                    "7 MB of ancillary chunks that Pillow walks in Python"),
     ]
     # --- protocol-level cases -------------------------------------------------------------------
     multi = f"multipart/form-data; boundary={BOUNDARY}"
@@ -112,6 +123,9 @@ def predict_cases() -> list[HostileCase]:
                     multipart([("file", "a.jpg", jpeg)]), {"content-type": "multipart/form-data"}),
         HostileCase("multipart wrong boundary", 422, "bad_multipart", "boundary never appears",
                     multipart([("file", "a.jpg", jpeg)]), {"content-type": "multipart/form-data; boundary=other"}),
+        HostileCase("multipart of four scan bombs", 422, "image_too_costly", "four 1,000-scan bombs in one request",
+                    multipart([("files", f"{i}.jpg", progressive_scan_bomb(2000, 2000, 1000)) for i in range(4)]),
+                    {"content-type": multi}),
         HostileCase("multipart 1000 files", 413, "too_many_files", f"more than {MAX_FILES} parts",
                     multipart([("files", f"{i}.jpg", b"x") for i in range(1000)]), {"content-type": multi}),
         HostileCase("wrong field name", 422, "unexpected_field", "field 'image' instead of 'file'",

@@ -10,6 +10,8 @@ import gzip
 import json
 import struct
 
+from bombs import progressive_scan_bomb
+
 from .case import BODY_TIMEOUT_S, HTTP_SHAPE, MAX_UPLOAD_BYTES, V2_ENCODED, V2_MODEL, V2_SHAPE, HostileCase
 from .images import encode, gradient, jpeg_claiming, png_bomb, png_with_ztxt_bomb
 from .predict import socket_request
@@ -88,6 +90,8 @@ def v2_cases() -> list[HostileCase]:
         v2_json("v2 valid json pixels", 200, None, "control: the JSON door works",
                 one_input(v2_tensor(data=zeros))),
         encoded("v2 valid encoded jpeg", 200, None, "control: the encoded companion decodes like /predict", framed(jpeg)),
+        encoded("v2 encoded jpeg scan bomb", 422, "more than 500 scans", "the encoded door takes the same bound",
+                framed(progressive_scan_bomb(2000, 2000, 1000))),
         # binary_data_size lies
         v2_binary("v2 binary_data_size bigger than the data", 400, "only 3072 bytes of binary data remain", "lying size",
                   one_input(v2_tensor(parameters=sized(3073))), pixels),

@@ -9,13 +9,21 @@ Triton's service name, which is all the wire carries. The largest message accept
 400/413/415/422 INVALID_ARGUMENT, 404 NOT_FOUND, 401 UNAUTHENTICATED, a full queue or body budget
 RESOURCE_EXHAUSTED (with ``retry-after`` metadata), not ready or draining UNAVAILABLE, 504
 DEADLINE_EXCEEDED.
+
+``ModelInfer`` is registered as a client-streaming method (the wire is the same for unary clients: one
+message, then half-close), so its handler runs when the call's HEADERS arrive, not when its message
+does: the API key is checked from the metadata at once, and the message must arrive within
+``GRPC_MESSAGE_TIMEOUT_S`` before the call takes an inference slot. As a unary method, 24 connections
+of calls that never sent their message held every one of grpc's per-listener slots, so every valid
+call got RESOURCE_EXHAUSTED, keyed or not, for as long as the attacker liked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -36,6 +44,7 @@ from service.doors.v2.protocol import InferCall
 from service.doors.v2.tensors import to_raw
 from service.errors import ServiceError
 from service.limits.budget import BodyLease
+from service.limits.timeouts import within
 from service.pipeline.call import V2_GRPC, Admitted, Inputs, Target
 from service.pipeline.core import Pipeline
 
@@ -67,6 +76,32 @@ def status_for(error: ServiceError) -> grpc.StatusCode:
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _serialize(response: Any) -> bytes:
+    return response.SerializeToString()  # type: ignore[no-any-return]
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    """End the call with the error's status (and ``retry-after`` metadata for a retryable 503); raises."""
+    metadata: tuple[tuple[str, str], ...] = ()
+    if error.headers and "Retry-After" in error.headers:
+        retry = error.headers["Retry-After"]
+        metadata = (("retry-after", retry), ("grpc-retry-pushback-ms", str(int(float(retry) * 1000))))
+    await context.abort(status_for(error), error.message, metadata)
+
+
+def connection_options(max_connections: int, listeners: int, streams: int, handshake_s: float,
+                       idle_s: float) -> list[tuple[str, int]]:
+    """grpc's limits per listener: connections (the door's share), streams per connection, seconds to
+    finish the HTTP/2 handshake, and seconds a connection may stay without a call before it is closed
+    (GOAWAY: grpc clients reconnect by themselves)."""
+    return [
+        ("grpc.max_allowed_incoming_connections", max(1, math.ceil(max_connections / listeners))),
+        ("grpc.max_concurrent_streams", streams),
+        ("grpc.server_handshake_timeout_ms", max(1, int(handshake_s * 1000))),
+        ("grpc.max_connection_idle_ms", max(1, int(idle_s * 1000))),
+    ]
 
 
 class GrpcDoor:
@@ -104,6 +139,8 @@ class GrpcDoor:
             ("grpc.max_receive_message_length", s.max_upload_bytes + ENVELOPE_BYTES),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", int(shared)),
+            *connection_options(s.max_connections, s.grpc_listeners, s.grpc_max_streams_per_connection,
+                                s.header_timeout_s, s.grpc_idle_timeout_s),
         ]
         handlers = (grpc.method_handlers_generic_handler(SERVICE, self._handlers()),)
         port = s.grpc_port
@@ -142,20 +179,47 @@ class GrpcDoor:
             "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
             "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
             "ModelConfig": (self.model_config, pb.ModelConfigRequest),
-            "ModelInfer": (self.model_infer, None),  # parses its own bytes, after taking their budget
             "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest),
             "RepositoryModelLoad": (self.repository_load, pb.RepositoryModelLoadRequest),
             "RepositoryModelUnload": (self.repository_unload, pb.RepositoryModelUnloadRequest),
         }
         # Requests arrive as bytes and are parsed inside the guard: a message protobuf cannot decode is
         # then INVALID_ARGUMENT like any other bad input (grpc's own deserializer would answer UNKNOWN).
-        return {
+        handlers = {
             name: grpc.unary_unary_rpc_method_handler(
-                self._guarded(handler, message), request_deserializer=None,
-                response_serializer=lambda response: response.SerializeToString(),
+                self._guarded(handler, message), request_deserializer=None, response_serializer=_serialize,
             )
             for name, (handler, message) in table.items()
         }
+        # ModelInfer parses its own bytes, after taking their budget; it runs from the call's start.
+        handlers["ModelInfer"] = grpc.stream_unary_rpc_method_handler(
+            self._receiving(self._guarded(self.model_infer, None)), request_deserializer=None,
+            response_serializer=_serialize,
+        )
+        return handlers
+
+    def _receiving(self, guarded: Handler) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[Any]]:
+        """A client-streaming handler for a unary call: the API key from the metadata first, then the
+        one message within ``GRPC_MESSAGE_TIMEOUT_S``, then ``guarded`` (which takes the inference slot)."""
+
+        async def receive(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            try:
+                self._authorize(context)
+                timeout = self.settings.grpc_message_timeout_s
+                try:
+                    raw = await within(anext(requests), timeout)
+                except TimeoutError:
+                    raise ServiceError(
+                        408, "upload_timeout", f"the request message did not arrive within {timeout:g} s"
+                    ) from None
+                except StopAsyncIteration:
+                    raise ServiceError(400, "invalid_request", "the call ended without a request message") from None
+            except ServiceError as error:
+                await _abort(context, error)
+            return await guarded(raw, context)
+
+        receive.__name__ = getattr(guarded, "__name__", "receive")
+        return receive
 
     def _guarded(self, handler: Handler, message: Any) -> Handler:
         """Admit the call under ``LIMIT_CONCURRENCY``, parse the request (``message`` None: the handler
@@ -174,11 +238,7 @@ class GrpcDoor:
                 finally:
                     self._in_flight -= 1
             except ServiceError as error:
-                metadata: tuple[tuple[str, str], ...] = ()
-                if error.headers and "Retry-After" in error.headers:
-                    retry = error.headers["Retry-After"]
-                    metadata = (("retry-after", retry), ("grpc-retry-pushback-ms", str(int(float(retry) * 1000))))
-                await context.abort(status_for(error), error.message, metadata)
+                await _abort(context, error)
             except grpc.aio.AbortError:
                 raise
             except Exception:
@@ -299,9 +359,3 @@ class GrpcInferCall:
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
             response.raw_output_contents.append(to_raw(tensor))
         return response
-
-
-            # Anything else is an address family or address this machine lacks (no IPv6): grpc binds
-            # what it can, and reports a real failure itself.
-
-
