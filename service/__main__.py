@@ -5,19 +5,23 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from pydantic import ValidationError
 
 from service import __version__
-from service.app import create_app
 from service.limits.memory import configure_malloc, configure_pillow
 from service.logs import configure_logging
 from service.settings import ENV_PREFIX, Settings
-from service.state import ServiceState
+from service.workers.rundir import WorkerSpec
+
+if TYPE_CHECKING:
+    from service.state import ServiceState
 
 log = logging.getLogger("service")
 
@@ -95,9 +99,17 @@ def _http_protocol() -> type | str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = settings_from(argv)
-    configure_logging(settings.log_level, settings.log_format)
+    worker = WorkerSpec.from_environment()  # set by the parent of WORKERS > 1 processes
+    configure_logging(settings.log_level, settings.log_format, worker.slot if worker else None)
+    if worker is None and settings.worker_count > 1:
+        # The parent loads no model: the app's modules stay unimported there.
+        from service.workers.supervisor import supervise
+
+        raise SystemExit(supervise(settings, sys.argv[1:] if argv is None else argv))
     configure_malloc()  # before any request: big bodies stay on mmap and go back to the OS when freed
     configure_pillow(settings.decode_threads)  # decoded images reuse freed blocks instead of fresh mmaps
+    from service.app import create_app
+
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -112,7 +124,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         http=_http_protocol(),
         lifespan="on",
     )
-    GracefulServer(config, app.state.service, shutdown_delay_s=settings.shutdown_delay_s).run()
+    server = GracefulServer(config, app.state.service, shutdown_delay_s=settings.shutdown_delay_s)
+    if worker is None:
+        server.run()
+        return
+    from service.workers.link import WorkerLink
+
+    link = app.state.service.workers = WorkerLink(worker, app.state.service)
+    server.run(sockets=link.sockets())
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from servable import jpeg
 from service.engine.manager import ModelManager
@@ -16,6 +17,9 @@ from service.limits.budget import ByteBudget, PixelBudget
 from service.limits.memory import tune_gc
 from service.metrics import Metrics
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.workers.link import WorkerLink
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +44,16 @@ class ServiceState:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Called once when the drain begins (the gRPC server registers its graceful stop here).
         self.on_drain: list[Callable[[], Awaitable[None]]] = []
+        #: In a worker process (``WORKERS`` > 1): its siblings' readiness, repository and explicit control.
+        self.workers: WorkerLink | None = None
         metrics.body_bytes.set_function(lambda: self.body_budget.held)
         metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
     # --- readiness -----------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, str | None]:
+        if self.workers is not None:
+            return self.workers.readiness()
         if self.shutting_down:
             return False, "shutting down"
         return self.manager.readiness()
