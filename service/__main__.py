@@ -128,9 +128,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if worker is None:
         server.run()
         return
+    from service.doors.v2.protocol import repository_index
     from service.workers.link import WorkerLink
 
-    link = app.state.service.workers = WorkerLink(worker, app.state.service)
+    link = app.state.service.workers = WorkerLink(worker, app.state.service, repository_index)
     server.run(sockets=link.sockets())
 
 

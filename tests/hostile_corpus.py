@@ -29,7 +29,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -755,20 +755,34 @@ def rss_bytes(pid: int) -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class RssSampler(threading.Thread):
-    """Samples a process's RSS every ``interval_s`` and keeps the peak."""
+def tree_rss_bytes(pid: int) -> int:
+    """RSS of ``pid`` and its children together (a ``--workers N`` service: the parent and its workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [pid, *(int(child) for child in children.read_text().split())] if children.exists() else [pid]
+    total = 0
+    for one in pids:
+        try:
+            total += rss_bytes(one)
+        except OSError:  # a worker that just exited
+            pass
+    return total
 
-    def __init__(self, pid: int, interval_s: float = 0.02) -> None:
+
+class RssSampler(threading.Thread):
+    """Samples a process's RSS (``measure``: or its tree's) every ``interval_s`` and keeps the peak."""
+
+    def __init__(self, pid: int, interval_s: float = 0.02, measure: Callable[[int], int] = rss_bytes) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.interval_s = interval_s
-        self.peak = rss_bytes(pid)
+        self.measure = measure
+        self.peak = measure(pid)
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
             try:
-                self.peak = max(self.peak, rss_bytes(self.pid))
+                self.peak = max(self.peak, self.measure(self.pid))
             except OSError:
                 return
             self._stop_event.wait(self.interval_s)

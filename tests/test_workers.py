@@ -37,6 +37,7 @@ from server import (
 from test_grpc_listeners import infer_request, listening_sockets, own_connection
 from test_live_repository import publish, wait_for
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+from typing_extensions import Self
 
 from service.workers.link import merge_index
 from service.workers.supervisor import MAX_BACKOFF_S, backoff_s, exit_cause
@@ -99,7 +100,7 @@ class KeepAliveLoad:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
-    def __enter__(self) -> KeepAliveLoad:
+    def __enter__(self) -> Self:
         for thread in self._threads:
             thread.start()
         return self

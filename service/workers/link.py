@@ -23,15 +23,20 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.doors.v2.protocol import repository_index
 from service.errors import ServiceError
 from service.workers.rundir import RunDir, Status, WorkerSpec, alive
 
 if TYPE_CHECKING:
+    from service.engine.manager import ModelManager
     from service.state import ServiceState
+
+#: The V2 repository index rows of one process (``service.doors.v2.protocol.repository_index``; passed in,
+#: since the doors sit above the state this module hangs from).
+IndexRows = Callable[["ModelManager"], list[dict[str, str]]]
 
 log = logging.getLogger("service.workers")
 
@@ -42,9 +47,10 @@ PUBLISH_S = 0.1
 class WorkerLink:
     """Attached to one worker's :class:`~service.state.ServiceState` as ``state.workers``."""
 
-    def __init__(self, spec: WorkerSpec, state: ServiceState) -> None:
+    def __init__(self, spec: WorkerSpec, state: ServiceState, index_rows: IndexRows) -> None:
         self.spec = spec
         self.state = state
+        self.index_rows = index_rows
         self.settings = state.settings
         self.run_dir = RunDir(Path(spec.run_dir))
         self.joined = not spec.late
@@ -108,7 +114,7 @@ class WorkerLink:
             "ready": ready,
             "reason": reason,
             "serving": {name: sorted(model.versions) for name, model in sorted(manager.models.items()) if model.versions},
-            "index": repository_index(manager),
+            "index": self.index_rows(manager),
             "control": {name: dict(result) for name, result in self._results.items()},
         }
         metrics = self.state.metrics
