@@ -614,3 +614,52 @@ def test_paused_freezes_a_process_group_and_lets_it_go_on() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.slow
+def test_quick_workers_run_compares_one_and_two_workers_and_projects(tmp_path: Path) -> None:
+    """``python -m benchmarks workers``: both models' 1 and 2 worker figures, and the projection from them."""
+    from benchmarks import wrk
+
+    if not wrk.available():
+        pytest.skip("wrk is not installed (apt-get install wrk): the workers suite measures with it")
+    shared_path("weights", "cifar10")
+    output = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "workers", "--quick", "--models", "resnet20", "--duration", "1",
+         "--cache-dir", str(tmp_path / "cache"), "--output", str(output)],
+        check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400,
+        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "WORKERS: 1 against 2" in completed.stdout and "PROJECTION" in completed.stdout
+    section = json.loads(output.read_text())["workers"]
+    assert set(section["models"]) == {"resnet20", "nearfree"}
+    for name, figures in section["models"].items():
+        cells = figures["summary"]["cells"]
+        assert set(cells) == {"1w c=1", "1w c=32", "2w c=1", "2w c=32"}, name
+        for cell in cells.values():
+            assert cell["errors"] == 0 and cell["images_per_s"] > 0, (name, cell)
+            assert 0 < cell["loop_cpu_ms_per_request"] <= cell["server_cpu_ms_per_image"] * 1.5, (name, cell)
+        assert set(figures["summary"]["two_over_one"]) == {"c=1 img/s", "c=1 p50", "c=32 img/s", "c=32 p50"}
+    plan = section["projection"]
+    assert plan["loop_ceiling_requests_per_s"] > 0
+    assert plan["models"]["resnet20"]["64 cores"]["workers"] >= plan["models"]["resnet20"]["16 cores"]["workers"] >= 1
+
+
+def cell(**figures: float) -> dict:
+    return {"summary": {"cells": {"1w c=32": figures}}}
+
+
+@pytest.mark.parametrize(("cpu_ms", "on_16", "on_64"), [(2.0, 5, 20), (100.0, 1, 1), (0.5, 20, 80)])
+def test_the_projection_keeps_each_loop_under_its_ceiling(cpu_ms: float, on_16: int, on_64: int) -> None:
+    """A loop taking 0.5 ms a request carries 2,000 req/s, planned at 80 %: 1,600 img/s per worker. A model
+    costing ``cpu_ms`` a image gives 1000 / cpu_ms img/s per core, so C cores need C x that / 1,600 workers."""
+    from benchmarks.workers_bench import NEAR_FREE, projection
+
+    plan = projection({NEAR_FREE: cell(loop_cpu_ms_per_request=0.5, images_per_s=900.0),
+                       "m": cell(server_cpu_ms_per_image=cpu_ms)})
+    assert plan["loop_ceiling_requests_per_s"] == 2000.0
+    row = plan["models"]["m"]
+    assert (row["16 cores"]["workers"], row["64 cores"]["workers"]) == (on_16, on_64)
+    assert row["cores_one_loop_feeds"] == pytest.approx(1600 / (1000 / cpu_ms))

@@ -78,12 +78,10 @@ class WorkerLink:
     async def start(self) -> None:
         """Publish from now on; a late worker returns once loaded (uvicorn listens right after)."""
         self._task = asyncio.get_running_loop().create_task(self._publish_forever(), name="worker-publish")
-        while not self.joined and not self.state.shutting_down:
-            if self.state.manager.started and self.replayed:
-                self.joined = True
-                log.info("worker %d joins the port: models loaded", self.spec.slot)
-                break
-            await asyncio.sleep(PUBLISH_S)
+        if self.spec.late:
+            while not (self.state.manager.started and self.replayed) and not self.state.shutting_down:
+                await asyncio.sleep(PUBLISH_S)
+            log.info("worker %d joins the ports: models loaded", self.spec.slot)
         self.joined = True
         self._publish()
 
@@ -100,8 +98,11 @@ class WorkerLink:
                 self._orphaned = True  # the parent died: drain as if it had sent SIGTERM
                 log.error("worker %d: parent process %d is gone; shutting down", self.spec.slot, self.spec.parent)
                 os.kill(os.getpid(), signal.SIGTERM)
-            self._follow_control()
-            self._publish()
+            try:
+                self._follow_control()
+                self._publish()
+            except Exception:  # a full or vanished run directory: siblings see the last state; keep trying
+                log.exception("worker %d: cannot publish its state to %s", self.spec.slot, self.run_dir.root)
             await asyncio.sleep(PUBLISH_S)
 
     def _publish(self) -> None:
@@ -238,6 +239,9 @@ class WorkerLink:
                 # Not loaded here is what an unload wants anyway.
                 if not (entry["action"] == "unload" and exc.code == "unknown_model"):
                     code, message = exc.code, exc.message
+            except Exception as exc:  # whatever the loader raised: the requester hears it, this worker goes on
+                log.exception("worker %d: %s %r failed", self.spec.slot, entry["action"], name)
+                code, message = f"{entry['action']}_failed", f"{type(exc).__name__}: {exc}"
             if self._seen.get(name, 0) < entry["generation"]:
                 self._seen[name] = entry["generation"]
                 self._results[name] = {"generation": entry["generation"], "code": code, "message": message}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,11 +78,12 @@ class Supervisor:
             if s.grpc_port:
                 claim_port(s.host, s.grpc_port)
             # The first workers' sockets listen from now on: the port is ours before any worker has started.
-            first = [shared_listeners(s.host, self.port, listen=True, backlog=s.backlog) for _ in self.slots]
+            first = [shared_listeners(s.host, self.port, listen=True, backlog=s.backlog)]
+            self.port = first[0][0].getsockname()[1]  # PORT=0: the one the kernel gave, for every worker
+            first += [shared_listeners(s.host, self.port, listen=True, backlog=s.backlog) for _ in self.slots[1:]]
         except (RuntimeError, OSError) as exc:
             log.error("not starting: %s", exc)
             return 1
-        self.port = first[0][0].getsockname()[1]
         self.run_dir = RunDir.create()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
@@ -116,9 +118,7 @@ class Supervisor:
             if slot.process is not None and slot.process.poll() is not None:
                 self._exited(slot, now)
             elif slot.restart_at is not None and now >= slot.restart_at and self.stopping_since is None:
-                late = any(self._serving(other) for other in self.slots if other is not slot)
-                sockets = shared_listeners(self.settings.host, self.port, listen=not late, backlog=self.settings.backlog)
-                self._spawn(slot, sockets, late=late)
+                self._replace(slot, now)
         if self.stopping_since is None:
             return True
         if all(slot.process is None for slot in self.slots):
@@ -132,7 +132,20 @@ class Supervisor:
                     slot.process.kill()
         return True
 
-    def _spawn(self, slot: Slot, sockets: list, *, late: bool) -> None:
+    def _replace(self, slot: Slot, now: float) -> None:
+        """Start a worker in ``slot``: it waits for its models before it listens while a sibling serves."""
+        late = any(self._serving(other) for other in self.slots if other is not slot)
+        try:
+            sockets = shared_listeners(self.settings.host, self.port, listen=not late, backlog=self.settings.backlog)
+        except OSError as exc:  # out of descriptors, or a foreign socket took the port: try again later
+            slot.deaths_in_a_row += 1
+            slot.restart_at = now + max(FIRST_BACKOFF_S, backoff_s(slot.deaths_in_a_row))
+            log.error("worker %d: cannot bind port %d (%s); trying again in %.1f s",
+                      slot.number, self.port, exc, slot.restart_at - now)
+            return
+        self._spawn(slot, sockets, late=late)
+
+    def _spawn(self, slot: Slot, sockets: list[socket.socket], *, late: bool) -> None:
         assert self.run_dir is not None
         spec = WorkerSpec(
             slot=slot.number, workers=self.count, run_dir=str(self.run_dir.root),
