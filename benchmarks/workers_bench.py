@@ -22,8 +22,11 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from benchmarks import loadgen, wrk
 from benchmarks.procstat import CLOCK_TICKS, group_cpu_seconds, group_pids, server_cpu, stat_fields
+from benchmarks.prometheus import samples
 from benchmarks.server import free_port, paused, python, running_server
 from benchmarks.service_bench import service_env
 from benchmarks.workload import BenchModel, cifar_jpegs, payloads_for
@@ -61,12 +64,14 @@ def _compare(name: str, repo: Path, body: loadgen.Body, seconds: float, rounds: 
         for pgid, url in servers.values():  # one short warm-up each, frozen sibling, not recorded
             with _alone(servers, pgid):
                 wrk.run(url, body, concurrency=32, seconds=2)
+                _settle(url)
         for round_number in range(1, rounds + 1):
             for workers, (pgid, url) in servers.items():
                 with _alone(servers, pgid):
                     for concurrency in CONCURRENCY:
                         phase = seconds / 2 if concurrency == 1 else seconds
                         row = _measure(pgid, lambda u=url, c=concurrency, s=phase: wrk.run(u, body, concurrency=c, seconds=s))
+                        _settle(url)
                         row.update(workers=workers, concurrency=concurrency, round=round_number)
                         runs.append(row)
                         log(f"  {name} {workers} worker(s) c={concurrency:<3} {row['images_per_s']:8.1f} img/s  "
@@ -84,6 +89,18 @@ def _serving(repo: Path, workers: int) -> Iterator[tuple[int, str]]:
     log_path = Path(tempfile.gettempdir()) / f"bench-workers-{repo.name}-{workers}-{port}.log"
     with running_server([python(), "-m", "service"], env, f"{base}/health/ready", log_path=log_path) as process:
         yield process.pid, f"{base}/predict?top_k=5"
+
+
+def _settle(url: str, timeout_s: float = 120.0) -> None:
+    """Wait until the server has answered what the last phase left in flight (wrk stops sending, the
+    server still finishes its queue: a resnet50 queue of 32 photos is seconds of work on 2 cores)."""
+    metrics = url.split("/predict", 1)[0] + "/metrics"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = httpx.get(metrics, timeout=30).text
+        if sum(value for name, _, value in samples(text) if name == "resnet_serve_inflight_images") == 0:
+            return
+        time.sleep(0.2)
 
 
 @contextmanager

@@ -7,10 +7,12 @@ would spend milliseconds of the shared cores per request and show up as server l
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass
 
 from hostile_corpus import as_file, raw_http_request, send_raw
+from typing_extensions import Self
 
 #: Seconds a request may take before the generator counts it as lost (beyond the servers' timeouts used).
 CLIENT_TIMEOUT_S = 20.0
@@ -66,3 +68,26 @@ async def open_loop(port: int, request: bytes, rate: float, duration_s: float) -
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(post(port, request)))
     return list(await asyncio.gather(*tasks))
+
+
+class ClientThreads:
+    """``count`` threads running :meth:`run_client` (given its index) from the start of a ``with`` block to
+    its end; a subclass records what its clients saw under ``self.lock``."""
+
+    def __init__(self, count: int) -> None:
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self._threads = [threading.Thread(target=self.run_client, args=(i,), daemon=True) for i in range(count)]
+
+    def run_client(self, index: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        for thread in self._threads:
+            thread.join(timeout=60)

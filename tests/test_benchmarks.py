@@ -16,18 +16,32 @@ from benchmarks import h2load
 from benchmarks.phases import GRPC_DOOR, H2LOAD_GRPC_DOOR, PREDICT_DOOR, REST_DOOR
 
 
+def run_benchmarks(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks <args>`` on the shared data, which must exit 0."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args], check=False, cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=timeout_s, env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed
+
+
+def needs_wrk(why: str) -> None:
+    from benchmarks import wrk
+
+    if not wrk.available():
+        pytest.skip(f"wrk is not installed (apt-get install wrk): {why}")
+
+
 @pytest.mark.slow
 def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path) -> None:
     shared_path("weights", "cifar10")
     shared_path("data", "photos")
     output = tmp_path / "bench.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "raw", "service", "naive", "--quick", "--models", "resnet20",
-         "--duration", "1.5", "--no-wrk", "--cache-dir", str(tmp_path / "cache"), "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
-        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
+    completed = run_benchmarks(
+        "raw", "service", "naive", "--quick", "--models", "resnet20", "--duration", "1.5", "--no-wrk",
+        "--cache-dir", str(tmp_path / "cache"), "--output", str(output), timeout_s=240,
     )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "HEADLINE" in completed.stdout and "RAW onnxruntime" in completed.stdout
     results = json.loads(output.read_text())
 
@@ -66,19 +80,13 @@ def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path: Path) -> None:
     """The INT8 export behind its gate, served, and the same JPEG through /predict and V2 REST (wrk)."""
-    from benchmarks import wrk
-
-    if not wrk.available():
-        pytest.skip("wrk is not installed (apt-get install wrk): the V2 REST phase is driven by it")
+    needs_wrk("the V2 REST phase is driven by it")
     shared_path("weights", "cifar10")
     output = tmp_path / "bench.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "raw", "service", "--quick", "--models", "resnet20,resnet20-int8",
-         "--duration", "1.5", "--no-perf-analyzer", "--cache-dir", str(tmp_path / "cache"), "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
+    completed = run_benchmarks(
+        "raw", "service", "--quick", "--models", "resnet20,resnet20-int8", "--duration", "1.5", "--no-perf-analyzer",
+        "--cache-dir", str(tmp_path / "cache"), "--output", str(output), timeout_s=600,
     )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "PRECISION resnet20: resnet20 (fp32) vs resnet20-int8 (int8)" in completed.stdout
     results = json.loads(output.read_text())
     assert results["models"]["resnet20-int8"]["precision"] == "int8"
@@ -99,12 +107,7 @@ def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path:
 def test_preprocess_suite_measures_pillow_exactly(tmp_path: Path) -> None:
     shared_path("reference", "preprocess", "torchvision_crops.npz")
     output = tmp_path / "bench.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "preprocess", "--quick", "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    run_benchmarks("preprocess", "--quick", "--output", str(output), timeout_s=120)
     by_name = {d["name"]: d for d in json.loads(output.read_text())["preprocess"]["decoders"]}
     for name in ("service (exact)", "pillow only (exact)"):  # libjpeg-turbo for plain JPEGs, and Pillow for all
         exact = by_name[name]
@@ -431,13 +434,7 @@ def test_peer_quick_run_matches_onnxruntime_and_reports_ratios(peer: str, tmp_pa
         pytest.skip("wrk is not installed (apt-get install wrk): peers are measured with wrk only")
     shared_path("weights", "cifar10")
     output = tmp_path / "bench.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", peer, "--quick", "--models", "resnet20", "--duration", "1.5",
-         "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800,
-        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    run_benchmarks(peer, "--quick", "--models", "resnet20", "--duration", "1.5", "--output", str(output), timeout_s=1800)
     results = json.loads(output.read_text())
     figures = results["peers"][peer]["resnet20"]
     assert figures["skipped"] is None and figures["failures"] == {}, figures
@@ -619,19 +616,13 @@ def test_paused_freezes_a_process_group_and_lets_it_go_on() -> None:
 @pytest.mark.slow
 def test_quick_workers_run_compares_one_and_two_workers_and_projects(tmp_path: Path) -> None:
     """``python -m benchmarks workers``: both models' 1 and 2 worker figures, and the projection from them."""
-    from benchmarks import wrk
-
-    if not wrk.available():
-        pytest.skip("wrk is not installed (apt-get install wrk): the workers suite measures with it")
+    needs_wrk("the workers suite measures with it")
     shared_path("weights", "cifar10")
     output = tmp_path / "bench.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "workers", "--quick", "--models", "resnet20", "--duration", "1",
-         "--cache-dir", str(tmp_path / "cache"), "--output", str(output)],
-        check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400,
-        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
+    completed = run_benchmarks(
+        "workers", "--quick", "--models", "resnet20", "--duration", "1", "--cache-dir", str(tmp_path / "cache"),
+        "--output", str(output), timeout_s=400,
     )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "WORKERS: 1 against 2" in completed.stdout and "PROJECTION" in completed.stdout
     section = json.loads(output.read_text())["workers"]
     assert set(section["models"]) == {"resnet20", "nearfree"}

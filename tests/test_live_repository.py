@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import onnx
 import pytest
 import tritonclient.http as httpclient
 from conftest import cifar_checkpoint, cifar_sample
+from load import ClientThreads
 from server import RunningServer, metric_value, run_server
 from tritonclient.utils import InferenceServerException
 
@@ -39,31 +39,19 @@ class Outcome:
     detail: str = ""
 
 
-class Load:
+class Load(ClientThreads):
     """``CLIENTS`` threads posting images back to back; every outcome is kept."""
 
     def __init__(self, server: RunningServer, images: list[bytes], query: str = "?model=cifar") -> None:
+        super().__init__(CLIENTS)
         self.url = server.url("/predict" + query + "&top_k=1")
         self.images = images
         self.outcomes: list[Outcome] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(CLIENTS)]
 
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-    def _run(self, worker: int) -> None:
+    def run_client(self, worker: int) -> None:
         index = worker
         with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set():
+            while not self.stopped.is_set():
                 image = index % len(self.images)
                 started = time.monotonic()
                 try:
@@ -76,7 +64,7 @@ class Load:
                     )
                 except (httpx.HTTPError, ValueError) as exc:
                     outcome = Outcome(started, time.monotonic(), 0, None, image, None, repr(exc))
-                with self._lock:
+                with self.lock:
                     self.outcomes.append(outcome)
                 index += CLIENTS
 

@@ -14,7 +14,6 @@ import http.client
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import httpx
 import pytest
 from conftest import shared_path
 from hostile_corpus import copy_model
+from load import ClientThreads
 from server import (
     RunningServer,
     connection_owners,
@@ -37,7 +37,6 @@ from server import (
 from test_grpc_listeners import infer_request, listening_sockets, own_connection
 from test_live_repository import publish, wait_for
 from tritonclient.grpc import service_pb2, service_pb2_grpc
-from typing_extensions import Self
 
 from service.workers.link import merge_index
 from service.workers.supervisor import MAX_BACKOFF_S, backoff_s, exit_cause
@@ -89,30 +88,18 @@ class Attempt:
     version: int | None = None
 
 
-class KeepAliveLoad:
+class KeepAliveLoad(ClientThreads):
     """``clients`` threads, each posting back to back on its own keep-alive connection (a new one after a
     failure), so every request is on a connection one worker holds; every attempt is kept."""
 
     def __init__(self, port: int, body: bytes, clients: int = CLIENTS, path: str = PREDICT) -> None:
+        super().__init__(clients)
         self.port, self.body, self.path = port, body, path
         self.attempts: list[Attempt] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
-    def __enter__(self) -> Self:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-    def _run(self) -> None:
+    def run_client(self, index: int) -> None:
         connection: http.client.HTTPConnection | None = None
-        while not self._stop.is_set():
+        while not self.stopped.is_set():
             started, client_port, version = time.monotonic(), 0, None
             try:
                 if connection is None:
@@ -128,15 +115,15 @@ class KeepAliveLoad:
                     connection.close()
                 connection = None
                 time.sleep(0.02)
-            with self._lock:
+            with self.lock:
                 self.attempts.append(Attempt(started, time.monotonic(), status, client_port, version))
 
     def failures(self) -> list[Attempt]:
-        with self._lock:
+        with self.lock:
             return [a for a in self.attempts if a.status != 200]
 
     def count(self) -> int:
-        with self._lock:
+        with self.lock:
             return len(self.attempts)
 
 
