@@ -632,7 +632,8 @@ def test_quick_workers_run_compares_one_and_two_workers_and_projects(tmp_path: P
         for cell in cells.values():
             assert cell["errors"] == 0 and cell["images_per_s"] > 0, (name, cell)
             assert 0 < cell["loop_cpu_ms_per_request"] <= cell["server_cpu_ms_per_image"] * 1.5, (name, cell)
-        assert set(figures["summary"]["two_over_one"]) == {"c=1 img/s", "c=1 p50", "c=32 img/s", "c=32 p50"}
+        ratios = {"2w c=1 img/s", "2w c=1 p50", "2w c=32 img/s", "2w c=32 p50"}
+        assert set(figures["summary"]["over_one_worker"]) == ratios, name
     plan = section["projection"]
     assert plan["loop_ceiling_requests_per_s"] > 0
     assert plan["models"]["resnet20"]["64 cores"]["workers"] >= plan["models"]["resnet20"]["16 cores"]["workers"] >= 1

@@ -96,7 +96,9 @@ class WorkerLink:
         while True:
             if os.getppid() != self.spec.parent and not self._orphaned:
                 self._orphaned = True  # the parent died: drain as if it had sent SIGTERM
-                log.error("worker %d: parent process %d is gone; shutting down", self.spec.slot, self.spec.parent)
+                log.error(
+                    "worker %d: parent process %d is gone; shutting down", self.spec.slot, self.spec.parent
+                )
                 os.kill(os.getpid(), signal.SIGTERM)
             try:
                 self._follow_control()
@@ -114,7 +116,11 @@ class WorkerLink:
             "phase": "draining" if self.state.shutting_down else "serving" if self.joined else "loading",
             "ready": ready,
             "reason": reason,
-            "serving": {name: sorted(model.versions) for name, model in sorted(manager.models.items()) if model.versions},
+            "serving": {
+                name: sorted(model.versions)
+                for name, model in sorted(manager.models.items())
+                if model.versions
+            },
             "index": self.index_rows(manager),
             "control": {name: dict(result) for name, result in self._results.items()},
         }
@@ -143,7 +149,10 @@ class WorkerLink:
             if status is None:
                 return False, f"worker {slot} of {self.spec.workers}: starting"
             if not (status.get("ready") and alive(status.get("pid"))):
-                return False, f"worker {slot} of {self.spec.workers}: {status.get('reason') or status.get('phase')}"
+                return (
+                    False,
+                    f"worker {slot} of {self.spec.workers}: {status.get('reason') or status.get('phase')}",
+                )
         return True, None
 
     def _siblings(self) -> list[tuple[int, Status | None]]:
@@ -174,18 +183,37 @@ class WorkerLink:
             status = workers.get(slot)
             if status is None:
                 last = self.run_dir.read_status(slot) or {}
-                rows.append({"worker": slot, "pid": None, "ready": False,
-                             "reason": last.get("reason") or "starting", "serving": None})
+                rows.append(
+                    {
+                        "worker": slot,
+                        "pid": None,
+                        "ready": False,
+                        "reason": last.get("reason") or "starting",
+                        "serving": None,
+                    }
+                )
                 continue
-            rows.append({"worker": slot, "pid": status["pid"], "ready": status["ready"], "reason": status["reason"],
-                         "serving": status["serving"]})
+            rows.append(
+                {
+                    "worker": slot,
+                    "pid": status["pid"],
+                    "ready": status["ready"],
+                    "reason": status["reason"],
+                    "serving": status["serving"],
+                }
+            )
         servings = [row["serving"] for row in rows]
-        return {"this_worker": self.spec.slot, "agree": all(s == servings[0] for s in servings), "workers": rows}
+        return {
+            "this_worker": self.spec.slot,
+            "agree": all(s == servings[0] for s in servings),
+            "workers": rows,
+        }
 
     # --- explicit control ------------------------------------------------------------------------
 
     async def relay(self, action: str, name: str) -> None:
         """After this worker applied ``action``: record it for all, and wait until every live sibling has."""
+
         def change(control: dict[str, Any]) -> None:
             control["generation"] += 1
             control["models"][name] = {"action": action, "generation": control["generation"]}
@@ -208,7 +236,9 @@ class WorkerLink:
             if not pending:
                 break
             if time.monotonic() > deadline:
-                raise ServiceError(504, "timeout", f"{action} {name!r}: worker(s) {pending} did not confirm in time")
+                raise ServiceError(
+                    504, "timeout", f"{action} {name!r}: worker(s) {pending} did not confirm in time"
+                )
             await asyncio.sleep(PUBLISH_S / 2)
         if failed:
             raise ServiceError(400, f"{action}_failed", f"{action} {name!r} failed on " + "; ".join(failed))
@@ -220,11 +250,14 @@ class WorkerLink:
         if self._following is not None and not self._following.done():
             return
         wanted = {
-            name: entry for name, entry in self.run_dir.read_control()["models"].items()
+            name: entry
+            for name, entry in self.run_dir.read_control()["models"].items()
             if entry["generation"] > self._seen.get(name, 0)
         }
         if wanted or not self.replayed:
-            self._following = asyncio.get_running_loop().create_task(self._apply(wanted), name="worker-control")
+            self._following = asyncio.get_running_loop().create_task(
+                self._apply(wanted), name="worker-control"
+            )
 
     async def _apply(self, wanted: dict[str, dict[str, Any]]) -> None:
         manager = self.state.manager
@@ -239,14 +272,22 @@ class WorkerLink:
                 # Not loaded here is what an unload wants anyway.
                 if not (entry["action"] == "unload" and exc.code == "unknown_model"):
                     code, message = exc.code, exc.message
-            except Exception as exc:  # whatever the loader raised: the requester hears it, this worker goes on
+            except (
+                Exception
+            ) as exc:  # whatever the loader raised: the requester hears it, this worker goes on
                 log.exception("worker %d: %s %r failed", self.spec.slot, entry["action"], name)
                 code, message = f"{entry['action']}_failed", f"{type(exc).__name__}: {exc}"
             if self._seen.get(name, 0) < entry["generation"]:
                 self._seen[name] = entry["generation"]
                 self._results[name] = {"generation": entry["generation"], "code": code, "message": message}
-                log.info("worker %d applied %s %r (request %d)%s", self.spec.slot, entry["action"], name,
-                         entry["generation"], f": {message}" if message else "")
+                log.info(
+                    "worker %d applied %s %r (request %d)%s",
+                    self.spec.slot,
+                    entry["action"],
+                    name,
+                    entry["generation"],
+                    f": {message}" if message else "",
+                )
         self.replayed = True
 
 
@@ -262,9 +303,14 @@ def merge_index(by_worker: dict[int, list[dict[str, str]]], ready_only: bool = F
         states = {row["state"] for row in by_slot.values()}
         if len(by_slot) == len(by_worker) and len(states) == 1:
             reasons = sorted({row["reason"] for row in by_slot.values() if row["reason"]})
-            merged.append({"name": name, "version": version, "state": states.pop(), "reason": "; ".join(reasons)})
+            merged.append(
+                {"name": name, "version": version, "state": states.pop(), "reason": "; ".join(reasons)}
+            )
             continue
-        where = [f"worker {slot}: {by_slot[slot]['state'] if slot in by_slot else 'absent'}" for slot in sorted(by_worker)]
+        where = [
+            f"worker {slot}: {by_slot[slot]['state'] if slot in by_slot else 'absent'}"
+            for slot in sorted(by_worker)
+        ]
         state = "UNAVAILABLE" if "UNAVAILABLE" in states else "LOADING"
         merged.append({"name": name, "version": version, "state": state, "reason": "; ".join(where)})
     return [row for row in merged if row["state"] == "READY"] if ready_only else merged

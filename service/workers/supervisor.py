@@ -80,15 +80,23 @@ class Supervisor:
             # The first workers' sockets listen from now on: the port is ours before any worker has started.
             first = [shared_listeners(s.host, self.port, listen=True, backlog=s.backlog)]
             self.port = first[0][0].getsockname()[1]  # PORT=0: the one the kernel gave, for every worker
-            first += [shared_listeners(s.host, self.port, listen=True, backlog=s.backlog) for _ in self.slots[1:]]
+            first += [
+                shared_listeners(s.host, self.port, listen=True, backlog=s.backlog) for _ in self.slots[1:]
+            ]
         except (RuntimeError, OSError) as exc:
             log.error("not starting: %s", exc)
             return 1
         self.run_dir = RunDir.create()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        log.info("starting %d workers on port %d (grpc %s), %d CPU(s) each; run directory %s",
-                 self.count, self.port, s.grpc_port or "off", s.cpu_count, self.run_dir.root)
+        log.info(
+            "starting %d workers on port %d (grpc %s), %d CPU(s) each; run directory %s",
+            self.count,
+            self.port,
+            s.grpc_port or "off",
+            s.cpu_count,
+            self.run_dir.root,
+        )
         try:
             for slot, sockets in zip(self.slots, first):
                 self._spawn(slot, sockets, late=False)
@@ -127,8 +135,11 @@ class Supervisor:
         if now - self.stopping_since > s.shutdown_delay_s + s.shutdown_grace_s + EXIT_MARGIN_S:
             for slot in self.slots:
                 if slot.process is not None:
-                    log.error("worker %d (pid %d) still running after the grace period: killing it",
-                              slot.number, slot.process.pid)
+                    log.error(
+                        "worker %d (pid %d) still running after the grace period: killing it",
+                        slot.number,
+                        slot.process.pid,
+                    )
                     slot.process.kill()
         return True
 
@@ -136,31 +147,49 @@ class Supervisor:
         """Start a worker in ``slot``: it waits for its models before it listens while a sibling serves."""
         late = any(self._serving(other) for other in self.slots if other is not slot)
         try:
-            sockets = shared_listeners(self.settings.host, self.port, listen=not late, backlog=self.settings.backlog)
+            sockets = shared_listeners(
+                self.settings.host, self.port, listen=not late, backlog=self.settings.backlog
+            )
         except OSError as exc:  # out of descriptors, or a foreign socket took the port: try again later
             slot.deaths_in_a_row += 1
             slot.restart_at = now + max(FIRST_BACKOFF_S, backoff_s(slot.deaths_in_a_row))
-            log.error("worker %d: cannot bind port %d (%s); trying again in %.1f s",
-                      slot.number, self.port, exc, slot.restart_at - now)
+            log.error(
+                "worker %d: cannot bind port %d (%s); trying again in %.1f s",
+                slot.number,
+                self.port,
+                exc,
+                slot.restart_at - now,
+            )
             return
         self._spawn(slot, sockets, late=late)
 
     def _spawn(self, slot: Slot, sockets: list[socket.socket], *, late: bool) -> None:
         assert self.run_dir is not None
         spec = WorkerSpec(
-            slot=slot.number, workers=self.count, run_dir=str(self.run_dir.root),
-            fds=tuple(sock.fileno() for sock in sockets), parent=os.getpid(), late=late, replaces=slot.cause,
+            slot=slot.number,
+            workers=self.count,
+            run_dir=str(self.run_dir.root),
+            fds=tuple(sock.fileno() for sock in sockets),
+            parent=os.getpid(),
+            late=late,
+            replaces=slot.cause,
         )
         env = {**os.environ, WORKER_ENV: spec.to_env(), "PROMETHEUS_MULTIPROC_DIR": str(self.run_dir.metrics)}
         try:
-            slot.process = subprocess.Popen([sys.executable, "-m", "service", *self.argv], env=env, pass_fds=spec.fds)
+            slot.process = subprocess.Popen(
+                [sys.executable, "-m", "service", *self.argv], env=env, pass_fds=spec.fds
+            )
         finally:
             for sock in sockets:  # the worker holds them now: when it dies, its listeners close with it
                 sock.close()
         slot.started = time.monotonic()
         slot.restart_at = None
-        log.info("worker %d started (pid %d)%s", slot.number, slot.process.pid,
-                 "; joins the port once loaded" if late else "")
+        log.info(
+            "worker %d started (pid %d)%s",
+            slot.number,
+            slot.process.pid,
+            "; joins the port once loaded" if late else "",
+        )
 
     def _exited(self, slot: Slot, now: float) -> None:
         from prometheus_client.multiprocess import mark_process_dead
@@ -172,8 +201,16 @@ class Supervisor:
         mark_process_dead(pid, str(self.run_dir.metrics))  # its gauges leave the sums; counters stay
         if self.stopping_since is not None:
             log.info("worker %d (pid %d) exited (%s)", slot.number, pid, cause)
-            self.run_dir.write_status(slot.number, {"slot": slot.number, "pid": None, "phase": "exited",
-                                                    "ready": False, "reason": f"exited ({cause})"})
+            self.run_dir.write_status(
+                slot.number,
+                {
+                    "slot": slot.number,
+                    "pid": None,
+                    "phase": "exited",
+                    "ready": False,
+                    "reason": f"exited ({cause})",
+                },
+            )
             return
         lived = now - slot.started
         slot.deaths_in_a_row = 1 if lived >= STABLE_S else slot.deaths_in_a_row + 1
@@ -182,8 +219,10 @@ class Supervisor:
         slot.cause = cause
         reason = f"worker {slot.number} (pid {pid}) died ({cause}) after {lived:.1f} s; restarting in {delay:.1f} s"
         log.error(reason)
-        self.run_dir.write_status(slot.number, {"slot": slot.number, "pid": None, "phase": "restarting",
-                                                "ready": False, "reason": reason})
+        self.run_dir.write_status(
+            slot.number,
+            {"slot": slot.number, "pid": None, "phase": "restarting", "ready": False, "reason": reason},
+        )
 
     def _serving(self, slot: Slot) -> bool:
         """Whether ``slot``'s worker listens on the port now (so a replacement may wait for its models)."""
