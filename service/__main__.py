@@ -108,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(supervise(settings, sys.argv[1:] if argv is None else argv))
     configure_malloc()  # before any request: big bodies stay on mmap and go back to the OS when freed
     configure_pillow(settings.decode_threads)  # decoded images reuse freed blocks instead of fresh mmaps
+    if worker is not None:
+        from service.workers.metrics import write_to_worker_files
+
+        write_to_worker_files()
     from service.app import create_app
 
     app = create_app(settings)

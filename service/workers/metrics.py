@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -35,3 +35,12 @@ def render_workers() -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_WorkersCollector(os.environ["PROMETHEUS_MULTIPROC_DIR"]))  # type: ignore[arg-type]
     return generate_latest(registry)
+
+
+def write_to_worker_files() -> None:
+    """Every series of this worker process from now on in ``PROMETHEUS_MULTIPROC_DIR``'s files, named by
+    its pid, read once: prometheus_client asks ``os.getpid()`` on every increment to notice a fork (a
+    worker never forks), which made an increment 2.6 instead of 2.1 us and an observation 5.6 instead
+    of 4.1 (in-process values: 0.9 and 2.0). Call it before any metric is created."""
+    pid = os.getpid()
+    values.ValueClass = values.MultiProcessValue(lambda: pid)
