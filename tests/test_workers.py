@@ -73,6 +73,14 @@ def pair(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield Pair(server, grpc_port)
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by whatever PID 1 is, maybe never)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def post(connection: http.client.HTTPConnection, body: bytes, path: str = PREDICT) -> tuple[int, dict]:
     connection.request("POST", path, body=body, headers={"Content-Type": "image/jpeg"})
     response = connection.getresponse()
@@ -347,6 +355,19 @@ def test_explicit_load_and_unload_reach_every_worker(model_repo: Path, tmp_path:
         failed = httpx.post(server.url("/v2/repository/models/nothing-here/load"), timeout=60)
         assert failed.status_code == 404
         assert httpx.get(server.url("/health/ready"), timeout=10).status_code == 200
+
+
+def test_workers_whose_parent_is_killed_drain_and_free_the_ports(model_repo: Path, tmp_path: Path) -> None:
+    """SIGKILL of the parent (an OOM kill, say) must not leave workers holding the ports: each notices and
+    drains as on SIGTERM."""
+    repo = link_repository(model_repo, tmp_path, "resnet20")
+    grpc_port = free_port()
+    with run_server(repo, "--workers", "2", "--grpc-port", str(grpc_port)) as server:
+        pids = worker_pids(server)
+        server.process.kill()
+        server.wait(timeout=10)
+        wait_for(lambda: not any(running(pid) for pid in pids), 60, "the workers exited")
+        assert listening_sockets(server.port) == 0 and listening_sockets(grpc_port) == 0
 
 
 # --- pieces, from tables ------------------------------------------------------------------------------
