@@ -7,6 +7,8 @@ would spend milliseconds of the shared cores per request and show up as server l
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from hostile_corpus import as_file, raw_http_request, send_raw
 from typing_extensions import Self
 
+#: One JPEG to resnet20 through /predict, the best answer only (:class:`KeepAliveLoad`'s default).
+PREDICT = "/predict?model=resnet20&top_k=1"
 #: Seconds a request may take before the generator counts it as lost (beyond the servers' timeouts used).
 CLIENT_TIMEOUT_S = 20.0
 
@@ -91,3 +95,58 @@ class ClientThreads:
         self.stopped.set()
         for thread in self._threads:
             thread.join(timeout=60)
+
+
+def post_jpeg(connection: http.client.HTTPConnection, body: bytes, path: str = PREDICT) -> tuple[int, dict]:
+    """One raw JPEG body on ``connection`` (kept open): the status and the parsed answer."""
+    connection.request("POST", path, body=body, headers={"Content-Type": "image/jpeg"})
+    response = connection.getresponse()
+    return response.status, json.loads(response.read() or b"null")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    started: float
+    finished: float
+    status: int  # 0: the connection failed
+    client_port: int  # the client end of the connection the request went on (0: no connection)
+    version: int | None = None
+
+
+class KeepAliveLoad(ClientThreads):
+    """``clients`` threads, each posting back to back on its own keep-alive connection (a new one after a
+    failure), so every request is on a connection one worker holds; every attempt is kept."""
+
+    def __init__(self, port: int, body: bytes, clients: int = 12, path: str = PREDICT) -> None:
+        super().__init__(clients)
+        self.port, self.body, self.path = port, body, path
+        self.attempts: list[Attempt] = []
+
+    def run_client(self, index: int) -> None:
+        connection: http.client.HTTPConnection | None = None
+        while not self.stopped.is_set():
+            started, client_port, version = time.monotonic(), 0, None
+            try:
+                if connection is None:
+                    connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                if connection.sock is None:  # new, or closed by the server ("Connection: close")
+                    connection.connect()
+                client_port = connection.sock.getsockname()[1]
+                status, answer = post_jpeg(connection, self.body, self.path)
+                version = answer.get("version") if isinstance(answer, dict) else None
+            except (OSError, http.client.HTTPException, ValueError):
+                status = 0
+                if connection is not None:
+                    connection.close()
+                connection = None
+                time.sleep(0.02)
+            with self.lock:
+                self.attempts.append(Attempt(started, time.monotonic(), status, client_port, version))
+
+    def failures(self) -> list[Attempt]:
+        with self.lock:
+            return [a for a in self.attempts if a.status != 200]
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.attempts)

@@ -11,7 +11,6 @@ requests; readiness stays false while one worker is still warming.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import signal
 import time
@@ -24,7 +23,7 @@ import httpx
 import pytest
 from conftest import shared_path
 from hostile_corpus import copy_model
-from load import ClientThreads
+from load import PREDICT, KeepAliveLoad, post_jpeg
 from server import (
     RunningServer,
     connection_owners,
@@ -43,7 +42,6 @@ from service.workers.supervisor import MAX_BACKOFF_S, backoff_s, exit_cause
 
 WORKERS = 2
 CLIENTS = 12
-PREDICT = "/predict?model=resnet20&top_k=1"
 
 
 @dataclass
@@ -81,60 +79,6 @@ def running(pid: int) -> bool:
         return False
 
 
-def post(connection: http.client.HTTPConnection, body: bytes, path: str = PREDICT) -> tuple[int, dict]:
-    connection.request("POST", path, body=body, headers={"Content-Type": "image/jpeg"})
-    response = connection.getresponse()
-    return response.status, json.loads(response.read() or b"null")
-
-
-@dataclass(frozen=True)
-class Attempt:
-    started: float
-    finished: float
-    status: int  # 0: the connection failed
-    client_port: int  # the client end of the connection the request went on (0: no connection)
-    version: int | None = None
-
-
-class KeepAliveLoad(ClientThreads):
-    """``clients`` threads, each posting back to back on its own keep-alive connection (a new one after a
-    failure), so every request is on a connection one worker holds; every attempt is kept."""
-
-    def __init__(self, port: int, body: bytes, clients: int = CLIENTS, path: str = PREDICT) -> None:
-        super().__init__(clients)
-        self.port, self.body, self.path = port, body, path
-        self.attempts: list[Attempt] = []
-
-    def run_client(self, index: int) -> None:
-        connection: http.client.HTTPConnection | None = None
-        while not self.stopped.is_set():
-            started, client_port, version = time.monotonic(), 0, None
-            try:
-                if connection is None:
-                    connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-                if connection.sock is None:  # new, or closed by the server ("Connection: close")
-                    connection.connect()
-                client_port = connection.sock.getsockname()[1]
-                status, answer = post(connection, self.body, self.path)
-                version = answer.get("version") if isinstance(answer, dict) else None
-            except (OSError, http.client.HTTPException, ValueError):
-                status = 0
-                if connection is not None:
-                    connection.close()
-                connection = None
-                time.sleep(0.02)
-            with self.lock:
-                self.attempts.append(Attempt(started, time.monotonic(), status, client_port, version))
-
-    def failures(self) -> list[Attempt]:
-        with self.lock:
-            return [a for a in self.attempts if a.status != 200]
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.attempts)
-
-
 # --- one pair of workers, several tests ---------------------------------------------------------------
 
 
@@ -145,7 +89,7 @@ def test_both_workers_answer_on_both_ports(pair: Pair, jpeg: bytes) -> None:
     assert listening_sockets(pair.server.port) == WORKERS and listening_sockets(pair.grpc_port) == WORKERS
     connections = [http.client.HTTPConnection("127.0.0.1", pair.server.port, timeout=30) for _ in range(16)]
     try:
-        answers = [post(connection, jpeg) for connection in connections]
+        answers = [post_jpeg(connection, jpeg) for connection in connections]
         assert {status for status, _ in answers} == {200}
         assert {answer["predictions"][0]["label"] for _, answer in answers} == {"cat"}
         assert set(connection_owners(pair.server.port, pids).values()) == set(pids)
@@ -175,7 +119,7 @@ def test_metrics_count_the_requests_of_every_worker(pair: Pair, jpeg: bytes) -> 
         for connection in connections:
             connection.connect()
         assert set(connection_owners(pair.server.port, pair.pids()).values()) == set(pair.pids())
-        statuses = [post(connection, jpeg)[0] for _ in range(5) for connection in connections]
+        statuses = [post_jpeg(connection, jpeg)[0] for _ in range(5) for connection in connections]
     finally:
         for connection in connections:
             connection.close()
@@ -192,7 +136,7 @@ def test_a_killed_worker_is_replaced_and_only_its_connections_fail(pair: Pair, j
     each: the client reconnects to a live worker), nothing else does, and a new worker takes the slot."""
     restarts = metric_value(pair.server, "resnet_serve_worker_restarts_total", cause="SIGKILL")
     pids = pair.pids()
-    with KeepAliveLoad(pair.server.port, jpeg) as load:
+    with KeepAliveLoad(pair.server.port, jpeg, clients=CLIENTS) as load:
         wait_for(lambda: load.count() > 100, 60, "load running")
         owners = connection_owners(pair.server.port, pids)
         victim = pids[0]
