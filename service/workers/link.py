@@ -181,33 +181,12 @@ class WorkerLink:
         rows = []
         for slot in range(1, self.spec.workers + 1):
             status = workers.get(slot)
-            if status is None:
+            if status is None:  # dead, restarting or not started yet: why, as the parent or it last said
                 last = self.run_dir.read_status(slot) or {}
-                rows.append(
-                    {
-                        "worker": slot,
-                        "pid": None,
-                        "ready": False,
-                        "reason": last.get("reason") or "starting",
-                        "serving": None,
-                    }
-                )
-                continue
-            rows.append(
-                {
-                    "worker": slot,
-                    "pid": status["pid"],
-                    "ready": status["ready"],
-                    "reason": status["reason"],
-                    "serving": status["serving"],
-                }
-            )
+                status = {"pid": None, "ready": False, "reason": last.get("reason") or "starting", "serving": None}
+            rows.append({"worker": slot, **{key: status[key] for key in ("pid", "ready", "reason", "serving")}})
         servings = [row["serving"] for row in rows]
-        return {
-            "this_worker": self.spec.slot,
-            "agree": all(s == servings[0] for s in servings),
-            "workers": rows,
-        }
+        return {"this_worker": self.spec.slot, "agree": all(s == servings[0] for s in servings), "workers": rows}
 
     # --- explicit control ------------------------------------------------------------------------
 
@@ -272,9 +251,7 @@ class WorkerLink:
                 # Not loaded here is what an unload wants anyway.
                 if not (entry["action"] == "unload" and exc.code == "unknown_model"):
                     code, message = exc.code, exc.message
-            except (
-                Exception
-            ) as exc:  # whatever the loader raised: the requester hears it, this worker goes on
+            except Exception as exc:  # whatever the loader raised: the requester hears it, this worker goes on
                 log.exception("worker %d: %s %r failed", self.spec.slot, entry["action"], name)
                 code, message = f"{entry['action']}_failed", f"{type(exc).__name__}: {exc}"
             if self._seen.get(name, 0) < entry["generation"]:
