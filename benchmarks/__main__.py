@@ -1,5 +1,5 @@
-"""``python -m benchmarks [raw|service|naive|preprocess|pytriton|litserve|torchserve|int8|gpu|all] [--quick]``:
-one run, one table, one JSON file (``gpu`` runs alone: see benchmarks/gpu.py)."""
+"""``python -m benchmarks [raw|service|workers|naive|preprocess|pytriton|litserve|torchserve|int8|gpu|all]
+[--quick]``: one run, one table, one JSON file (``gpu`` runs alone: see benchmarks/gpu.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from benchmarks.workload import (
     model_repository,
 )
 
-SUITES = ("preprocess", "raw", "service", "naive", "pytriton")
+SUITES = ("preprocess", "raw", "service", "workers", "naive", "pytriton")
 #: Outside ``all``, run when named: peers that each need a venv of their own (TorchServe: torch and Java) and
 #: minutes per model; ``int8`` exports ten models and measures the accuracy of four; ``gpu`` is the GPU run
 #: (its own models, checks and table; on a CPU host the same steps on the CPU).
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for model in models
         }
         repos = {}
-        if set(suites) & {"raw", "service", *PEER_NAMES}:
+        if set(suites) & {"raw", "service", "workers", *PEER_NAMES}:
             for model in models:
                 log(f"exporting {model.name} into {args.cache_dir} (skipped when already there) ...")
                 repos[model.name] = model_repository(model, args.cache_dir)
@@ -144,6 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     model, repos[model.name], quick=args.quick, duration=args.duration, use_wrk=not args.no_wrk,
                     perf_analyzer=analyzer, log=log,
                 )
+        if "workers" in suites:
+            from benchmarks import workers_bench
+
+            results["workers"] = workers_bench.run(
+                models, repos, cache_dir=args.cache_dir, quick=args.quick, duration=args.duration, log=log
+            )
         if peers:
             from benchmarks.peers import peer
             from benchmarks.peers.runner import Paired

@@ -97,6 +97,10 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
             if decode_ms is not None:
                 add("  of which decoding one 500x375 JPEG (preprocess suite, ms)", decode_ms, "-", None)
     lines.extend(resnet20_goals(results))
+    if "workers" in results:
+        from benchmarks.workers_bench import goals as worker_goals
+
+        lines.extend(worker_goals(results["workers"]))
     lines.extend(peer_ratios(results))
     return lines
 

@@ -149,6 +149,10 @@ def render(results: dict[str, Any]) -> str:
                 parts.append(f"  {peer} {name} skipped: {figures['skipped']}")
             for label, why in figures.get("failures", {}).items():
                 parts.append(f"  {peer} {name} [{label}] failed: {why[-400:]}")
+    if "workers" in results:
+        from benchmarks.workers_bench import render as render_workers
+
+        parts.extend(render_workers(results["workers"], table))
     if results.get("headline"):
         parts.append("\nHEADLINE (one run, same machine)")
         parts.append(table(["figure", "value", "goal", "met"], [[h["figure"], h["value"], h["goal"], h["met"]] for h in results["headline"]]))

@@ -5,19 +5,23 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from pydantic import ValidationError
 
 from service import __version__
-from service.app import create_app
 from service.limits.memory import configure_malloc, configure_pillow
 from service.logs import configure_logging
 from service.settings import ENV_PREFIX, Settings
-from service.state import EXIT_MARGIN_S, ServiceState, exit_after
+from service.workers.rundir import WorkerSpec
+
+if TYPE_CHECKING:
+    from service.state import ServiceState
 
 log = logging.getLogger("service")
 
@@ -80,6 +84,8 @@ class GracefulServer(uvicorn.Server):
         """Stop taking work (uvicorn closes its listener, the gRPC door stops) and finish what is in flight."""
         self.service_state.begin_drain()
         if self._exit_timer is None:
+            from service.state import EXIT_MARGIN_S, exit_after  # the app's module: not imported by a supervisor
+
             self._exit_timer = exit_after(self.service_state.settings.shutdown_grace_s + EXIT_MARGIN_S)
         if sig == signal.SIGTERM and not self.should_exit:
             log.info("SIGTERM: draining; finishing in-flight requests (grace %.0f s)",
@@ -103,9 +109,21 @@ def _http_protocol(settings: Settings) -> type | str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = settings_from(argv)
-    configure_logging(settings.log_level, settings.log_format)
+    worker = WorkerSpec.from_environment()  # set by the parent of WORKERS > 1 processes
+    configure_logging(settings.log_level, settings.log_format, worker.slot if worker else None)
+    if worker is None and settings.worker_count > 1:
+        # The parent loads no model: the app's modules stay unimported there.
+        from service.workers.supervisor import supervise
+
+        raise SystemExit(supervise(settings, sys.argv[1:] if argv is None else argv))
     configure_malloc()  # before any request: big bodies stay on mmap and go back to the OS when freed
     configure_pillow(settings.decode_threads)  # decoded images reuse freed blocks instead of fresh mmaps
+    if worker is not None:
+        from service.workers.metrics import write_to_worker_files
+
+        write_to_worker_files()
+    from service.app import create_app
+
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -123,7 +141,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         http=_http_protocol(settings),
         lifespan="on",
     )
-    GracefulServer(config, app.state.service, shutdown_delay_s=settings.shutdown_delay_s).run()
+    server = GracefulServer(config, app.state.service, shutdown_delay_s=settings.shutdown_delay_s)
+    if worker is None:
+        server.run()
+        return
+    from service.doors.v2.protocol import repository_index
+    from service.workers.link import WorkerLink
+
+    link = app.state.service.workers = WorkerLink(worker, app.state.service, repository_index)
+    server.run(sockets=link.sockets())
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         state.start()  # models load in the background: /health/live answers meanwhile
+        if state.workers is not None:
+            await state.workers.start()  # a worker replacing a dead one joins the ports once loaded
         grpc_door = None
         if settings.grpc_port:
             from service.doors.v2.grpc import GrpcDoor  # grpcio is imported only when the door is on
@@ -49,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.stop()
             if grpc_door is not None:
                 await grpc_door.stop()
+            if state.workers is not None:
+                await state.workers.stop()
 
     app = ServiceApp(
         title="resnet-serve",

@@ -1,10 +1,20 @@
-"""Prometheus metrics, one registry per app so tests (and benchmarks) can build several apps."""
+"""Prometheus metrics, one registry per app so tests (and benchmarks) can build several apps.
+
+With ``WORKERS`` > 1 every worker process writes its series to prometheus_client's multiprocess files
+and a scrape of any worker reads them all (:mod:`service.workers.metrics`): counters and histograms are
+summed over the workers (including those that died, so totals never go back), and each gauge says how
+it combines: ``livesum`` (queued images, in-flight images and bytes: the pod's total), ``livemax`` (a
+model or provider is listed when any live worker serves it; a version refused anywhere counts) or
+``livemin`` (``ready``: 1 only when every live worker is).
+"""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from functools import partial
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 #: Latency buckets from 0.5 ms (CIFAR batch on a GPU) to 30 s (the default request timeout).
@@ -49,20 +59,22 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = gauge(
-            "resnet_serve_queue_depth", "Images waiting for a batch (decoded, not yet running).", by_version
+            "resnet_serve_queue_depth", "Images waiting for a batch (decoded, not yet running).", by_version,
+            multiprocess_mode="livesum",
         )
         self.inflight_images = gauge(
             "resnet_serve_inflight_images",
             "Images admitted and not yet answered (decoding, queued or running): the per-pod autoscaling signal.",
-            by_version,
+            by_version, multiprocess_mode="livesum",
         )
         self.model_info = gauge(
-            "resnet_serve_model_info", "Served models (value 1).", [*by_version, "architecture", "num_classes", "input_size"]
+            "resnet_serve_model_info", "Served models (value 1).", [*by_version, "architecture", "num_classes", "input_size"],
+            multiprocess_mode="livemax",
         )
         self.provider_info = gauge(
             "resnet_serve_provider_info",
             "Execution providers per model (value 1); gpu_fallback=true when a GPU was asked for but is unused.",
-            [*by_version, "requested", "active", "gpu_fallback"],
+            [*by_version, "requested", "active", "gpu_fallback"], multiprocess_mode="livemax",
         )
         self.version_loads = counter(
             "resnet_serve_version_loads", "Model versions loaded, warmed and switched in.", ["model"]
@@ -73,12 +85,38 @@ class Metrics:
             ["model", "cause"],
         )
         self.refused_versions = gauge(
-            "resnet_serve_refused_versions", "Versions on disk currently refused (not served), per model.", ["model"]
+            "resnet_serve_refused_versions", "Versions on disk currently refused (not served), per model.", ["model"],
+            multiprocess_mode="livemax",
         )
         self.body_bytes = gauge(
-            "resnet_serve_inflight_body_bytes", "Request-body bytes held across connections (MAX_INFLIGHT_BYTES)."
+            "resnet_serve_inflight_body_bytes", "Request-body bytes held across connections (MAX_INFLIGHT_BYTES).",
+            multiprocess_mode="livesum",
         )
-        self.ready = gauge("resnet_serve_ready", "1 when every model is loaded, warmed and batching.")
+        self.ready = gauge(
+            "resnet_serve_ready", "1 when every model is loaded, warmed and batching.", multiprocess_mode="livemin"
+        )
+        self.worker_restarts = counter(
+            "resnet_serve_worker_restarts",
+            "Worker processes started in place of one that died (WORKERS > 1), by how it ended (SIGKILL, exit 1).",
+            ["cause"],
+        )
 
     def render(self) -> bytes:
+        if MULTIPROCESS:
+            from service.workers.metrics import render_workers
+
+            return render_workers()
         return generate_latest(self.registry)
+
+    def forget(self, gauge: Gauge, labels: Sequence[str]) -> None:
+        """Drop one labelled series (a retired version's). Multiprocess files cannot delete a value: it is
+        set to 0 there, which the info series' scrape leaves out and every sum ignores."""
+        if MULTIPROCESS:
+            gauge.labels(*labels).set(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "not implemented in multi-process mode"
+            gauge.remove(*labels)
+
+
+#: prometheus_client decided at import: values live in PROMETHEUS_MULTIPROC_DIR's files (worker processes).
+MULTIPROCESS: bool = bool(getattr(values.ValueClass, "_multiprocess", False))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from servable.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_SCAN_PIXELS
-from service.limits.cpus import CpuBudget, cpu_budget
+from service.limits.cpus import CpuBudget, auto_workers, cpu_budget
 
 ENV_PREFIX = "RESNET_SERVE_"
 
@@ -88,6 +88,13 @@ class Settings(BaseSettings):
         "their next call).",
     )
     backlog: int = Field(default=2048, ge=1, description="Connections the kernel queues before accept().")
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+        default=1,
+        description="Serving processes sharing PORT and GRPC_PORT (SO_REUSEPORT), each with its own sessions, "
+        "batchers, event loop, limits and usable CPUs / WORKERS threads; a parent process starts them, "
+        "restarts one that dies and forwards SIGTERM (docs/scaling.md). 1: one process, no parent. "
+        "auto: one per 4 usable CPUs.",
+    )
 
     # The live model repository.
     model_control: Literal["none", "poll", "explicit"] = Field(
@@ -140,7 +147,8 @@ class Settings(BaseSettings):
         default=Path(".trt_cache"), description="TensorRT engine and timing cache directory."
     )
     intra_op_threads: int = Field(
-        default=0, ge=0, description="CPU threads per inference (0 = usable CPUs / instances; usable = affinity and cgroup quota)."
+        default=0, ge=0,
+        description="CPU threads per inference (0 = usable CPUs / WORKERS / instances; usable = affinity and cgroup quota).",
     )
     intra_op_spinning: bool = Field(
         default=False,
@@ -148,7 +156,9 @@ class Settings(BaseSettings):
         "steals CPU from decoding when cores are shared (measured 3x fewer requests/s on a busy 2-core box).",
     )
     preprocess_threads: int = Field(
-        default=0, ge=0, description="Threads decoding and resizing uploads (0 = usable CPUs: affinity and cgroup quota)."
+        default=0, ge=0,
+        description="Threads decoding and resizing uploads, per worker (0 = usable CPUs / WORKERS; usable = affinity and "
+        "cgroup quota).",
     )
     warmup: bool = Field(default=True, description="Run every batch-size bucket once before turning ready.")
     allow_partial: bool = Field(
@@ -239,8 +249,14 @@ class Settings(BaseSettings):
         return _cpu_budget()
 
     @property
+    def worker_count(self) -> int:
+        """Serving processes: WORKERS, or what ``auto`` picks for the usable CPUs."""
+        return auto_workers(self.cpus.usable) if self.workers == "auto" else self.workers
+
+    @property
     def cpu_count(self) -> int:
-        return self.cpus.usable
+        """The CPUs one serving process sizes its thread pools by: the usable CPUs shared among the workers."""
+        return max(1, self.cpus.usable // self.worker_count)
 
     @property
     def decode_threads(self) -> int:

@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from servable import jpeg
 from service.engine.manager import ModelManager
@@ -19,6 +20,9 @@ from service.limits.memory import release_freed_memory, tune_gc
 from service.metrics import Metrics
 from service.pipeline.drain import ABANDON_MARGIN_S, InFlight
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.workers.link import WorkerLink
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +59,16 @@ class ServiceState:
         self._drain_deadline: float | None = None  # loop time
         #: Called once when the drain begins (the gRPC server registers its graceful stop here).
         self.on_drain: list[Callable[[], Awaitable[None]]] = []
+        #: In a worker process (``WORKERS`` > 1): its siblings' readiness, repository and explicit control.
+        self.workers: WorkerLink | None = None
         metrics.body_bytes.set_function(lambda: self.body_budget.held)
         metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
     # --- readiness -----------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, str | None]:
+        if self.workers is not None:
+            return self.workers.readiness()
         if self.shutting_down:
             return False, "shutting down"
         return self.manager.readiness()

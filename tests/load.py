@@ -8,14 +8,16 @@ milliseconds of the shared cores per request and show up as server latency. :cla
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -188,6 +190,30 @@ async def open_loop(port: int, request: bytes, rate: float, duration_s: float) -
     return list(await asyncio.gather(*tasks))
 
 
+class ClientThreads:
+    """``count`` threads running :meth:`run_client` (given its index) from the start of a ``with`` block to
+    its end; a subclass records what its clients saw under ``self.lock``."""
+
+    def __init__(self, count: int, join_timeout_s: float = 60.0) -> None:
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.join_timeout_s = join_timeout_s
+        self._threads = [threading.Thread(target=self.run_client, args=(i,), daemon=True) for i in range(count)]
+
+    def run_client(self, index: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        for thread in self._threads:
+            thread.join(timeout=self.join_timeout_s)
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One request of a :class:`PostingLoad` (times from ``time.monotonic``)."""
@@ -200,7 +226,7 @@ class Attempt:
     detail: str = ""  # the start of a body that is not a 200, or the transport error
 
 
-class PostingLoad:
+class PostingLoad(ClientThreads):
     """``clients`` threads posting images to ``url`` back to back (one httpx connection each) until stopped.
 
     Client ``i`` sends images i, i + clients, ... in turn: one ``file`` part, or ``per_request`` copies
@@ -210,25 +236,13 @@ class PostingLoad:
     def __init__(
         self, url: str, images: Sequence[bytes], *, clients: int = 1, per_request: int = 1, timeout_s: float = 30.0
     ) -> None:
+        super().__init__(clients, join_timeout_s=timeout_s + 30)
         self.url = url
         self.images = images
         self.clients = clients
         self.per_request = per_request
         self.timeout_s = timeout_s
         self.attempts: list[Attempt] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
-
-    def __enter__(self) -> Self:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=self.timeout_s + 30)
 
     def failures(self) -> list[Attempt]:
         return [a for a in self.attempts if a.status != 200]
@@ -238,10 +252,9 @@ class PostingLoad:
             return {"file": ("x.jpg", image, "image/jpeg")}
         return [("files", (f"{n}.jpg", image, "image/jpeg")) for n in range(self.per_request)]
 
-    def _run(self, worker: int) -> None:
-        index = worker
+    def run_client(self, index: int) -> None:
         with httpx.Client(timeout=self.timeout_s) as client:
-            while not self._stop.is_set():
+            while not self.stopped.is_set():
                 image = index % len(self.images)
                 started = time.monotonic()
                 try:
@@ -250,11 +263,72 @@ class PostingLoad:
                     attempt = Attempt(started, time.monotonic(), response.status_code, image, _json(response), detail)
                 except httpx.HTTPError as exc:
                     attempt = Attempt(started, time.monotonic(), 0, image, None, repr(exc))
-                with self._lock:
+                with self.lock:
                     self.attempts.append(attempt)
                 if attempt.status == 0:
-                    self._stop.wait(0.05)
+                    self.stopped.wait(0.05)
                 index += self.clients
+
+
+#: One JPEG to resnet20 through /predict, the best answer only (:class:`KeepAliveLoad`'s default).
+PREDICT = "/predict?model=resnet20&top_k=1"
+
+
+def post_jpeg(connection: http.client.HTTPConnection, body: bytes, path: str = PREDICT) -> tuple[int, dict]:
+    """One raw JPEG body on ``connection`` (kept open): the status and the parsed answer."""
+    connection.request("POST", path, body=body, headers={"Content-Type": "image/jpeg"})
+    response = connection.getresponse()
+    return response.status, json.loads(response.read() or b"null")
+
+
+@dataclass(frozen=True)
+class ConnectionAttempt:
+    """One request of a :class:`KeepAliveLoad`, with the client end of the connection it went on."""
+
+    started: float
+    finished: float
+    status: int  # 0: the connection failed
+    client_port: int  # 0: no connection
+    version: int | None = None
+
+
+class KeepAliveLoad(ClientThreads):
+    """``clients`` threads, each posting back to back on its own keep-alive connection (a new one after a
+    failure), so every request is on a connection one worker holds; every attempt is kept."""
+
+    def __init__(self, port: int, body: bytes, clients: int = 12, path: str = PREDICT) -> None:
+        super().__init__(clients)
+        self.port, self.body, self.path = port, body, path
+        self.attempts: list[ConnectionAttempt] = []
+
+    def run_client(self, index: int) -> None:
+        connection: http.client.HTTPConnection | None = None
+        while not self.stopped.is_set():
+            started, client_port, version = time.monotonic(), 0, None
+            try:
+                if connection is None:
+                    connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                if connection.sock is None:  # new, or closed by the server ("Connection: close")
+                    connection.connect()
+                client_port = connection.sock.getsockname()[1]
+                status, answer = post_jpeg(connection, self.body, self.path)
+                version = answer.get("version") if isinstance(answer, dict) else None
+            except (OSError, http.client.HTTPException, ValueError):
+                status = 0
+                if connection is not None:
+                    connection.close()
+                connection = None
+                time.sleep(0.02)
+            with self.lock:
+                self.attempts.append(ConnectionAttempt(started, time.monotonic(), status, client_port, version))
+
+    def failures(self) -> list[ConnectionAttempt]:
+        with self.lock:
+            return [a for a in self.attempts if a.status != 200]
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.attempts)
 
 
 def _json(response: httpx.Response) -> Any:
@@ -273,20 +347,34 @@ def rss_bytes(pid: int) -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class RssSampler(threading.Thread):
-    """Samples a process's RSS every ``interval_s`` and keeps the peak."""
+def tree_rss_bytes(pid: int) -> int:
+    """RSS of ``pid`` and its children together (a ``--workers N`` service: the parent and its workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [pid, *(int(child) for child in children.read_text().split())] if children.exists() else [pid]
+    total = 0
+    for one in pids:
+        try:
+            total += rss_bytes(one)
+        except OSError:  # a worker that just exited
+            pass
+    return total
 
-    def __init__(self, pid: int, interval_s: float = 0.02) -> None:
+
+class RssSampler(threading.Thread):
+    """Samples a process's RSS (``measure``: or its tree's) every ``interval_s`` and keeps the peak."""
+
+    def __init__(self, pid: int, interval_s: float = 0.02, measure: Callable[[int], int] = rss_bytes) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.interval_s = interval_s
-        self.peak = rss_bytes(pid)
+        self.measure = measure
+        self.peak = measure(pid)
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
             try:
-                self.peak = max(self.peak, rss_bytes(self.pid))
+                self.peak = max(self.peak, self.measure(self.pid))
             except OSError:
                 return
             self._stop_event.wait(self.interval_s)
@@ -343,10 +431,12 @@ class Watch:
 
 @contextmanager
 def watched(server: RunningServer, *, liveness: bool = True, interval_s: float = 0.02) -> Iterator[Watch]:
-    """Sample ``server``'s RSS every ``interval_s`` (and poll /health/live when ``liveness``) during the block."""
+    """Sample ``server``'s RSS every ``interval_s`` (and poll /health/live when ``liveness``) during the block.
+
+    RSS is the process tree's: a ``--workers N`` server's parent and workers together."""
     pid = server.process.pid
-    watch = Watch(rss_bytes(pid))
-    sampler = RssSampler(pid, interval_s)
+    watch = Watch(tree_rss_bytes(pid))
+    sampler = RssSampler(pid, interval_s, measure=tree_rss_bytes)
     probe = LivenessProbe(server.base_url) if liveness else None
     sampler.start()
     if probe is not None:
@@ -357,4 +447,4 @@ def watched(server: RunningServer, *, liveness: bool = True, interval_s: float =
         if probe is not None:
             watch.stall_s = probe.stop()
         watch.rss_peak = sampler.stop()
-        watch.rss_after = rss_bytes(pid) if server.alive() else 0
+        watch.rss_after = tree_rss_bytes(pid) if server.alive() else 0

@@ -295,3 +295,38 @@ def serve_in_process(model_dir: Path, *, ready: bool = True, **settings: Any) ->
         if ready:
             wait_ready(client)
         yield client
+
+
+def worker_pids(server: RunningServer) -> list[int]:
+    """The worker processes of a ``--workers N`` server: the children of its parent process."""
+    path = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
+
+def connection_owners(port: int, pids: list[int]) -> dict[int, int]:
+    """{client port: server pid} for every established connection to ``port`` that one of ``pids`` holds.
+
+    From the kernel's own tables: the server end of each connection in /proc/net/tcp{,6} (its inode),
+    and which process has that socket open (/proc/<pid>/fd).
+    """
+    inodes: dict[str, int] = {}
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        for row in table.read_text().splitlines()[1:] if table.exists() else ():
+            fields = row.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                inodes[inode] = int(remote.rsplit(":", 1)[1], 16)
+    owners = {}
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd)
+            except OSError:  # closed meanwhile
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                owners[inodes[link[8:-1]]] = pid
+    return owners

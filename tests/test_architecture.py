@@ -26,6 +26,8 @@ VIOLATIONS = [
     ("serving never imports models/, export/ or torch", "service/engine/runtime.py", "import models"),
     ("export/ never imports the service", "export/publish.py", "import service.settings"),
     ("models/ knows nothing of ONNX, HTTP or export", "models/factory.py", "import onnx"),
+    ("the parent of the worker processes loads no model and serves nothing", "service/workers/supervisor.py",
+     "import service.app"),
     ("inside the service: doors, then the pipeline, then the engine, then limits", "service/engine/batcher.py",
      "import service.pipeline.core"),
 ]

@@ -22,18 +22,32 @@ def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bench-cache")
 
 
+def run_benchmarks(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks <args>`` on the shared data, which must exit 0."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args], check=False, cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=timeout_s, env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed
+
+
+def needs_wrk(why: str) -> None:
+    from benchmarks import wrk
+
+    if not wrk.available():
+        pytest.skip(f"wrk is not installed (apt-get install wrk): {why}")
+
+
 @pytest.mark.slow
 def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path, export_cache: Path) -> None:
     shared_path("weights", "cifar10")
     shared_path("data", "photos")
     output = tmp_path / "bench.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "raw", "service", "naive", "--quick", "--models", "resnet20",
-         "--duration", "1.5", "--no-wrk", "--cache-dir", str(export_cache), "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=240,
-        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
+    completed = run_benchmarks(
+        "raw", "service", "naive", "--quick", "--models", "resnet20", "--duration", "1.5", "--no-wrk",
+        "--cache-dir", str(export_cache), "--output", str(output), timeout_s=240,
     )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "HEADLINE" in completed.stdout and "RAW onnxruntime" in completed.stdout
     results = json.loads(output.read_text())
 
@@ -72,19 +86,13 @@ def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path, export_ca
 @pytest.mark.slow
 def test_quick_int8_service_run_has_the_v2_rest_door_and_the_precision(tmp_path: Path, export_cache: Path) -> None:
     """The INT8 export behind its gate, served, and the same JPEG through /predict and V2 REST (wrk)."""
-    from benchmarks import wrk
-
-    if not wrk.available():
-        pytest.skip("wrk is not installed (apt-get install wrk): the V2 REST phase is driven by it")
+    needs_wrk("the V2 REST phase is driven by it")
     shared_path("weights", "cifar10")
     output = tmp_path / "bench.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "raw", "service", "--quick", "--models", "resnet20,resnet20-int8",
-         "--duration", "1.5", "--no-perf-analyzer", "--cache-dir", str(export_cache), "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=600,
-        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
+    completed = run_benchmarks(
+        "raw", "service", "--quick", "--models", "resnet20,resnet20-int8", "--duration", "1.5", "--no-perf-analyzer",
+        "--cache-dir", str(export_cache), "--output", str(output), timeout_s=600,
     )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "PRECISION resnet20: resnet20 (fp32) vs resnet20-int8 (int8)" in completed.stdout
     results = json.loads(output.read_text())
     assert results["models"]["resnet20-int8"]["precision"] == "int8"
@@ -132,12 +140,7 @@ def test_quick_int8_suite_measures_the_checkpoints_real_accuracy_through_both_pa
 def test_preprocess_suite_measures_pillow_exactly(tmp_path: Path) -> None:
     shared_path("reference", "preprocess", "torchvision_crops.npz")
     output = tmp_path / "bench.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "preprocess", "--quick", "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=120,
-        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    run_benchmarks("preprocess", "--quick", "--output", str(output), timeout_s=120)
     by_name = {d["name"]: d for d in json.loads(output.read_text())["preprocess"]["decoders"]}
     for name in ("service (exact)", "pillow only (exact)"):  # libjpeg-turbo for plain JPEGs, and Pillow for all
         exact = by_name[name]
@@ -464,13 +467,7 @@ def test_peer_quick_run_matches_onnxruntime_and_reports_ratios(peer: str, tmp_pa
         pytest.skip("wrk is not installed (apt-get install wrk): peers are measured with wrk only")
     shared_path("weights", "cifar10")
     output = tmp_path / "bench.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", peer, "--quick", "--models", "resnet20", "--duration", "1.5",
-         "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=1800,
-        env={**os.environ, "RESNET_SERVE_SHARED_DIR": str(SHARED_DIR)},
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    run_benchmarks(peer, "--quick", "--models", "resnet20", "--duration", "1.5", "--output", str(output), timeout_s=1800)
     results = json.loads(output.read_text())
     figures = results["peers"][peer]["resnet20"]
     assert figures["skipped"] is None and figures["failures"] == {}, figures
@@ -736,3 +733,47 @@ def test_paused_freezes_a_process_group_and_lets_it_go_on() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.slow
+def test_quick_workers_run_compares_one_and_two_workers_and_projects(tmp_path: Path, export_cache: Path) -> None:
+    """``python -m benchmarks workers``: both models' 1 and 2 worker figures, and the projection from them."""
+    needs_wrk("the workers suite measures with it")
+    shared_path("weights", "cifar10")
+    output = tmp_path / "bench.json"
+    completed = run_benchmarks(
+        "workers", "--quick", "--models", "resnet20", "--duration", "1", "--cache-dir", str(export_cache),
+        "--output", str(output), timeout_s=400,
+    )
+    assert "WORKERS: 1 against 2" in completed.stdout and "PROJECTION" in completed.stdout
+    section = json.loads(output.read_text())["workers"]
+    assert set(section["models"]) == {"resnet20", "nearfree"}
+    for name, figures in section["models"].items():
+        cells = figures["summary"]["cells"]
+        assert set(cells) == {"1w c=1", "1w c=32", "2w c=1", "2w c=32"}, name
+        for cell in cells.values():
+            assert cell["errors"] == 0 and cell["images_per_s"] > 0, (name, cell)
+            assert 0 < cell["loop_cpu_ms_per_request"] <= cell["server_cpu_ms_per_image"] * 1.5, (name, cell)
+        ratios = {"2w c=1 img/s", "2w c=1 p50", "2w c=32 img/s", "2w c=32 p50"}
+        assert set(figures["summary"]["over_one_worker"]) == ratios, name
+    plan = section["projection"]
+    assert plan["loop_ceiling_requests_per_s"] > 0
+    assert plan["models"]["resnet20"]["64 cores"]["workers"] >= plan["models"]["resnet20"]["16 cores"]["workers"] >= 1
+
+
+def cell(**figures: float) -> dict:
+    return {"summary": {"cells": {"1w c=32": figures}}}
+
+
+@pytest.mark.parametrize(("cpu_ms", "on_16", "on_64"), [(2.0, 5, 20), (100.0, 1, 1), (0.5, 20, 80)])
+def test_the_projection_keeps_each_loop_under_its_ceiling(cpu_ms: float, on_16: int, on_64: int) -> None:
+    """A loop taking 0.5 ms a request carries 2,000 req/s, planned at 80 %: 1,600 img/s per worker. A model
+    costing ``cpu_ms`` a image gives 1000 / cpu_ms img/s per core, so C cores need C x that / 1,600 workers."""
+    from benchmarks.workers_bench import NEAR_FREE, projection
+
+    plan = projection({NEAR_FREE: cell(loop_cpu_ms_per_request=0.5, images_per_s=900.0),
+                       "m": cell(server_cpu_ms_per_image=cpu_ms)})
+    assert plan["loop_ceiling_requests_per_s"] == 2000.0
+    row = plan["models"]["m"]
+    assert (row["16 cores"]["workers"], row["64 cores"]["workers"]) == (on_16, on_64)
+    assert row["cores_one_loop_feeds"] == pytest.approx(1600 / (1000 / cpu_ms))

@@ -71,7 +71,7 @@ def models_body(state: ServiceState) -> dict[str, Any]:
     settings = state.settings
     served = [model for model in manager.models.values() if model.versions]
     default = settings.default_model or (next(iter(manager.models)) if len(manager.models) == 1 else None)
-    return {
+    body = {
         "server_version": __version__,
         "default_model": default,
         "models": [_model_info(model) for model in served],
@@ -87,8 +87,12 @@ def models_body(state: ServiceState) -> dict[str, Any]:
             "model_control": settings.model_control,
             "repository_poll_s": settings.repository_poll_s if settings.model_control == "poll" else 0,
             "max_inflight_bytes": settings.max_inflight_bytes,
+            "workers": settings.worker_count,
         },
     }
+    if state.workers is not None:  # the answer is one worker's; this says what each of them serves
+        body["workers"] = state.workers.describe()
+    return body
 
 
 def _model_info(served: ServedModel) -> dict[str, Any]:

@@ -167,7 +167,12 @@ class ModelsResponse(BaseModel):
     runtime: dict[str, object] = Field(
         default_factory=dict,
         description="Usable CPUs (affinity, cgroup quota), decode threads, whether plain JPEGs take the libjpeg-turbo "
-        "path (fast_jpeg: the setting, and the start-up probe against Pillow), model control.",
+        "path (fast_jpeg: the setting, and the start-up probe against Pillow), model control, worker processes.",
+    )
+    workers: dict[str, object] | None = Field(
+        default=None,
+        description="With WORKERS > 1: which worker answered (this_worker), each worker's served versions and "
+        "readiness, and whether they all serve the same (agree).",
     )
 
 

@@ -372,17 +372,11 @@ class ModelManager:
             (self.metrics.queue_depth, (model.name, version)),
             (self.metrics.inflight_images, (model.name, version)),
         ):
-            try:
-                gauge.remove(*labels)
-            except KeyError:
-                pass
+            self.metrics.forget(gauge, labels)
 
     def _set_refusal_gauge(self, name: str, served: ServedModel | None) -> None:
         if served is None:
-            try:
-                self.metrics.refused_versions.remove(name)
-            except KeyError:
-                pass
+            self.metrics.forget(self.metrics.refused_versions, (name,))
             return
         self.metrics.refused_versions.labels(name).set(len(served.refused))
 

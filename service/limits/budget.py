@@ -4,7 +4,8 @@ Per-request limits (``MAX_UPLOAD_BYTES``, ``MAX_IMAGE_PIXELS``) do not bound a p
 requests at once: 60 connections each sending a 19 MiB body took an unbounded service to 1.4 GB.
 :class:`ByteBudget` is taken before a body is read (its Content-Length) or while it streams, and a
 request that does not fit is refused with 503 ``server_busy`` at once; :class:`PixelBudget` makes
-decode threads wait until the image they are about to decode fits.
+decode threads wait until the image they are about to decode fits. Each worker process
+(``WORKERS``) has its own budgets: the service's bound is the sum over the workers (:func:`rss_bound`).
 """
 
 from __future__ import annotations
@@ -104,19 +105,22 @@ CONNECTION_BUFFER_BYTES = 64 * 1024
 
 
 def rss_bound(idle_rss: int, *, max_inflight_bytes: int, max_inflight_pixels: int, max_image_pixels: int,
-              limit_concurrency: int, queued_crop_bytes: int, image_cache_bytes: int) -> int:
-    """The most a serving process should hold under any mix of requests (docs/hardening.md states it).
+              limit_concurrency: int, queued_crop_bytes: int, image_cache_bytes: int, workers: int = 1) -> int:
+    """The most a service should hold under any mix of requests (docs/hardening.md states it).
 
-    ``idle_rss`` is the process after loading and warming its models (onnxruntime's arenas at the
-    largest batch are in it); ``queued_crop_bytes`` is the sum over served versions of their queue
-    size times one model input (side x side x 3 uint8 bytes), the decoded crops waiting for a batch;
-    ``image_cache_bytes`` the freed image blocks Pillow keeps for reuse (``service.limits.memory.pillow_cache_bytes``).
+    ``idle_rss`` is the service after loading and warming its models (onnxruntime's arenas at the
+    largest batch are in it): with ``workers`` > 1, every process's RSS together, the parent's
+    included. The other terms are per process, so they count once per worker: each worker has its own
+    budgets, connections and queues. ``queued_crop_bytes`` is the sum over served versions of their
+    queue size times one model input (side x side x 3 uint8 bytes), the decoded crops waiting for a
+    batch (the largest worker's); ``image_cache_bytes`` the freed image blocks Pillow keeps for reuse
+    (``service.limits.memory.pillow_cache_bytes`` of one worker's decode threads).
     """
-    return int(
-        idle_rss
-        + BODY_OVERHEAD * max_inflight_bytes
+    per_worker = (
+        BODY_OVERHEAD * max_inflight_bytes
         + BYTES_PER_DECODED_PIXEL * max(max_inflight_pixels, max_image_pixels)
         + CONNECTION_BUFFER_BYTES * limit_concurrency
         + queued_crop_bytes
         + image_cache_bytes
     )
+    return int(idle_rss + workers * per_worker)

@@ -123,6 +123,20 @@ def cpu_budget(proc_cgroup: Path = PROC_SELF_CGROUP, root: Path = CGROUP_ROOT) -
     return CpuBudget(affinity, affinity, quota, "affinity (cgroup quota is not lower)")
 
 
+#: Usable CPUs per worker that ``WORKERS=auto`` gives (see :func:`auto_workers`).
+CPUS_PER_AUTO_WORKER = 4
+
+
+def auto_workers(usable: int) -> int:
+    """Serving processes for ``WORKERS=auto``: one per :data:`CPUS_PER_AUTO_WORKER` usable CPUs, at least one.
+
+    One process's event loop is the ceiling for small models (benchmarks/README.md, "Worker processes"),
+    while every worker holds its own copy of the sessions and budgets; a worker per few CPUs keeps each
+    loop fed with intra-op threads without multiplying memory by the core count.
+    """
+    return max(1, usable // CPUS_PER_AUTO_WORKER)
+
+
 #: x86 flags of instructions that add uint8 x int8 products straight into 32 bits.
 _EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 _X86 = frozenset({"x86_64", "amd64", "i386", "i686"})

@@ -130,8 +130,9 @@ class GrpcDoor:
 
     async def start(self) -> None:
         s = self.settings
-        shared = s.grpc_listeners > 1
-        if shared and s.grpc_port:
+        in_worker = self.pipeline.state.workers is not None  # siblings share the port; the parent claimed it
+        shared = s.grpc_listeners > 1 or in_worker
+        if shared and s.grpc_port and not in_worker:
             # SO_REUSEPORT would let a second instance bind the port silently. (Two instances starting
             # in the same instant can both pass the probe; the window is the few ms of the binds below.)
             claim_port(s.host, s.grpc_port)
@@ -291,17 +292,17 @@ class GrpcDoor:
 
     async def repository_index(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self._authorize(context)
-        rows = protocol.repository_index(self.manager, request.ready)
+        rows = protocol.service_index(self.pipeline.state, request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
     async def repository_load(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self._authorize(context)
-        await protocol.repository_control(self.manager, self.settings.model_control, "load", request.model_name)
+        await protocol.repository_control(self.pipeline.state, "load", request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def repository_unload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self._authorize(context)
-        await protocol.repository_control(self.manager, self.settings.model_control, "unload", request.model_name)
+        await protocol.repository_control(self.pipeline.state, "unload", request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # --- inference --------------------------------------------------------------------------------

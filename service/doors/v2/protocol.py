@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from service.engine.served import ServedModel, ServedVersion
 from service.errors import ServiceError
 from service.parsing import parse_int, shown
 from service.pipeline.call import EncodedImages, Inputs
+
+if TYPE_CHECKING:
+    from service.state import ServiceState
 
 SERVER_NAME = "resnet-serve"
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "model_repository", "schedule_policy")
@@ -103,8 +106,10 @@ def check_name(name: str) -> str:
     return name
 
 
-async def repository_control(manager: ModelManager, mode: str, action: str, name: str) -> None:
-    """Explicit model control (Triton's model repository extension): load or unload one model by name."""
+async def repository_control(state: ServiceState, action: str, name: str) -> None:
+    """Explicit model control (Triton's model repository extension): load or unload one model by name,
+    in every worker process (answered once all have)."""
+    mode = state.settings.model_control
     if mode != "explicit":
         raise ServiceError(
             400, "model_control",
@@ -112,9 +117,11 @@ async def repository_control(manager: ModelManager, mode: str, action: str, name
         )
     name = check_name(name)
     if action == "load":
-        await manager.load(name)
+        await state.manager.load(name)
     else:
-        await manager.unload(name)
+        await state.manager.unload(name)
+    if state.workers is not None:
+        await state.workers.relay(action, name)
 
 
 def server_metadata() -> dict[str, Any]:
@@ -173,6 +180,13 @@ def model_config(manager: ModelManager, target: V2Model, version: int | None) ->
             {"name": target.name, "kind": "KIND_GPU" if served.model.on_gpu else "KIND_CPU", "count": s.instances}
         ],
     }
+
+
+def service_index(state: ServiceState, ready_only: bool) -> list[dict[str, str]]:
+    """The repository index a client sees: this process's, or every worker's merged (:mod:`service.workers`)."""
+    if state.workers is not None:
+        return state.workers.repository_index(ready_only)
+    return repository_index(state.manager, ready_only)
 
 
 def repository_index(manager: ModelManager, ready_only: bool = False) -> list[dict[str, str]]:

@@ -92,7 +92,6 @@ _INDEX_OPENAPI = {
 
 def router(pipeline: Pipeline) -> APIRouter:
     """The V2 routes, bound to one app's pipeline."""
-    manager = pipeline.state.manager
     api = APIRouter(prefix="/v2", tags=["KServe V2"])
 
     @api.get("", summary="Server metadata: name, version, extensions.")
@@ -129,7 +128,7 @@ def router(pipeline: Pipeline) -> APIRouter:
         ready_only = body.get("ready", False)
         if not isinstance(ready_only, bool):
             raise ServiceError(400, "invalid_request", "ready must be true or false")
-        return JSONResponse(protocol.repository_index(manager, ready_only))
+        return JSONResponse(protocol.service_index(pipeline.state, ready_only))
 
     for action in ("load", "unload"):
         api.add_api_route(
@@ -194,7 +193,7 @@ def _control(pipeline: Pipeline, action: str) -> Callable[[Request, str], Awaita
     async def control(request: Request, model_name: str) -> Response:
         pipeline.authorize(request.headers.getlist("authorization"))
         await _small_json(request)
-        await protocol.repository_control(pipeline.state.manager, pipeline.settings.model_control, action, model_name)
+        await protocol.repository_control(pipeline.state, action, model_name)
         return JSONResponse({})
 
     control.__name__ = f"repository_{action}"
