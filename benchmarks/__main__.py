@@ -1,4 +1,4 @@
-"""``python -m benchmarks [raw|service|naive|preprocess|pytriton|litserve|torchserve|all] [--quick]``:
+"""``python -m benchmarks [raw|service|naive|preprocess|pytriton|litserve|torchserve|lifecycle|all] [--quick]``:
 one run, one table, one JSON file."""
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from benchmarks.workload import (
 )
 
 SUITES = ("preprocess", "raw", "service", "naive", "pytriton")
-#: Peers outside ``all``: each needs a venv of its own (TorchServe: torch and Java) and minutes per model.
-OPT_IN = ("litserve", "torchserve")
+#: Outside ``all``: the peers that need a venv of their own (TorchServe: torch and Java) and minutes per
+#: model, and the lifecycle cases (deadlines and hang-ups on resnet50 whatever --models says).
+OPT_IN = ("litserve", "torchserve", "lifecycle")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-wrk", action="store_true", help="skip the native wrk client")
     parser.add_argument("--no-freeze-idle", action="store_true",
                         help="peers: leave the idle server running during the other's slices (default: SIGSTOP it)")
+    parser.add_argument("--service-root", type=Path, default=REPO_ROOT,
+                        help="lifecycle: run the service from this checkout (another branch: before/after)")
     return parser
 
 
@@ -145,6 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                             duration=args.duration, log=log,
                             paired=Paired(url, body, pgid, freeze_idle=not args.no_freeze_idle),
                         )
+        if "lifecycle" in suites:
+            from benchmarks import lifecycle
+
+            (resnet50,) = bench_models(["resnet50"])
+            log(f"exporting {resnet50.name} into {args.cache_dir} (skipped when already there) ...")
+            log("lifecycle resnet50 ...")
+            results["lifecycle"] = lifecycle.run(
+                resnet50, model_repository(resnet50, args.cache_dir), service_root=args.service_root.resolve(), log=log
+            )
         if "naive" in suites:
             from benchmarks import naive
 

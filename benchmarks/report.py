@@ -147,6 +147,10 @@ def render(results: dict[str, Any]) -> str:
                 parts.append(f"  {peer} {name} skipped: {figures['skipped']}")
             for label, why in figures.get("failures", {}).items():
                 parts.append(f"  {peer} {name} [{label}] failed: {why[-400:]}")
+    if "lifecycle" in results:
+        from benchmarks.lifecycle import render as lifecycle_table  # it prints with this module's table()
+
+        parts.append(lifecycle_table(results["lifecycle"]))
     if results.get("headline"):
         parts.append("\nHEADLINE (one run, same machine)")
         parts.append(table(["figure", "value", "goal", "met"], [[h["figure"], h["value"], h["goal"], h["met"]] for h in results["headline"]]))
