@@ -1,4 +1,5 @@
-"""``python -m benchmarks [raw|service|naive|preprocess|pytriton|litserve|torchserve|lifecycle|all] [--quick]``:
+"""``python -m benchmarks [raw|service|naive|preprocess|pytriton|litserve|torchserve|lifecycle|overhead|all]
+[--quick]``:
 one run, one table, one JSON file."""
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from benchmarks.workload import (
 
 SUITES = ("preprocess", "raw", "service", "naive", "pytriton")
 #: Outside ``all``: the peers that need a venv of their own (TorchServe: torch and Java) and minutes per
-#: model, and the lifecycle cases (deadlines and hang-ups on resnet50 whatever --models says).
-OPT_IN = ("litserve", "torchserve", "lifecycle")
+#: model; the lifecycle cases (deadlines and hang-ups, on resnet50 whatever --models says); the cost of
+#: the lifecycle and of tracing (resnet20, against --service-root when given).
+OPT_IN = ("litserve", "torchserve", "lifecycle", "overhead")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-freeze-idle", action="store_true",
                         help="peers: leave the idle server running during the other's slices (default: SIGSTOP it)")
     parser.add_argument("--service-root", type=Path, default=REPO_ROOT,
-                        help="lifecycle: run the service from this checkout (another branch: before/after)")
+                        help="lifecycle, overhead: the service from this checkout (another branch: before/after)")
     return parser
 
 
@@ -157,6 +159,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["lifecycle"] = lifecycle.run(
                 resnet50, model_repository(resnet50, args.cache_dir), service_root=args.service_root.resolve(), log=log
             )
+        if "overhead" in suites:
+            from benchmarks import overhead, wrk
+
+            (resnet20,) = bench_models(["resnet20"])
+            if not wrk.available() or args.no_wrk:
+                log("note: overhead needs wrk (apt-get install wrk): skipped")
+            else:
+                log("overhead resnet20 (interleaved: before, tracing off, tracing on) ...")
+                results["overhead"] = overhead.run(
+                    resnet20, model_repository(resnet20, args.cache_dir), service_root=args.service_root,
+                    seconds=args.duration or (3.0 if args.quick else 10.0), rounds=2 if args.quick else overhead.ROUNDS,
+                    log=log,
+                )
         if "naive" in suites:
             from benchmarks import naive
 

@@ -81,7 +81,7 @@ class Pipeline:
                     scope.lifecycle = lifecycle = Lifecycle(scope.started, timeout_s)
                     admitted = Admitted(served, lifecycle, body)
                     if trace is not None:
-                        trace.attributes["resnet_serve.model_version"] = served.version
+                        trace.attributes["resnet_serve.model_version"] = str(served.version)
                         trace.enter(BODY_READ)
                     # Everything the request waits for ends at its deadline or when its client hangs up.
                     with lifecycle:
