@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, SpanContext
 
-    from service.pipeline.call import RequestScope
-
 log = logging.getLogger(__name__)
 
 #: A request's stages, in order: each is a child span of the request's span.
@@ -149,7 +147,7 @@ class Tracing:
         )
         if not span.is_recording():
             return None
-        return RequestTrace(self, span, started)
+        return RequestTrace(self, span, started, http="http.route" in attributes)
 
     def batch(
         self, traces: list[RequestTrace], *, model: str, version: str, size: int, started: int, failed: str | None
@@ -178,11 +176,12 @@ class Tracing:
 class RequestTrace:
     """One request's span and its stage boundaries; the stage spans are written when it ends."""
 
-    __slots__ = ("attributes", "batches", "dispatched", "span", "stage", "stage_started", "stages", "tracing")
+    __slots__ = ("attributes", "batches", "dispatched", "http", "span", "stage", "stage_started", "stages", "tracing")
 
-    def __init__(self, tracing: Tracing, span: Span, started: int) -> None:
+    def __init__(self, tracing: Tracing, span: Span, started: int, *, http: bool) -> None:
         self.tracing = tracing
         self.span = span
+        self.http = http
         self.stage = ADMISSION
         self.stage_started = started
         self.stages: list[tuple[str, int, int]] = []
@@ -202,7 +201,7 @@ class RequestTrace:
         self.batches.append(batch)
         self.dispatched = max(self.dispatched, started)
 
-    def finish(self, scope: RequestScope, code: str | None) -> None:
+    def finish(self, model: str, status: int, code: str | None) -> None:
         """Write the stage spans (explicit times) and end the request's span with its outcome."""
         trace = self.tracing._trace
         tracer = self.tracing.tracer
@@ -213,11 +212,11 @@ class RequestTrace:
             links = [trace.Link(batch) for batch in self.batches] if stage == QUEUE_WAIT else ()
             tracer.start_span(stage, context=parent, links=links, start_time=started).end(stopped)
         span = self.span
-        span.set_attributes({**self.attributes, "resnet_serve.model": scope.model, "resnet_serve.status": scope.status})
-        if scope.protocol != "v2-grpc":
-            span.set_attribute("http.response.status_code", scope.status)
+        span.set_attributes({**self.attributes, "resnet_serve.model": model, "resnet_serve.status": status})
+        if self.http:
+            span.set_attribute("http.response.status_code", status)
         if code is not None:
             span.set_attribute("error.type", code)
-        if scope.status >= 500:
+        if status >= 500:
             span.set_status(trace.Status(trace.StatusCode.ERROR, code))
         span.end(ended)

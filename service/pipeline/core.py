@@ -139,6 +139,10 @@ class Pipeline:
         except asyncio.CancelledError:
             why = self._why(admitted)
             raise
+        except ServiceError as failure:
+            if failure.code == "timeout":  # the batcher found the deadline passed: so it has for the rest
+                why = DEADLINE
+            raise
         finally:
             batcher.abandon(queued, why)  # no-op for answered images; the batcher drops queued ones unrun
 
@@ -206,7 +210,7 @@ class Pipeline:
         finally:
             self._count(scope, time.perf_counter() - scope.started)
             if scope.trace is not None:
-                scope.trace.finish(scope, code)
+                scope.trace.finish(scope.model, scope.status, code)
 
     def _count(self, scope: RequestScope, seconds: float) -> None:
         """Per-request series through cached children: ``labels()`` takes a lock and builds a key each call."""
