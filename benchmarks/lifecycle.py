@@ -5,8 +5,9 @@ resnet50 (224x224, random weights: only the cost matters) served one image per i
 once, each with a 300 ms deadline, in four ways: a gRPC deadline, the V2 REST ``timeout`` request
 parameter (microseconds, Triton's), ``/predict?timeout_ms`` and a ``/predict`` client that hangs up
 after 300 ms. Counted per case: the images actually inferred (``resnet_serve_batch_size_sum``), the
-drops by reason, the statuses, and each answer's time as the client saw it. The goal: at most 15 of
-the 40 inferred, and every answer (where there is one) within twice the deadline.
+drops by reason, the statuses, each answer's time as the client saw it, and the server's own view (the
+latency histogram bucket every request of the case ended in: a busy box delays the client too). The
+goal: at most 15 of the 40 inferred, and every answer (where there is one) within twice the deadline.
 
 ``--service-root DIR`` runs the service from another checkout of the project (e.g. ``git worktree add
 /tmp/main main``), so the same client measures before and after a change.
