@@ -220,7 +220,10 @@ def _row(
         "server_max_s": server_max,
         "dropped": {key.split(" ", 1)[1]: value for key, value in sorted(delta.items()) if key.startswith("dropped ") and value},
         "server_statuses": {key.split(" ", 1)[1]: value for key, value in sorted(delta.items()) if key.startswith("status ") and value},
+        # The goal as the server can be held to it: a busy box delays the client's own clock as well.
         "met": delta.get("inferred", 0.0) <= MAX_INFERRED
+        and server_max is not None and server_max <= MAX_ANSWER_DEADLINES * deadline_s,
+        "met_client_side": delta.get("inferred", 0.0) <= MAX_INFERRED
         and (not answered or answered[-1] <= MAX_ANSWER_DEADLINES * deadline_s),
     }
 
@@ -231,12 +234,13 @@ def render(result: dict[str, Any]) -> str:
         [row["case"], f"{row['inferred']:.0f} of {result['requests']}", row["answer_p50_s"], row["answer_max_s"],
          f"<= {row['server_max_s']:g}" if row["server_max_s"] else "-",
          ", ".join(f"{k} {v}" for k, v in row["outcomes"].items()),
-         ", ".join(f"{k} {v:.0f}" for k, v in row["dropped"].items()) or "-", row["met"]]
+         ", ".join(f"{k} {v:.0f}" for k, v in row["dropped"].items()) or "-", row["met"], row["met_client_side"]]
         for row in result["cases"]
     ]
     title = (f"\nLIFECYCLE: {result['model']}, one image per inference, {result['requests']} requests at once with a "
              f"{result['deadline_s'] * 1000:.0f} ms deadline (goal: at most {MAX_INFERRED} inferred, answers within "
              f"{MAX_ANSWER_DEADLINES:g}x the deadline); service from {result['service_root']}")
     return title + "\n" + table(
-        ["case", "inferred", "answer p50 s", "answer max s", "server s", "outcomes", "dropped (server)", "met"], rows
+        ["case", "inferred", "answer p50 s", "answer max s", "server s", "outcomes", "dropped (server)", "met",
+         "met (client clock)"], rows
     )
