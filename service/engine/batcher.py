@@ -194,7 +194,8 @@ class Batcher:
         dropped = 0
         for item in queued:
             # A future still waiting in the queue is unresolved, or was cancelled with the task awaiting it.
-            item.future.cancel(reason)  # no-op when done
+            if not item.future.cancel(reason) and not item.future.cancelled():
+                item.future.exception()  # answered or failed: a failure nobody awaited is not logged at exit
             if item.waiting:
                 item.waiting = False
                 item.pixels = _NO_PIXELS
