@@ -1,5 +1,5 @@
-"""``python -m benchmarks [raw|service|workers|naive|preprocess|pytriton|litserve|torchserve|int8|gpu|all]
-[--quick]``: one run, one table, one JSON file (``gpu`` runs alone: see benchmarks/gpu.py)."""
+"""``python -m benchmarks [raw|service|workers|naive|preprocess|pytriton|litserve|torchserve|int8|gpu|lifecycle|
+overhead|all] [--quick]``: one run, one table, one JSON file (``gpu`` runs alone: see benchmarks/gpu.py)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,10 @@ from benchmarks.workload import (
 SUITES = ("preprocess", "raw", "service", "workers", "naive", "pytriton")
 #: Outside ``all``, run when named: peers that each need a venv of their own (TorchServe: torch and Java) and
 #: minutes per model; ``int8`` exports ten models and measures the accuracy of four; ``gpu`` is the GPU run
-#: (its own models, checks and table; on a CPU host the same steps on the CPU).
-OPT_IN = ("litserve", "torchserve", "int8", "gpu")
+#: (its own models, checks and table; on a CPU host the same steps on the CPU); the lifecycle cases
+#: (deadlines and hang-ups, on resnet50 whatever --models says); the cost of the lifecycle and of tracing
+#: (resnet20, against --service-root when given).
+OPT_IN = ("litserve", "torchserve", "int8", "gpu", "lifecycle", "overhead")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="gpu: run the CPU provider's version of the steps even where a GPU is present")
     parser.add_argument("--no-freeze-idle", action="store_true",
                         help="peers: leave the idle server running during the other's slices (default: SIGSTOP it)")
+    parser.add_argument("--service-root", type=Path, default=REPO_ROOT,
+                        help="lifecycle, overhead: the service from this checkout (another branch: before/after)")
     return parser
 
 
@@ -172,6 +176,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             log("int8 ...")
             results["int8"] = int8.run(args.cache_dir, quick=args.quick, log=log)
+        if "lifecycle" in suites:
+            from benchmarks import lifecycle
+
+            (resnet50,) = bench_models(["resnet50"])
+            log(f"exporting {resnet50.name} into {args.cache_dir} (skipped when already there) ...")
+            log("lifecycle resnet50 ...")
+            results["lifecycle"] = lifecycle.run(
+                resnet50, model_repository(resnet50, args.cache_dir), service_root=args.service_root.resolve(), log=log
+            )
+        if "overhead" in suites:
+            from benchmarks import overhead, wrk
+
+            (resnet20,) = bench_models(["resnet20"])
+            if not wrk.available() or args.no_wrk:
+                log("note: overhead needs wrk (apt-get install wrk): skipped")
+            else:
+                log("overhead resnet20 (interleaved: before, tracing off, tracing on) ...")
+                results["overhead"] = overhead.run(
+                    resnet20, model_repository(resnet20, args.cache_dir), service_root=args.service_root,
+                    seconds=args.duration or (3.0 if args.quick else 10.0), rounds=2 if args.quick else overhead.ROUNDS,
+                    log=log,
+                )
         if "naive" in suites:
             from benchmarks import naive
 

@@ -153,6 +153,14 @@ def render(results: dict[str, Any]) -> str:
         from benchmarks.workers_bench import render as render_workers
 
         parts.extend(render_workers(results["workers"], table))
+    if "lifecycle" in results:
+        from benchmarks.lifecycle import render as lifecycle_table  # they print with this module's table()
+
+        parts.append(lifecycle_table(results["lifecycle"]))
+    if "overhead" in results:
+        from benchmarks.overhead import render as overhead_table
+
+        parts.append(overhead_table(results["overhead"]))
     if results.get("headline"):
         parts.append("\nHEADLINE (one run, same machine)")
         parts.append(table(["figure", "value", "goal", "met"], [[h["figure"], h["value"], h["goal"], h["met"]] for h in results["headline"]]))

@@ -7,7 +7,7 @@ draining on shutdown).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -24,10 +24,17 @@ from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.settings import Settings
 from service.state import ServiceState
+from service.tracing import Tracing, from_environment
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A service app with its own state and metrics registry (several may coexist in tests)."""
+def create_app(
+    settings: Settings | None = None, *, tracing: Callable[[], Tracing | None] = from_environment
+) -> FastAPI:
+    """A service app with its own state and metrics registry (several may coexist in tests).
+
+    ``tracing`` makes the lifespan's tracer (default: as the ``OTEL_*`` variables say); it runs when the
+    lifespan starts, in the process that serves (its exporter thread must not cross a fork).
+    """
     settings = settings or Settings()
     metrics = Metrics()
     state = ServiceState(settings, metrics)
@@ -35,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        pipeline.tracing = tracer = tracing()
         state.start()  # models load in the background: /health/live answers meanwhile
         if state.workers is not None:
             await state.workers.start()  # a worker replacing a dead one joins the ports once loaded
@@ -53,6 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_door.stop()
             if state.workers is not None:
                 await state.workers.stop()
+            if tracer is not None:
+                pipeline.tracing = None
+                tracer.shutdown()  # the last spans are exported before the process exits
 
     app = ServiceApp(
         title="resnet-serve",

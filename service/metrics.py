@@ -45,6 +45,13 @@ class Metrics:
         self.rejections = counter(
             "resnet_serve_rejections", "Requests refused, by model and reason (error code).", ["model", "reason"]
         )
+        self.images_dropped = counter(
+            "resnet_serve_images_dropped",
+            "Images never inferred because nobody waits for them any more, by model and reason: deadline (the "
+            "request's deadline passed), disconnect (the client hung up or cancelled), shutdown (the drain's "
+            "grace ran out), error (another image of the request failed first).",
+            ["model", "reason"],
+        )
         self.request_latency = seconds(
             "resnet_serve_request_seconds",
             "End-to-end latency of a prediction request (any protocol), body read to response.",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.engine.batcher import Batcher
+from service.engine.batcher import Batcher, Queued
 from service.errors import ServiceError
 from service.metrics import Metrics
 
@@ -64,8 +64,8 @@ def make(model: FakeModel, *, instances: int = 1, max_batch: int = 8, delay_ms: 
 
 async def classify(batcher: Batcher, values: list[int]) -> list[float]:
     batcher.reserve(len(values))
-    futures = batcher.submit([pixels(v) for v in values])
-    return [float(row[0]) for row in await asyncio.gather(*futures)]
+    queued = batcher.submit([pixels(v) for v in values])
+    return [float(row[0]) for row in await asyncio.gather(*(item.future for item in queued))]
 
 
 def on_event_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
@@ -103,8 +103,8 @@ async def test_each_image_gets_its_own_row_and_concurrent_requests_share_batches
 
 async def _submit_reserved(batcher: Batcher, values: list[int]) -> list[float]:
     await asyncio.sleep(0)
-    futures = batcher.submit([pixels(v) for v in values])
-    return [float(row[0]) for row in await asyncio.gather(*futures)]
+    queued = batcher.submit([pixels(v) for v in values])
+    return [float(row[0]) for row in await asyncio.gather(*(item.future for item in queued))]
 
 
 @on_event_loop
@@ -120,8 +120,8 @@ async def test_the_oldest_image_waits_at_most_the_delay_while_others_decode() ->
     async with batching(FakeModel(), delay_ms=60, max_batch=8) as batcher:
         batcher.reserve(2)  # two images admitted; only one arrives, the other is "still decoding"
         started = time.perf_counter()
-        (future,) = batcher.submit([pixels(1)])
-        await future
+        (queued,) = batcher.submit([pixels(1)])
+        await queued.future
         waited = time.perf_counter() - started
         assert 0.05 <= waited < 0.5, waited
         batcher.release(1)
@@ -135,7 +135,7 @@ async def test_abandoned_images_never_reach_the_model() -> None:
         await asyncio.sleep(0.05)  # image 1 is running; image 2 queues behind it
         batcher.reserve(1)
         (second,) = batcher.submit([pixels(2)])
-        second.cancel()  # its request gave up (timeout, disconnect)
+        second.future.cancel()  # its request gave up (timeout, disconnect)
         assert await first == [1.0]
         await asyncio.sleep(0.3)
         assert model.seen == [1]
@@ -178,9 +178,9 @@ async def test_futures_are_resolved_on_the_event_loop_thread() -> None:
         loop_thread = threading.current_thread()
         resolved_on: list[threading.Thread] = []
         batcher.reserve(1)
-        (future,) = batcher.submit([pixels(3)])
-        future.add_done_callback(lambda _: resolved_on.append(threading.current_thread()))
-        await future
+        (queued,) = batcher.submit([pixels(3)])
+        queued.future.add_done_callback(lambda _: resolved_on.append(threading.current_thread()))
+        await queued.future
         await asyncio.sleep(0)
         assert resolved_on == [loop_thread]
 
@@ -221,7 +221,7 @@ async def test_drain_under_load_finishes_reserved_queued_and_running_work_withou
     assert refused.value.code == "shutting_down"
     late = batcher.submit([pixels(100), pixels(101)])  # ...but the reserved images still run
     assert await running == [float(v) for v in range(8)]
-    assert [float(row[0]) for row in await asyncio.gather(*late)] == [100.0, 101.0]
+    assert [float(row[0]) for row in await asyncio.gather(*(item.future for item in late))] == [100.0, 101.0]
     await drain
     beat.cancel()
     assert ticks >= 10  # the loop kept turning throughout
@@ -239,6 +239,96 @@ async def test_drain_gives_up_at_its_timeout_and_fails_what_is_left() -> None:
     await batcher.drain(0.2)
     assert time.perf_counter() - started < 0.45
     with pytest.raises(ServiceError) as stopped:
-        await queued
+        await queued.future
     assert stopped.value.status == 503
     assert await first == [1.0]  # the running batch still delivers
+
+
+def dropped(metrics: Metrics) -> dict[str, float]:
+    """``resnet_serve_images_dropped_total`` by reason."""
+    return {
+        sample.labels["reason"]: sample.value
+        for family in metrics.registry.collect() if family.name == "resnet_serve_images_dropped"
+        for sample in family.samples if sample.name.endswith("_total")
+    }
+
+
+async def _queued_behind_a_running_image(
+    batcher: Batcher, timeout_s: float = float("inf")
+) -> tuple[asyncio.Future[list[float]], Queued]:
+    """Image 1 running (the only instance, batches of one), image 2 queued behind it."""
+    first = asyncio.ensure_future(classify(batcher, [1]))
+    await asyncio.sleep(0.05)
+    batcher.reserve(1)
+    (second,) = batcher.submit([pixels(2)], timeout_s)
+    return first, second
+
+
+async def _deadline_passes_in_the_queue(batcher: Batcher) -> Queued:
+    first, second = await _queued_behind_a_running_image(batcher, timeout_s=0.05)
+    assert await first == [1.0]
+    with pytest.raises(ServiceError) as late:
+        await second.future  # failed when the collector reached it, not run
+    assert late.value.status == 504 and late.value.code == "timeout"
+    return second
+
+
+async def _client_hangs_up_while_queued(batcher: Batcher) -> Queued:
+    first, second = await _queued_behind_a_running_image(batcher)
+    batcher.abandon([second], "disconnect")
+    assert batcher.load == 0  # its slot came back at once, before the collector reached it
+    batcher.check_capacity(batcher.max_queue_size)
+    assert await first == [1.0]
+    return second
+
+
+async def _drain_runs_out_of_grace(batcher: Batcher) -> Queued:
+    _, second = await _queued_behind_a_running_image(batcher)
+    await batcher.drain(0.05)
+    with pytest.raises(ServiceError) as stopped:
+        await second.future
+    assert stopped.value.code == "shutting_down"
+    return second
+
+
+#: (case, what happens to image 2 while image 1 runs, the drop reason counted)
+DROPS = [
+    ("its deadline passes in the queue", _deadline_passes_in_the_queue, "deadline"),
+    ("its client hangs up while it queues", _client_hangs_up_while_queued, "disconnect"),
+    ("the drain's grace runs out", _drain_runs_out_of_grace, "shutdown"),
+]
+
+
+@pytest.mark.parametrize(("case", "reason"), [(c[1], c[2]) for c in DROPS], ids=[c[0] for c in DROPS])
+def test_an_image_nobody_waits_for_is_dropped_unrun_and_counted_by_reason(
+    case: Callable[[Batcher], Coroutine[Any, Any, Queued]], reason: str
+) -> None:
+    async def scenario() -> None:
+        metrics = Metrics()
+        model = FakeModel(delay_s=0.2)
+        batcher = Batcher("fake", [model], max_batch_size=1, max_delay_s=0.001, max_queue_size=8, metrics=metrics)
+        batcher.start()
+        await case(batcher)
+        await asyncio.sleep(0.3)  # time enough for image 2 to have run, had it not been dropped
+        assert model.seen == [1]
+        assert dropped(metrics) == {reason: 1.0}
+        assert batcher.load == 0
+        await batcher.drain(5)
+
+    asyncio.run(scenario())
+
+
+@on_event_loop
+async def test_abandoning_a_running_image_drops_nothing() -> None:
+    metrics = Metrics()
+    model = FakeModel(delay_s=0.1)
+    batcher = Batcher("fake", [model], max_batch_size=1, max_delay_s=0.001, max_queue_size=8, metrics=metrics)
+    batcher.start()
+    batcher.reserve(1)
+    (running,) = batcher.submit([pixels(1)])
+    await asyncio.sleep(0.05)
+    batcher.abandon([running], "deadline")  # already on the instance: it finishes, its row is dropped
+    await asyncio.sleep(0.1)
+    assert model.seen == [1] and running.future.cancelled()
+    assert dropped(metrics) == {}
+    await batcher.drain(5)

@@ -27,7 +27,7 @@ def test_alert_rules_pass_promtool_check(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups()}))
     result = promtool("check", "rules", "rules.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 4 rules found" in result.stdout, result.stdout
+    assert f"SUCCESS: {len(EXPECTED_ALERTS)} rules found" in result.stdout, result.stdout
 
 
 def test_dashboard_and_adapter_queries_parse(tmp_path: Path) -> None:
@@ -81,6 +81,13 @@ EXPECTED_ALERTS = [
         "warning",
         {"model": "busy"},
         "resnet-serve refuses 10% of busy requests (overload)",
+    ),
+    (
+        "20m",
+        "ResnetServeHighDisconnectRate",
+        "warning",
+        {"model": "impatient"},
+        "clients hang up on 10% of impatient images before they run",
     ),
     (
         "20m",
@@ -158,6 +165,14 @@ def _unit_tests() -> dict[str, Any]:
                         model="garbage",
                         reason="unsupported_image",
                     ),
+                    # Model "impatient": 540 images/min run, 60 dropped because their client hung up (10 %).
+                    series("resnet_serve_images_total", "0+540x40", pod="a", model="impatient"),
+                    series("resnet_serve_images_dropped_total", "0+60x40", pod="a", model="impatient",
+                           reason="disconnect"),
+                    # Model "punctual": as many drops, but at their own deadline (the client said so): no alert.
+                    series("resnet_serve_images_total", "0+540x40", pod="a", model="punctual"),
+                    series("resnet_serve_images_dropped_total", "0+60x40", pod="a", model="punctual",
+                           reason="deadline"),
                     *buckets,
                 ],
                 "alert_rule_test": [

@@ -89,6 +89,7 @@ def test_every_metric_in_alerts_dashboard_and_autoscaler_is_exported() -> None:
         "batch_size_bucket",
         "queue_depth",
         "rejections_total",
+        "images_dropped_total",
         "provider_info",
         "ready",
     ):
@@ -101,6 +102,7 @@ def test_alerts_cover_the_failure_modes() -> None:
         "ResnetServeNotReady",
         "ResnetServeGPUFallback",
         "ResnetServeHighRejectionRate",
+        "ResnetServeHighDisconnectRate",
         "ResnetServeHighP99Latency",
     }
     startup = server_container(render("overlays/gpu"))["startupProbe"]

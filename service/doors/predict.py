@@ -15,6 +15,7 @@ import numpy as np
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 
+from service.doors.hangup import HttpCallLife
 from service.doors.topk import bounded_top_k, top_k
 from service.doors.upload import read_uploads
 from service.limits.budget import BodyLease
@@ -59,6 +60,11 @@ OPENAPI: dict[str, Any] = {
             "name": "top_k", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
             "description": "Predictions per image, 1..number of classes (default: the model's DEFAULT_TOP_K).",
         },
+        {
+            "name": "timeout_ms", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
+            "description": "Answer within this many milliseconds of the request's arrival or get 504 timeout "
+            "(images not yet run are dropped); REQUEST_TIMEOUT_S stays the ceiling.",
+        },
     ],
 }
 
@@ -68,7 +74,7 @@ async def predict(pipeline: Pipeline, request: Request) -> Response:
     return await pipeline.infer(PredictCall(pipeline.settings, request))
 
 
-class PredictCall:
+class PredictCall(HttpCallLife):
     """One ``POST /predict``: the query names the model, the body holds the images."""
 
     protocol = PREDICT
@@ -94,7 +100,9 @@ class PredictCall:
             self.top_k = parse_int(
                 raw_top_k, field="query.top_k", minimum=1, maximum=MAX_TOP_K, too_large_code="bad_top_k"
             )
-        return Target(model, version)
+        raw_timeout = single(params, "timeout_ms")
+        timeout_s = parse_int(raw_timeout, field="query.timeout_ms", minimum=1) / 1000 if raw_timeout is not None else None
+        return Target(model, version, timeout_s=timeout_s)
 
     async def inputs(self, admitted: Admitted) -> EncodedImages:
         served = admitted.served

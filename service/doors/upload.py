@@ -32,6 +32,7 @@ from service.errors import ServiceError
 from service.limits.budget import BodyLease
 from service.limits.timeouts import within
 from service.parsing import MAX_INT_DIGITS
+from service.pipeline.call import CLIENT_CLOSED
 
 
 def declared_length(request: Request, max_bytes: int) -> int | None:
@@ -137,7 +138,10 @@ class _body_errors:
                 408, "upload_timeout", f"the upload stalled: no data for {self.idle_timeout_s:g} s"
             ) from None
         if isinstance(exc, ClientDisconnect):
-            raise ServiceError(400, "client_disconnected", "the client closed the connection mid-upload") from None
+            # Counted as 499 (nobody reads the answer), like a hang-up while the request waits.
+            raise ServiceError(
+                CLIENT_CLOSED, "client_disconnected", "the client closed the connection mid-upload"
+            ) from None
 
 
 class _Stalled(Exception):

@@ -4,7 +4,9 @@ Requests reserve queue slots before they decode (so overload is refused in micro
 any work), then enqueue one item per image with its own future. A collector task closes a batch
 when it is full or its oldest image has waited ``max_delay_s``, and hands it to a free instance's
 worker thread; while that thread runs onnxruntime the next batch already gathers (and the decode
-pool keeps decoding). Images whose request has given up are dropped before inference.
+pool keeps decoding). Images nobody waits for any more are dropped before inference: their request
+abandoned them (its deadline passed, its client hung up: :meth:`Batcher.abandon`), or their own
+deadline passed while they queued (checked when a batch is taken); each drop is counted by reason.
 
 Threading rule: asyncio futures and every piece of batcher state are touched only on the event
 loop. A worker thread receives one stacked uint8 array and returns the model's output array; the
@@ -21,12 +23,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from service.errors import ServiceError
 from service.limits.timeouts import wait_event
 from service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from service.tracing import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +42,25 @@ SHUTDOWN_RETRY_AFTER_S = 5
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
 
+#: Drop reasons the batcher decides itself (the pipeline gives the others with :meth:`Batcher.abandon`).
+DEADLINE = "deadline"
+SHUTDOWN = "shutdown"
+_UNKNOWN = "error"  # a future cancelled without a reason: its request failed otherwise
+_NO_PIXELS = np.empty(0, dtype=np.uint8)
+
 
 @dataclass(slots=True)
-class _Item:
+class Queued:
+    """One submitted image: await ``future`` for its output row."""
+
     pixels: np.ndarray
     future: asyncio.Future[np.ndarray]
     enqueued: float
+    deadline: float  # loop time after which nobody waits for it
+    trace: RequestTrace | None = None
+    #: In the queue and wanted. False once taken, or once abandoned while queued (then it stays in the
+    #: queue until the collector pops it, already counted as dropped and no longer part of ``load``).
+    waiting: bool = True
 
 
 def _timed(run_batch: RunBatch, pixels: np.ndarray) -> tuple[np.ndarray, float]:
@@ -74,8 +93,9 @@ class Batcher:
         self.max_queue_size = max_queue_size
         self._idle_instances: deque[RunBatch] = deque(instances)
         self._instance_count = len(instances)
-        self._pending: deque[_Item] = deque()
+        self._pending: deque[Queued] = deque()
         self._reserved = 0
+        self._abandoned = 0  # queued items whose request gave up (popped later, never run)
         self._running: set[asyncio.Future[tuple[np.ndarray, float]]] = set()
         self._running_images = 0
         self._closing = False
@@ -88,6 +108,9 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=len(instances), thread_name_prefix=f"infer-{label}")
         self._task: asyncio.Task[None] | None = None
         name = metric_label or label
+        self._model, self._version = name, metric_version
+        self._dropped_total = metrics.images_dropped
+        self._dropped: dict[str, Any] = {}
         self._queue_depth = metrics.queue_depth.labels(name, metric_version)
         self._inflight = metrics.inflight_images.labels(name, metric_version)
         self._queue_wait = metrics.queue_wait.labels(name)
@@ -107,8 +130,8 @@ class Batcher:
 
     @property
     def load(self) -> int:
-        """Images admitted and not yet handed to an inference thread."""
-        return self._reserved + len(self._pending)
+        """Images admitted, still wanted, and not yet handed to an inference thread."""
+        return self._reserved + len(self._pending) - self._abandoned
 
     def check_capacity(self, count: int = 1) -> None:
         """Raise 503 if ``count`` more images would not fit right now (reserves nothing)."""
@@ -138,30 +161,63 @@ class Batcher:
             self._batch_full.set()
         self._update_gauges()
 
-    def submit(self, images: Sequence[np.ndarray]) -> list[asyncio.Future[np.ndarray]]:
-        """Turn reserved slots into queued images; each future resolves to that image's output row.
+    def submit(
+        self, images: Sequence[np.ndarray], timeout_s: float = float("inf"), trace: RequestTrace | None = None
+    ) -> list[Queued]:
+        """Turn reserved slots into queued images; each one's future resolves to its output row.
 
-        Accepted while draining too: these slots were reserved before the drain began, and drain
-        waits for them.
+        An image still queued ``timeout_s`` from now is dropped unrun (its future gets 504). Accepted
+        while draining too: these slots were reserved before the drain began, and drain waits for them.
         """
         loop = asyncio.get_running_loop()
         now = loop.time()
-        futures: list[asyncio.Future[np.ndarray]] = []
+        deadline = now + timeout_s
+        queued: list[Queued] = []
         for pixels in images:
-            future: asyncio.Future[np.ndarray] = loop.create_future()
-            self._pending.append(_Item(pixels, future, now))
-            futures.append(future)
+            item = Queued(pixels, loop.create_future(), now, deadline, trace)
+            self._pending.append(item)
+            queued.append(item)
         self._reserved = max(0, self._reserved - len(images))
         self._update_gauges()
         self._wakeup.set()
         if len(self._pending) >= self.max_batch_size or self._reserved == 0:
             self._batch_full.set()  # full, or nothing more is coming: the collector need not wait
-        return futures
+        return queued
+
+    def abandon(self, queued: Sequence[Queued], reason: str) -> None:
+        """Nobody waits for these images any more (``reason``: deadline, disconnect, shutdown, error).
+
+        Those still queued are dropped now: counted, their pixels freed, their slots out of ``load``
+        (a hung-up request's slots come back at once, not when the collector reaches them); those
+        already running finish, and their rows are discarded. A no-op for answered images.
+        """
+        dropped = 0
+        for item in queued:
+            # A future still waiting in the queue is unresolved, or was cancelled with the task awaiting it.
+            if not item.future.cancel(reason) and not item.future.cancelled():
+                item.future.exception()  # answered or failed: a failure nobody awaited is not logged at exit
+            if item.waiting:
+                item.waiting = False
+                item.pixels = _NO_PIXELS
+                dropped += 1
+        if dropped:
+            self._abandoned += dropped
+            self._drop(reason, dropped)
+            if self._reserved == 0 and len(self._pending) == self._abandoned:
+                self._batch_full.set()
+            self._update_gauges()
+
+    def _drop(self, reason: str, count: int = 1) -> None:
+        counter = self._dropped.get(reason)
+        if counter is None:
+            counter = self._dropped[reason] = self._dropped_total.labels(self._model, reason)
+        counter.inc(count)
 
     def _update_gauges(self) -> None:
-        self._queue_depth.set(len(self._pending))
-        self._inflight.set(self._reserved + len(self._pending) + self._running_images)
-        if self._reserved == 0 and not self._pending and not self._running:
+        queued = len(self._pending) - self._abandoned
+        self._queue_depth.set(queued)
+        self._inflight.set(self._reserved + queued + self._running_images)
+        if self._reserved == 0 and not queued and not self._running:
             self._settled.set()
         else:
             self._settled.clear()
@@ -194,12 +250,21 @@ class Batcher:
                 continue
             self._dispatch(loop, items)
 
-    def _take_batch(self, now: float) -> list[_Item]:
+    def _take_batch(self, now: float) -> list[Queued]:
         """Pop up to a batch of images whose requests still wait (on the loop: liveness is decided here)."""
-        items: list[_Item] = []
+        items: list[Queued] = []
         while self._pending and len(items) < self.max_batch_size:
             item = self._pending.popleft()
-            if item.future.done():  # its request timed out or went away
+            if not item.waiting:  # abandoned: counted when its request gave up
+                self._abandoned -= 1
+                continue
+            item.waiting = False
+            if item.future.done():  # cancelled without abandon(): count it now
+                self._drop(_reason(item.future))
+                continue
+            if item.deadline <= now:  # nobody will wait for its answer
+                item.future.set_exception(ServiceError(504, "timeout", "the request's deadline passed in the queue"))
+                self._drop(DEADLINE)
                 continue
             self._queue_wait.observe(now - item.enqueued)
             items.append(item)
@@ -207,23 +272,36 @@ class Batcher:
             self._batch_full.clear()
         return items  # gauges (and "settled") are updated once the batch counts as running
 
-    def _dispatch(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
+    def _dispatch(self, loop: asyncio.AbstractEventLoop, items: list[Queued]) -> None:
         instance = self._idle_instances.popleft()
         pixels = np.stack([item.pixels for item in items])
         run = loop.run_in_executor(self._executor, _timed, instance, pixels)
         self._running.add(run)
         self._running_images += len(items)
         self._update_gauges()
-        run.add_done_callback(lambda done: self._deliver(done, items, instance))
+        traces = [item.trace for item in items if item.trace is not None]
+        if traces:
+            started = time.time_ns()
+            run.add_done_callback(lambda done: self._deliver(done, items, instance, traces, started))
+        else:
+            run.add_done_callback(lambda done: self._deliver(done, items, instance))
 
-    def _deliver(self, done: asyncio.Future[tuple[np.ndarray, float]], items: list[_Item], instance: RunBatch) -> None:
-        """On the loop: hand each waiter its row, or the batch's error."""
+    def _deliver(
+        self, done: asyncio.Future[tuple[np.ndarray, float]], items: list[Queued], instance: RunBatch,
+        traces: list[RequestTrace] | None = None, started: int = 0,
+    ) -> None:
+        """On the loop: hand each waiter its row, or the batch's error (and write the batch's span)."""
         self._running.discard(done)
         self._running_images -= len(items)
         self._idle_instances.append(instance)
         self._instance_free.set()
         self._update_gauges()
         error = self._outcome_error(done, len(items))
+        if traces:
+            traces[0].tracing.batch(
+                traces, model=self._model, version=self._version, size=len(items), started=started,
+                failed=None if error is None else error.code,
+            )
         if error is None:
             outputs, seconds = done.result()
             self._inference_latency.observe(seconds)
@@ -280,7 +358,22 @@ class Batcher:
         )
         while self._pending:
             item = self._pending.popleft()
-            if not item.future.done():
+            if not item.waiting:
+                self._abandoned -= 1
+            elif item.future.done():
+                self._drop(_reason(item.future))
+            else:
                 item.future.set_exception(stopped)
+                self._drop(SHUTDOWN)
         self._update_gauges()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _reason(future: asyncio.Future[Any]) -> str:
+    """The reason a future was cancelled with (``cancel(reason)``), for the drop counter."""
+    if future.cancelled():
+        try:
+            future.result()
+        except asyncio.CancelledError as cancelled:
+            return str(cancelled.args[0]) if cancelled.args and cancelled.args[0] else _UNKNOWN
+    return _UNKNOWN

@@ -10,14 +10,18 @@ door's requests take the same path.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
 from service.engine.served import ServedVersion
 from service.limits.budget import BodyLease
+
+if TYPE_CHECKING:
+    from service.pipeline.lifecycle import Lifecycle
+    from service.tracing import RequestTrace
 
 #: Protocol label values of the request metrics.
 PREDICT = "predict"
@@ -32,23 +36,35 @@ Answer = TypeVar("Answer", covariant=True)
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Which model a request is for, and how many images admission should expect (before the body)."""
+    """Which model a request is for, how many images admission should expect (before the body), and the
+    client's timeout when it gave one before the body (seconds from the request's start)."""
 
     model: str | None
     version: int | None = None
     images: int = 1
+    timeout_s: float | None = None
 
 
 @dataclass(slots=True)
 class Admitted:
-    """A request past admission: the version it holds, its deadline, and its share of the body budget."""
+    """A request past admission: the version it holds, its lifecycle (deadline, hang-up), and its share
+    of the body budget."""
 
     served: ServedVersion
-    deadline: float
+    lifecycle: Lifecycle
     body: BodyLease
 
+    @property
+    def deadline(self) -> float:
+        return self.lifecycle.deadline
+
     def seconds_left(self) -> float:
-        return max(0.0, self.deadline - time.perf_counter())
+        return self.lifecycle.seconds_left()
+
+    def limit(self, timeout_s: float | None) -> None:
+        """A client's timeout known only from the body (seconds from the request's start; None: none)."""
+        if timeout_s is not None:
+            self.lifecycle.limit(timeout_s)
 
 
 @dataclass(slots=True)
@@ -73,11 +89,18 @@ class InferenceCall(Protocol[Answer]):
     ``target`` may charge ``body`` (a gRPC message is already in memory when its model is known);
     ``inputs`` reads and parses the body under ``admitted``'s deadline and budget, and checks
     anything that needs the model (top-k bounds, tensor shapes) before a byte is decoded.
+    ``hang_up`` is awaited, once the body is read, while the request waits: it returns when the client
+    has gone (None: the transport cancels the request itself, as grpc.aio does). ``trace_carrier`` gives
+    the W3C ``traceparent``/``tracestate`` carrier (headers, metadata); it is asked only when tracing is on.
     """
 
     protocol: str
 
     def credentials(self) -> Sequence[str]: ...
+
+    def trace_carrier(self) -> Mapping[str, str]: ...
+
+    def hang_up(self) -> Awaitable[object] | None: ...
 
     def target(self, body: BodyLease) -> Target: ...
 
@@ -94,3 +117,5 @@ class RequestScope:
     started: float = field(default_factory=time.perf_counter)
     model: str = "-"
     status: int = 500
+    lifecycle: Lifecycle | None = None
+    trace: RequestTrace | None = None

@@ -5,7 +5,7 @@ answer; :meth:`Pipeline.infer` does everything between, in one order for all thr
 request metrics, resolving the model version (and holding it, so a version switch never pulls it
 from under a request), admission before the body is read, the body byte budget, decoding on the
 shared pool under the pixel budget, the shared batcher (images from all doors coalesce into the same
-batches) and the deadline.
+batches), the deadline and the client's hang-up (:mod:`service.pipeline.lifecycle`), and tracing.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ import numpy as np
 
 from service.errors import ServiceError
 from service.limits.budget import BodyLease
-from service.limits.timeouts import within
 from service.pipeline.call import CLIENT_CLOSED, Admitted, EncodedImages, InferenceCall, Inputs, RequestScope
 from service.pipeline.decode import Decoder
+from service.pipeline.lifecycle import DEADLINE, FAILED, Lifecycle
+from service.tracing import BODY_READ, DECODE, QUEUE_WAIT, RESPONSE
 
 if TYPE_CHECKING:
     from service.state import ServiceState
+    from service.tracing import RequestTrace, Tracing
 
 Answer = TypeVar("Answer")
 
@@ -52,12 +54,17 @@ class Pipeline:
         # Label values are served model names (or "-"), statuses and protocols: a bounded set.
         self._request_counters: dict[tuple[str, int, str], Any] = {}
         self._latency: dict[str, Any] = {}
+        #: Set for the lifespan when the OTEL_* variables turn tracing on (service.tracing).
+        self.tracing: Tracing | None = None
 
     # --- the one call ----------------------------------------------------------------------------
 
     async def infer(self, call: InferenceCall[Answer]) -> Answer:
         """Admit, read, decode, batch and answer one request; every failure is a ServiceError."""
         with self.account(call.protocol) as scope:
+            trace = scope.trace = (
+                self.tracing.request(call.protocol, call.trace_carrier()) if self.tracing is not None else None
+            )
             if self._api_key is not None:
                 self.authorize(call.credentials())
             body = BodyLease(self.state.body_budget)
@@ -69,31 +76,46 @@ class Pipeline:
                     # A full queue answers 503 before a byte of the body is read. A request is still
                     # served after SIGTERM until the drain begins; from then on the batchers refuse.
                     served.batcher.check_capacity(target.images)
-                    admitted = Admitted(served, scope.started + self.settings.request_timeout_s, body)
-                    rows = await self._rows(admitted, await call.inputs(admitted))
+                    timeout_s = self.settings.request_timeout_s
+                    if target.timeout_s is not None and target.timeout_s < timeout_s:
+                        timeout_s = target.timeout_s
+                    scope.lifecycle = lifecycle = Lifecycle(scope.started, timeout_s)
+                    admitted = Admitted(served, lifecycle, body)
+                    if trace is not None:
+                        trace.attributes["resnet_serve.model_version"] = str(served.version)
+                        trace.enter(BODY_READ)
+                    # Everything the request waits for ends at its deadline or when its client hangs up.
+                    with lifecycle:
+                        inputs = await call.inputs(admitted)
+                        lifecycle.watch(call.hang_up())
+                        rows = await self._rows(admitted, inputs, trace)
                     answer = call.answer(admitted, rows)
             finally:
                 body.release()
             scope.status = 200
             return answer
 
-    async def _rows(self, admitted: Admitted, inputs: Inputs) -> list[np.ndarray]:
+    async def _rows(self, admitted: Admitted, inputs: Inputs, trace: RequestTrace | None) -> list[np.ndarray]:
         """One output row per image: encoded images are decoded first (their bytes and budget are
         released as soon as they are), pixels go straight to the batcher."""
         served = admitted.served
         batcher = served.batcher
+        if trace is not None:
+            trace.attributes["resnet_serve.images"] = len(inputs)
         if isinstance(inputs, EncodedImages):
             count = len(inputs)
             batcher.reserve(count)
+            if trace is not None:
+                trace.enter(DECODE)
             try:
                 started = time.perf_counter()
-                pixels = await self.decoder.decode(inputs, served.model.card.preprocessing, admitted.seconds_left())
+                # The lifecycle cancels this at the deadline; the decoder then abandons what it has not begun.
+                pixels = await self.decoder.decode(inputs, served.model.card.preprocessing)
                 self.metrics.preprocess_latency.labels(served.name).observe(time.perf_counter() - started)
-            except TimeoutError:  # the decode is abandoned (service.pipeline.decode): its threads stop
+            except BaseException as failure:
                 batcher.release(count)
-                raise self._timed_out() from None
-            except BaseException:
-                batcher.release(count)
+                if isinstance(failure, asyncio.CancelledError):  # dropped before they were decoded
+                    self.metrics.images_dropped.labels(served.name, self._why(admitted)).inc(count)
                 raise
             finally:
                 inputs.blobs.clear()
@@ -107,23 +129,27 @@ class Pipeline:
                 )
             batcher.reserve(len(inputs))
             pixels = list(inputs)
-        futures = batcher.submit(pixels)
-
-        async def rows() -> list[np.ndarray]:
-            return [await future for future in futures]  # the first failed image's error, at once
-
+        if trace is not None:
+            trace.enter(QUEUE_WAIT)
+        queued = batcher.submit(pixels, admitted.seconds_left(), trace)
+        why = FAILED
         try:
-            return await within(rows(), admitted.seconds_left())
-        except TimeoutError:
-            raise self._timed_out() from None
+            rows = [await item.future for item in queued]  # the first failed image's error, at once
+            if trace is not None:
+                trace.enter(RESPONSE)
+            return rows
+        except asyncio.CancelledError:
+            why = self._why(admitted)
+            raise
+        except ServiceError as failure:
+            if failure.code == "timeout":  # the batcher found the deadline passed: so it has for the rest
+                why = DEADLINE
+            raise
         finally:
-            for future in futures:
-                future.cancel()  # no-op when done; otherwise the batcher drops the image unrun
+            batcher.abandon(queued, why)  # no-op for answered images; the batcher drops queued ones unrun
 
-    def _timed_out(self) -> ServiceError:
-        return ServiceError(
-            504, "timeout", f"not answered within the request timeout of {self.settings.request_timeout_s:g} s"
-        )
+    def _why(self, admitted: Admitted) -> str:
+        return admitted.lifecycle.why(self.state.draining)
 
     # --- access and accounting -------------------------------------------------------------------
 
@@ -158,22 +184,36 @@ class Pipeline:
 
     @contextmanager
     def account(self, protocol: str) -> Iterator[RequestScope]:
-        """Count the request (by model, status and protocol), its latency and, on failure, the reason."""
+        """Count the request (by model, status and protocol), its latency and, on failure, the reason;
+        end its trace."""
         scope = RequestScope(protocol)
+        code: str | None = None
         try:
             with self.state.in_flight.track():  # a drain out of grace answers 503 (service.pipeline.drain)
                 yield scope
         except ServiceError as error:
-            scope.status = error.status
-            self.metrics.rejections.labels(scope.model, error.code).inc()
+            scope.status, code = error.status, error.code
+            self.metrics.rejections.labels(scope.model, code).inc()
             raise
         except asyncio.CancelledError:
-            # Cancelled from outside: by the client (a cancelled RPC, a reset stream) unless the server
-            # is draining and its grace ran out; a client's hang-up is not a server error.
-            scope.status = 503 if self.state.draining else CLIENT_CLOSED
+            # Cancelled from outside: by the client (a cancelled RPC, a reset stream; grpc's own deadline)
+            # unless the server is draining and its grace ran out; a client's hang-up is not a server error.
+            why = scope.lifecycle.why(self.state.draining) if scope.lifecycle is not None else None
+            if self.state.draining:
+                scope.status, code = 503, "shutting_down"
+            elif why == DEADLINE:
+                scope.status, code = 504, "timeout"
+            else:
+                scope.status, code = CLIENT_CLOSED, "client_disconnected"
+            self.metrics.rejections.labels(scope.model, code).inc()
+            raise
+        except BaseException:
+            code = "internal_error"
             raise
         finally:
             self._count(scope, time.perf_counter() - scope.started)
+            if scope.trace is not None:
+                scope.trace.finish(scope.model, scope.status, code)
 
     def _count(self, scope: RequestScope, seconds: float) -> None:
         """Per-request series through cached children: ``labels()`` takes a lock and builds a key each call."""

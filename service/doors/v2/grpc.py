@@ -330,6 +330,12 @@ class GrpcInferCall:
             for key, value in (self.context.invocation_metadata() or ()) if key == "authorization"
         ]
 
+    def trace_carrier(self) -> dict[str, Any]:
+        return dict(self.context.invocation_metadata() or ())
+
+    def hang_up(self) -> None:
+        return None  # grpc.aio cancels the handler when the client cancels or its deadline passes
+
     def target(self, body: BodyLease) -> Target:
         # The message is in memory already (grpc read it, within the size limit); holding its bytes
         # in the budget before parsing still bounds how many are decoded at once. Parsing is
@@ -341,7 +347,21 @@ class GrpcInferCall:
         self.raw = None
         body.take(TYPED_ELEMENT_BYTES * typed_elements(self.message))
         self.model = protocol.lookup(self.door.manager, self.message.model_name)
-        return Target(self.model.base, protocol.parse_version(self.message.model_version))
+        return Target(self.model.base, protocol.parse_version(self.message.model_version), timeout_s=self._timeout_s())
+
+    def _timeout_s(self) -> float | None:
+        """The sooner of the call's gRPC deadline and its ``timeout`` parameter (microseconds, as Triton's)."""
+        timeout = None
+        if protocol.TIMEOUT_PARAMETER in self.message.parameters:
+            parameter = self.message.parameters[protocol.TIMEOUT_PARAMETER]
+            choice = parameter.WhichOneof("parameter_choice")
+            if choice not in ("int64_param", "uint64_param"):
+                raise ServiceError(400, "invalid_request", "parameters.timeout must be an integer (microseconds)")
+            timeout = protocol.timeout_s(int(getattr(parameter, choice)))
+        remaining = self.context.time_remaining()
+        if remaining is not None and (timeout is None or remaining < timeout):
+            timeout = max(0.0, remaining)
+        return timeout
 
     async def inputs(self, admitted: Admitted) -> Inputs:
         assert self.model is not None

@@ -30,7 +30,7 @@ from service.doors.v2.tensors import BYTES, Tensor
 from service.engine.manager import ModelManager
 from service.engine.served import ServedModel, ServedVersion
 from service.errors import ServiceError
-from service.parsing import parse_int, shown
+from service.parsing import json_int, parse_int, shown
 from service.pipeline.call import EncodedImages, Inputs
 
 if TYPE_CHECKING:
@@ -42,6 +42,8 @@ PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 ENCODED_SUFFIX = "-encoded"
 ENCODED_INPUT = "image_bytes"
+#: Triton's schedule-policy request parameter: the request's timeout in microseconds (0: none).
+TIMEOUT_PARAMETER = "timeout"
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,15 @@ def model_ready(manager: ModelManager, target: V2Model, version: int | None) -> 
 
 
 # --- inference ------------------------------------------------------------------------------------
+
+
+def timeout_s(value: object) -> float | None:
+    """The ``timeout`` request parameter (an integer of microseconds, 0 or absent: none) in seconds; 400
+    for anything else. Above the server's REQUEST_TIMEOUT_S it changes nothing: that stays the ceiling."""
+    if value is None:
+        return None
+    micros = json_int(value, field=f"parameters.{TIMEOUT_PARAMETER} (microseconds)")
+    return micros / 1e6 if micros else None
 
 
 def model_inputs(target: V2Model, served: ServedVersion, call: InferCall, max_files: int) -> Inputs:

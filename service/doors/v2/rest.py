@@ -17,6 +17,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from service.doors.hangup import HttpCallLife
 from service.doors.upload import read_body
 from service.doors.v2 import protocol
 from service.doors.v2.json_codec import HEADER_LENGTH, encode_response, parse_infer_request, parse_json
@@ -218,8 +219,11 @@ async def infer_request(pipeline: Pipeline, request: Request, model_name: str, v
     return await pipeline.infer(RestInferCall(pipeline, request, model_name, version))
 
 
-class RestInferCall:
-    """``POST /v2/models/{model}[/versions/{v}]/infer``: JSON, or a JSON header plus binary tensor data."""
+class RestInferCall(HttpCallLife):
+    """``POST /v2/models/{model}[/versions/{v}]/infer``: JSON, or a JSON header plus binary tensor data.
+
+    Its client's timeout is the request parameter ``timeout`` (microseconds, as Triton defines it), known
+    only once the body is parsed: it then tightens the request's deadline."""
 
     protocol = V2_REST
 
@@ -276,6 +280,7 @@ class RestInferCall:
         else:
             self.call = parse_infer_request(raw, header_length, check)
         del raw
+        admitted.limit(protocol.timeout_s(self.call.parameters.get(protocol.TIMEOUT_PARAMETER)))
         return protocol.model_inputs(self.model, admitted.served, self.call, settings.max_files)
 
     def answer(self, admitted: Admitted, rows: list[np.ndarray]) -> Response:
