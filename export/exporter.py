@@ -16,7 +16,7 @@ import models
 from export import int8 as int8_step
 from export.calibration import DEFAULT_CALIBRATION_COUNT
 from export.errors import ExportError
-from export.graph import DEFAULT_OPSET, PixelsToProbabilities, op_counts, trace_to_onnx
+from export.graph import DEFAULT_OPSET, GRAPH_REVISION, PixelsToProbabilities, op_counts, trace_to_onnx
 from export.labels import ResolvedLabels, resolve_labels
 from export.publish import ExportResult, claim_version, publish
 from export.quantize import MIN_OPSET as INT8_MIN_OPSET
@@ -218,6 +218,7 @@ def _settings(
     labels_digest = hashlib.sha256("\n".join(labels.labels).encode()).hexdigest()
     return {
         "arch": arch,
+        "graph_revision": GRAPH_REVISION,
         "source_sha256": sha256 if weights is not None else RANDOM_INIT_SPEC,
         "precision": precision,
         "opset": opset,

@@ -23,7 +23,7 @@ from export import int8 as int8_step
 from export.errors import ExportError
 from export.graph import check_graph
 from export.labels import read_labels_file
-from export.onnx_wrap import Signature, inspect_signature, read_model, wrap
+from export.onnx_wrap import WRAP_REVISION, Signature, inspect_signature, read_model, wrap
 from export.presets import PreprocessingSpec, resolve
 from export.publish import ExportResult, claim_version, publish
 from export.repository import check_name
@@ -78,6 +78,7 @@ def import_onnx(
     precision = "int8" if int8 else "fp32"
     settings: dict[str, Any] = {
         "source": "onnx",
+        "graph_revision": WRAP_REVISION,
         "source_sha256": sha256,
         "precision": precision,
         "output_name": signature.output_name,
