@@ -89,14 +89,21 @@ def environment() -> dict[str, Any]:
 Phase = tuple[str, Callable[[], None]]
 
 
+def selected_suites(args: argparse.Namespace) -> tuple[str, ...]:
+    """The suites named (``all``: every one of SUITES), in the order they run."""
+    chosen = set(args.suites) | (set(SUITES) if "all" in args.suites else set())
+    return tuple(s for s in (*SUITES, *OPT_IN) if s in chosen)
+
+
 def _phases(
-    args: argparse.Namespace, suites: tuple[str, ...], peers: tuple[str, ...], models: list[BenchModel],
-    results: dict[str, Any], log: Callable[[str], None],
+    args: argparse.Namespace, suites: tuple[str, ...], models: list[BenchModel], results: dict[str, Any],
+    log: Callable[[str], None],
 ) -> list[Phase]:
     """What the run does, in order, as (name, step) pairs: counted up front, so progress can say "3 of 9".
 
     Each step writes its figures into ``results``; later steps read what earlier ones left in ``repos``.
     """
+    peers = tuple(s for s in suites if s in PEER_NAMES)
     # PyTorch eager has no INT8 counterpart of the file, and the peers are compared on fp32.
     fp32_models = [model for model in models if not model.int8]
     repos: dict[str, Path] = {}
@@ -185,8 +192,7 @@ def _phases(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    chosen = set(args.suites) | (set(SUITES) if "all" in args.suites else set())
-    suites = tuple(s for s in (*SUITES, *OPT_IN) if s in chosen)
+    suites = selected_suites(args)
     if "gpu" in suites:
         if len(suites) > 1:
             print("error: the gpu suite runs alone (its own models, checks and table)", file=sys.stderr)
@@ -211,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model.name: {"arch": model.arch, "precision": model.precision, "weights": model.weights_note}
             for model in models
         }
-        phases = _phases(args, suites, peers, models, results, console.log)
+        phases = _phases(args, suites, models, results, console.log)
         with console.progress.step("python -m benchmarks", len(phases), "phases") as advance:
             for name, run in phases:
                 with console.progress.step(name):

@@ -120,7 +120,8 @@ def correct_biases(
     batch: int,
     advance: Advance = ignore,
 ) -> BiasCorrection:
-    """Subtract each convolution's measured mean shift from its int32 bias, in place (``advance``: images run)."""
+    """Subtract each convolution's measured mean shift from its int32 bias, in place; ``advance`` hears of
+    the images run."""
     started = time.perf_counter()
     convs = _quantized_convs(model, float_weights)
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}

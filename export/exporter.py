@@ -133,7 +133,9 @@ def export_model(
         count = default_image_count(preprocessing)
         with steps.step(f"verifying against {reference_name}", count, "images") as advance:
             inputs = gather_inputs(preprocessing, count)
-            figures = verify_graph(graph.SerializeToString(), reference, reference_name, traced, inputs, advance)
+            figures = verify_graph(
+                graph.SerializeToString(), reference, reference_name, traced, inputs, advance
+            )
         figures["seconds"] = round(time.perf_counter() - verify_started, 2)
         log(f"{prefix} verified{' the fp32 graph' if int8 else ''}: {describe_figures(figures)}")
     else:

@@ -100,7 +100,8 @@ def run_int8(
     check_graph(quantized)
     counts = op_counts(quantized)
     log(
-        f"{prefix} INT8: calibrated on {plan.calibration_source}, quantized in {time.perf_counter() - started:.1f} s"
+        f"{prefix} INT8: calibrated on {plan.calibration_source},"
+        f" quantized in {time.perf_counter() - started:.1f} s"
         f" ({counts.get('QuantizeLinear', 0)} QuantizeLinear, {counts.get('DequantizeLinear', 0)}"
         f" DequantizeLinear; float: {', '.join(kept) or 'nothing'})"
     )

@@ -74,7 +74,7 @@ class Bars:
 
 
 def _bar_format(total: float | None, unit: str) -> str | None:
-    """tqdm's own for bytes (MB, rate, time left); done/total and time left for counts; the clock otherwise."""
+    """tqdm's own for bytes (MB, rate, time left); done/total and time left for counts; else the clock."""
     if unit == "B":
         return None
     if total is None:

@@ -219,8 +219,9 @@ def quantize(model_bytes: bytes, calibration: np.ndarray, progress: Progress = S
     if BIAS_CORRECTION:
         weights = {tensor.name: numpy_helper.to_array(tensor) for tensor in prepared.graph.initializer}
         try:
+            batch = _calibration_batch(calibration)
             with progress.step("INT8 bias correction", len(calibration), "images") as advance:
-                correction = correct_biases(quantized, weights, calibration, _calibration_batch(calibration), advance)
+                correction = correct_biases(quantized, weights, calibration, batch, advance)
         except Exception as exc:  # onnxruntime refusing the measuring graph: say so, write nothing
             raise ExportError(f"bias correction failed: {type(exc).__name__}: {exc}") from exc
     quantized.producer_name = source.producer_name

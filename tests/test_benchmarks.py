@@ -446,18 +446,18 @@ def test_the_peer_headline_adds_cpu_per_image_and_what_the_idle_server_took() ->
         (["service", "--models", "resnet20"], ["exporting resnet20", "perf_analyzer", "service resnet20"]),
         (["service", "--models", "resnet20", "--no-wrk"], ["exporting resnet20", "service resnet20"]),
         (["preprocess", "int8"], ["preprocess", "int8"]),
+        (["pytriton", "litserve", "--models", "resnet20,resnet20-int8"],
+         ["exporting resnet20", "exporting resnet20-int8", "pytriton, litserve resnet20"]),
     ],
 )
 def test_the_phases_are_planned_before_any_runs(argv: list[str], phases: list[str], tmp_path: Path) -> None:
     """Progress counts phases ("3 of 9"), so the run is planned first; planning runs nothing."""
-    from benchmarks.__main__ import SUITES, _phases, build_parser
+    from benchmarks.__main__ import _phases, build_parser, selected_suites
     from benchmarks.workload import bench_models
 
     shared_path("weights", "cifar10")
     args = build_parser().parse_args([*argv, "--cache-dir", str(tmp_path)])
-    suites = tuple(suite for suite in (*SUITES, "int8") if suite in args.suites)
-    models = bench_models(args.models.split(","))
-    planned = _phases(args, suites, (), models, {}, lambda line: None)
+    planned = _phases(args, selected_suites(args), bench_models(args.models.split(",")), {}, lambda line: None)
     assert [name.split(" (")[0].replace(f" into {tmp_path}", "") for name, _ in planned] == phases
     assert list(tmp_path.iterdir()) == [], "nothing ran"
 
