@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from export.config import ExportRequest, ImportRequest, Request, load_config
+from export.config import ExportRequest, ImportRequest, load_config
 from export.errors import ExportError
 from export.graph import DEFAULT_OPSET
 from export.int8 import Int8Options
 from export.onnx_import import OUTPUT_KINDS
 from export.presets import PRESETS, PreprocessingSpec
-from export.publish import ExportResult
+from export.progress import Terminal, terminal
 from servable.layout import clear_export_failure, record_export_failure, scan_versions
 
 MODEL_DIR_ENV = "RESNET_SERVE_MODEL_DIR"
@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--opset", type=int, help=f"ONNX opset (default {DEFAULT_OPSET}; an imported file keeps its own)"
     )
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
+    parser.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress bars and no line as each long step starts: one result line per step"
+        " (bars show only on a terminal; elsewhere each long step prints one line as it starts)",
+    )
 
     int8 = parser.add_argument_group(
         "INT8", "static INT8 (onnxruntime QDQ, per-channel) with an accuracy gate; see docs/int8.md"
@@ -124,16 +131,17 @@ _INT8_ONLY = ("calibration", "holdout", "holdout_count")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    report = terminal(quiet=args.quiet)
     if args.config is not None:
         if args.arch or args.weights or args.onnx:
             parser.error("--config exports what the file lists: do not also give ARCH, --weights or --onnx")
-        return _export_config(args.config, args.model_dir, allow_partial=args.allow_partial)
+        return _export_config(args.config, args.model_dir, report, allow_partial=args.allow_partial)
     given = [f"--{key.replace('_', '-')}" for key in _INT8_ONLY if getattr(args, key) is not None]
     if given and not args.int8:
         parser.error(f"{', '.join(given)} only apply with --int8")
     try:
         request = _import_request(parser, args) if args.onnx else _export_request(parser, args)
-        request.run(args.model_dir)
+        request.run(args.model_dir, *report)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -203,11 +211,7 @@ def _import_request(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     )
 
 
-def _run(request: Request, model_dir: Path) -> ExportResult:
-    return request.run(model_dir)
-
-
-def _export_config(config: Path, model_dir: Path, *, allow_partial: bool = False) -> int:
+def _export_config(config: Path, model_dir: Path, report: Terminal, *, allow_partial: bool = False) -> int:
     """Export every entry; one failure does not stop the others, but makes the exit status 1 (with
     ``allow_partial``: only when no model of the config has a version to serve). Each failure is also
     recorded in the repository (``servable.layout.EXPORT_FAILURE_FILE``) for the service to report."""
@@ -216,12 +220,12 @@ def _export_config(config: Path, model_dir: Path, *, allow_partial: bool = False
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{config}: {len(requests)} model(s) -> {model_dir}")
+    report.log(f"{config}: {len(requests)} model(s) -> {model_dir}")
     outcomes: list[str] = []
     failed: list[str] = []
     for request in requests:
         try:
-            result = _run(request, model_dir)
+            result = request.run(model_dir, *report)
         except ExportError as exc:
             failed.append(request.name)
             print(f"error: [{request.name}] {exc}", file=sys.stderr)
@@ -233,13 +237,13 @@ def _export_config(config: Path, model_dir: Path, *, allow_partial: bool = False
         outcomes.append(
             f"  {request.name:<24} version {result.version:<3} {state:<9} {result.size_bytes / 1e6:7.1f} MB"
         )
-    print("summary:")
-    print("\n".join(outcomes))
+    report.log("summary:")
+    report.log("\n".join(outcomes))
     if not failed:
         return 0
     servable = [r.name for r in requests if scan_versions(model_dir / r.name, r.name)]
     if allow_partial and servable:
-        print(f"serving {', '.join(servable)} without {', '.join(failed)} (reported in /models and /health/ready)")
+        report.log(f"serving {', '.join(servable)} without {', '.join(failed)} (reported in /models and /health/ready)")
         return 0
     return 1
 

@@ -27,6 +27,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from models.progress import Advance, ignore
 from servable.card import INPUT_NAME
 
 #: Names the measuring graph adds; nothing in an exported graph starts with it.
@@ -113,13 +114,18 @@ def output_shifts(
 
 
 def correct_biases(
-    model: onnx.ModelProto, float_weights: dict[str, np.ndarray], pixels: np.ndarray, batch: int
+    model: onnx.ModelProto,
+    float_weights: dict[str, np.ndarray],
+    pixels: np.ndarray,
+    batch: int,
+    advance: Advance = ignore,
 ) -> BiasCorrection:
-    """Subtract each convolution's measured mean shift from its int32 bias, in place."""
+    """Subtract each convolution's measured mean shift from its int32 bias, in place; ``advance`` hears of
+    the images run."""
     started = time.perf_counter()
     convs = _quantized_convs(model, float_weights)
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    for conv, shift in zip(convs, _measure(model, convs, pixels, batch), strict=True):
+    for conv, shift in zip(convs, _measure(model, convs, pixels, batch, advance), strict=True):
         bias = initializers[conv.bias]
         step = np.round(shift / numpy_helper.to_array(initializers[conv.bias_scale]).astype(np.float64))
         corrected = np.clip(numpy_helper.to_array(bias).astype(np.int64) - step, _INT32.min, _INT32.max)
@@ -131,7 +137,9 @@ def correct_biases(
     )
 
 
-def _measure(model: onnx.ModelProto, convs: list[_Conv], pixels: np.ndarray, batch: int) -> list[np.ndarray]:
+def _measure(
+    model: onnx.ModelProto, convs: list[_Conv], pixels: np.ndarray, batch: int, advance: Advance = ignore
+) -> list[np.ndarray]:
     """One pass over ``pixels`` through ``model`` plus, beside each conv, the same conv of ``W_q - W``."""
     if not convs:
         return []
@@ -154,4 +162,5 @@ def _measure(model: onnx.ModelProto, convs: list[_Conv], pixels: np.ndarray, bat
         chunk = np.ascontiguousarray(pixels[start : start + batch])
         for total, found in zip(sums, session.run(outputs, {INPUT_NAME: chunk}), strict=True):
             total += found.reshape(found.shape[0], -1).sum(axis=0)
+        advance(len(chunk))
     return [total / len(pixels) for total in sums]

@@ -26,6 +26,7 @@ from export.onnx_import import OUTPUT_KINDS, import_onnx
 from export.presets import PreprocessingSpec
 from export.publish import ExportResult
 from export.verify import INT8_MIN_TOP1_AGREEMENT
+from models.progress import Progress
 
 Log = Callable[[str], None]
 
@@ -80,8 +81,10 @@ class ExportRequest:
             "min_agreement": options.min_agreement,
         }
 
-    def run(self, model_dir: Path, log: Log = print) -> ExportResult:
-        return export_model(self.arch, self.weights, model_dir=model_dir, log=log, **self.as_kwargs())
+    def run(self, model_dir: Path, log: Log = print, progress: Progress | None = None) -> ExportResult:
+        return export_model(
+            self.arch, self.weights, model_dir=model_dir, log=log, progress=progress, **self.as_kwargs()
+        )
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ class ImportRequest:
     int8: bool = False
     int8_options: Int8Options = field(default_factory=lambda: Int8Options(None))
 
-    def run(self, model_dir: Path, log: Log = print) -> ExportResult:
+    def run(self, model_dir: Path, log: Log = print, progress: Progress | None = None) -> ExportResult:
         return import_onnx(
             self.onnx,
             model_dir=model_dir,
@@ -111,6 +114,7 @@ class ImportRequest:
             int8=self.int8,
             int8_options=self.int8_options,
             log=log,
+            progress=progress,
         )
 
 

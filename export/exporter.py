@@ -16,13 +16,14 @@ import models
 from export import int8 as int8_step
 from export.calibration import DEFAULT_CALIBRATION_COUNT
 from export.errors import ExportError
-from export.graph import DEFAULT_OPSET, PixelsToProbabilities, op_counts, trace_to_onnx
+from export.graph import DEFAULT_OPSET, GRAPH_REVISION, PixelsToProbabilities, op_counts, trace_to_onnx
 from export.labels import ResolvedLabels, resolve_labels
 from export.publish import ExportResult, claim_version, publish
 from export.quantize import MIN_OPSET as INT8_MIN_OPSET
 from export.repository import check_name
 from export.verify import INT8_MIN_TOP1_AGREEMENT, default_image_count, gather_inputs, torch_reference
 from export.verify import verify as verify_graph
+from models.progress import Lines, Prefixed, Progress
 from servable.card import ModelCard, WeightsSource
 from servable.preprocessing import Preprocessing
 
@@ -54,6 +55,7 @@ def export_model(
     holdout_count: int | None = None,
     min_agreement: float = INT8_MIN_TOP1_AGREEMENT,
     log: Log = print,
+    progress: Progress | None = None,
 ) -> ExportResult:
     """Export ``arch`` with ``weights`` (a checkpoint spec, or None for seeded random init).
 
@@ -64,6 +66,9 @@ def export_model(
     ``int8``: static INT8 calibrated on ``calibration`` (a folder of images), then held to top-1
     agreement >= ``min_agreement`` with the fp32 PyTorch model on held-out images (``holdout``, or the
     calibration folder's images not used for calibration); below it nothing is written.
+
+    ``log`` gets one line per step, saying what it did; ``progress`` shows the long steps while they run
+    (download, tracing, verification, INT8), by default as one ``log`` line when each starts.
     """
     started = time.perf_counter()
     model_dir = Path(model_dir)
@@ -72,8 +77,9 @@ def export_model(
     _check_request(arch, version, opset, num_classes)
     _check_precision(int8, fp16, verify, opset)
     prefix = f"[{name}]"
+    steps = Prefixed(progress if progress is not None else Lines(log), prefix)
 
-    checkpoint = _load_checkpoint(arch, weights)
+    checkpoint = _load_checkpoint(arch, weights, steps)
     classes = _num_classes(arch, checkpoint, num_classes)
     sha256 = checkpoint.sha256 if checkpoint is not None else None
     if checkpoint is not None:
@@ -110,9 +116,10 @@ def export_model(
     wrapper = PixelsToProbabilities(
         exported, preprocessing.mean, preprocessing.std, torch.float16 if fp16 else torch.float32
     )
-    graph = trace_to_onnx(wrapper, preprocessing.crop_size, opset)
-    ops = op_counts(graph)
     traced = "fp16" if fp16 else "fp32"
+    with steps.step(f"tracing to ONNX (opset {opset}, {traced})"):
+        graph = trace_to_onnx(wrapper, preprocessing.crop_size, opset)
+    ops = op_counts(graph)
     log(
         f"{prefix} exported ONNX opset {opset} {traced} in {time.perf_counter() - export_started:.1f} s:"
         f" {sum(ops.values())} nodes ({ops.get('Conv', 0)} Conv,"
@@ -123,8 +130,12 @@ def export_model(
     figures: dict[str, Any] = {"skipped": True, "reason": "--no-verify"}
     if verify:
         verify_started = time.perf_counter()
-        inputs = gather_inputs(preprocessing, default_image_count(preprocessing))
-        figures = verify_graph(graph.SerializeToString(), reference, reference_name, traced, inputs)
+        count = default_image_count(preprocessing)
+        with steps.step(f"verifying against {reference_name}", count, "images") as advance:
+            inputs = gather_inputs(preprocessing, count)
+            figures = verify_graph(
+                graph.SerializeToString(), reference, reference_name, traced, inputs, advance
+            )
         figures["seconds"] = round(time.perf_counter() - verify_started, 2)
         log(f"{prefix} verified{' the fp32 graph' if int8 else ''}: {describe_figures(figures)}")
     else:
@@ -133,7 +144,8 @@ def export_model(
     quantization = None
     if plan is not None:
         graph, quantization, gate = int8_step.run_int8(
-            plan, graph.SerializeToString(), preprocessing, reference, reference_name, prefix=prefix, log=log
+            plan, graph.SerializeToString(), preprocessing, reference, reference_name,
+            prefix=prefix, log=log, progress=steps,
         )
         figures = {**gate, "fp32_graph": figures}
 
@@ -177,11 +189,11 @@ def _check_request(arch: str, version: int | None, opset: int, num_classes: int 
         raise ExportError(f"num_classes must be positive, got {num_classes}")
 
 
-def _load_checkpoint(arch: str, weights: str | None) -> Any:
+def _load_checkpoint(arch: str, weights: str | None, progress: Progress) -> Any:
     if weights is None:
         return None
     try:
-        return models.load_checkpoint(weights, arch=arch)
+        return models.load_checkpoint(weights, arch=arch, progress=progress)
     except models.CheckpointError as exc:
         raise ExportError(f"cannot load weights {weights!r} for {arch}: {exc}") from exc
 
@@ -218,6 +230,7 @@ def _settings(
     labels_digest = hashlib.sha256("\n".join(labels.labels).encode()).hexdigest()
     return {
         "arch": arch,
+        "graph_revision": GRAPH_REVISION,
         "source_sha256": sha256 if weights is not None else RANDOM_INIT_SPEC,
         "precision": precision,
         "opset": opset,

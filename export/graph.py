@@ -22,6 +22,9 @@ from servable.card import INPUT_NAME, OUTPUT_NAME
 #: Newest opset the TorchScript exporter writes that onnxruntime and TensorRT both read.
 DEFAULT_OPSET = 17
 BATCH_AXIS_NAME = "batch"
+#: Bumped whenever the wrapper changes what an exported file holds (the settings fingerprint includes it,
+#: so re-exporting after a change writes a new version once instead of saying "unchanged").
+GRAPH_REVISION = 2  # 2: Cast before Transpose
 
 
 class PixelsToProbabilities(nn.Module):

@@ -22,6 +22,7 @@ from export.errors import ExportError
 from export.graph import check_graph, op_counts
 from export.quantize import quantize, recipe
 from export.verify import INT8_MIN_TOP1_AGREEMENT, Reference, verify_quantized
+from models.progress import Progress
 from servable.card import Quantization
 from servable.preprocessing import Preprocessing
 
@@ -86,17 +87,21 @@ def run_int8(
     *,
     prefix: str,
     log: Log,
+    progress: Progress,
 ) -> tuple[onnx.ModelProto, Quantization, dict[str, Any]]:
-    """Quantize ``float_bytes`` and hold it to the gate; (INT8 graph, its card record, gate figures)."""
+    """Quantize ``float_bytes`` and hold it to the gate; (INT8 graph, its card record, gate figures).
+
+    ``progress`` shows calibration, bias correction and the gate as they run; ``log`` says how each went.
+    """
     started = time.perf_counter()
     calibration = load_images(plan.calibration_files, preprocessing, plan.calibration_source)
-    log(f"{prefix} INT8: calibrating on {plan.calibration_source}")
-    result = quantize(float_bytes, calibration.pixels)
+    result = quantize(float_bytes, calibration.pixels, progress)
     quantized, kept = result.model, result.float_nodes
     check_graph(quantized)
     counts = op_counts(quantized)
     log(
-        f"{prefix} INT8: quantized in {time.perf_counter() - started:.1f} s"
+        f"{prefix} INT8: calibrated on {plan.calibration_source},"
+        f" quantized in {time.perf_counter() - started:.1f} s"
         f" ({counts.get('QuantizeLinear', 0)} QuantizeLinear, {counts.get('DequantizeLinear', 0)}"
         f" DequantizeLinear; float: {', '.join(kept) or 'nothing'})"
     )
@@ -107,15 +112,17 @@ def run_int8(
             f" ({done.seconds:.1f} s)"
         )
     gate_started = time.perf_counter()
-    holdout = load_images(plan.holdout_files, preprocessing, plan.holdout_source)
-    figures = verify_quantized(
-        quantized.SerializeToString(),
-        reference,
-        reference_name,
-        holdout.pixels,
-        plan.holdout_source,
-        plan.options.min_agreement,
-    )
+    with progress.step("INT8 gate", len(plan.holdout_files), "images") as advance:
+        holdout = load_images(plan.holdout_files, preprocessing, plan.holdout_source)
+        figures = verify_quantized(
+            quantized.SerializeToString(),
+            reference,
+            reference_name,
+            holdout.pixels,
+            plan.holdout_source,
+            plan.options.min_agreement,
+            advance,
+        )
     figures["seconds"] = round(time.perf_counter() - gate_started, 2)
     log(
         f"{prefix} INT8 gate passed: top-1 agreement {figures['top1_agreement']:.2%} with {reference_name}"

@@ -23,11 +23,12 @@ from export import int8 as int8_step
 from export.errors import ExportError
 from export.graph import check_graph
 from export.labels import read_labels_file
-from export.onnx_wrap import Signature, inspect_signature, read_model, wrap
+from export.onnx_wrap import WRAP_REVISION, Signature, inspect_signature, read_model, wrap
 from export.presets import PreprocessingSpec, resolve
 from export.publish import ExportResult, claim_version, publish
 from export.repository import check_name
 from export.verify import BATCH_SIZE, Reference, default_image_count, gather_inputs, onnx_session, verify
+from models.progress import Lines, Prefixed, Progress
 from servable.card import INPUT_NAME, OUTPUT_NAME, ModelCard, WeightsSource
 from servable.preprocessing import Preprocessing
 
@@ -52,15 +53,18 @@ def import_onnx(
     int8: bool = False,
     int8_options: int8_step.Int8Options | None = None,
     log: Log = print,
+    progress: Progress | None = None,
 ) -> ExportResult:
     """Wrap the classifier in ``path``, verify it against the original and publish it as ``name``.
 
     Raises :class:`ExportError` (and writes nothing) for anything it cannot wrap or that fails to verify.
+    ``log`` and ``progress`` report as :func:`export.export_model`'s do.
     """
     started = time.perf_counter()
     model_dir = Path(model_dir)
     name = check_name(name)
     prefix = f"[{name}]"
+    steps = Prefixed(progress if progress is not None else Lines(log), prefix)
     if outputs not in OUTPUT_KINDS:
         raise ExportError(f"--outputs must be one of {', '.join(OUTPUT_KINDS)}, got {outputs!r}")
     payload, model = read_model(path)
@@ -78,6 +82,7 @@ def import_onnx(
     precision = "int8" if int8 else "fp32"
     settings: dict[str, Any] = {
         "source": "onnx",
+        "graph_revision": WRAP_REVISION,
         "source_sha256": sha256,
         "precision": precision,
         "output_name": signature.output_name,
@@ -122,7 +127,8 @@ def import_onnx(
     reference = _original_reference(original, signature, resolved, kind, path)
     reference_name = f"onnxruntime {ort.__version__} on the original {path.name}"
     _check_batch_eight(wrapped_bytes, inputs.pixels, signature)
-    figures = verify(wrapped_bytes, reference, reference_name, "fp32", inputs)
+    with steps.step("verifying against the original", len(inputs.pixels), "images") as advance:
+        figures = verify(wrapped_bytes, reference, reference_name, "fp32", inputs, advance)
     log(
         f"{prefix} verified against the original: {inputs.description}: max |Δprob|"
         f" {figures['max_abs_diff']:.1e}, top-1 agreement {figures['top1_agreement']:.1%},"
@@ -132,7 +138,7 @@ def import_onnx(
     quantization = None
     if plan is not None:
         graph, quantization, gate = int8_step.run_int8(
-            plan, wrapped_bytes, resolved, reference, reference_name, prefix=prefix, log=log
+            plan, wrapped_bytes, resolved, reference, reference_name, prefix=prefix, log=log, progress=steps
         )
         figures = {**gate, "fp32_graph": figures}
 

@@ -3,8 +3,11 @@
 The wrapper is written with the onnx helper API around the user's graph (every name of theirs
 prefixed with ``user/``, so nothing can clash with ours)::
 
-    images uint8 [N, crop, crop, 3] -> Transpose -> Cast -> Mul/Add (mean/std) -> user/<graph>
+    images uint8 [N, crop, crop, 3] -> Cast -> Transpose -> Mul/Add (mean/std) -> user/<graph>
         -> Softmax (only if the model emits logits) -> probabilities float32 [N, classes]
+
+The Cast comes first for the reason :mod:`export.graph` gives (TensorRT takes a UINT8 input only when it
+feeds a Cast directly); :data:`WRAP_REVISION` records the prologue in the settings fingerprint.
 
 What cannot be wrapped (several inputs, NHWC, non-square, external weights ...) is refused here
 with the reason, before anything runs.
@@ -28,6 +31,9 @@ from servable.preprocessing import Preprocessing
 USER_PREFIX = "user/"
 #: Oldest default-domain opset accepted: onnxruntime's floor, and every op the wrapper adds exists there.
 MIN_IMPORT_OPSET = 7
+#: Bumped whenever the wrapper changes what an imported file holds (the settings fingerprint includes it,
+#: so re-importing after a change writes a new version instead of saying "unchanged").
+WRAP_REVISION = 2  # 2: Cast before Transpose
 
 
 @dataclass(frozen=True)
@@ -130,10 +136,8 @@ def wrap(
     scale = numpy_helper.from_array((1.0 / (255.0 * std)).astype(np.float32), "wrap/scale")
     shift = numpy_helper.from_array((-mean / std).astype(np.float32), "wrap/shift")
     prologue = [
-        helper.make_node(
-            "Transpose", [INPUT_NAME], ["wrap/nchw_uint8"], name="wrap/Transpose", perm=[0, 3, 1, 2]
-        ),
-        helper.make_node("Cast", ["wrap/nchw_uint8"], ["wrap/nchw"], name="wrap/Cast", to=TensorProto.FLOAT),
+        helper.make_node("Cast", [INPUT_NAME], ["wrap/nhwc"], name="wrap/Cast", to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["wrap/nhwc"], ["wrap/nchw"], name="wrap/Transpose", perm=[0, 3, 1, 2]),
         helper.make_node("Mul", ["wrap/nchw", "wrap/scale"], ["wrap/scaled"], name="wrap/Mul"),
         helper.make_node("Add", ["wrap/scaled", "wrap/shift"], [user_input], name="wrap/Add"),
     ]

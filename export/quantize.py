@@ -52,6 +52,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from export.bias_correction import BiasCorrection, correct_biases
 from export.errors import ExportError
 from export.graph import default_opset
+from models.progress import SILENT, Advance, Progress
 from servable.card import INPUT_NAME
 
 QUANT_FORMAT = QuantFormat.QDQ
@@ -106,14 +107,18 @@ def _calibration_batch(pixels: np.ndarray) -> int:
 
 
 class _PixelReader(CalibrationDataReader):
-    """Feeds the calibration pixels to onnxruntime's calibrator in batches."""
+    """Feeds the calibration pixels to onnxruntime's calibrator in batches, counting them on ``advance``."""
 
-    def __init__(self, pixels: np.ndarray) -> None:
+    def __init__(self, pixels: np.ndarray, advance: Advance) -> None:
         size = _calibration_batch(pixels)
         self._batches = iter([pixels[i : i + size] for i in range(0, len(pixels), size)])
+        self._advance = advance
+        self._fed = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        self._advance(self._fed)  # the batch handed out last time has been run by now
         batch = next(self._batches, None)
+        self._fed = 0 if batch is None else len(batch)
         return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch)}
 
 
@@ -169,14 +174,21 @@ class Quantized:
     bias_correction: BiasCorrection | None
 
 
-def quantize(model_bytes: bytes, calibration: np.ndarray) -> Quantized:
-    """The static INT8 version of ``model_bytes``; ExportError if it fails."""
+def quantize(model_bytes: bytes, calibration: np.ndarray, progress: Progress = SILENT) -> Quantized:
+    """The static INT8 version of ``model_bytes``; ExportError if it fails.
+
+    ``progress`` shows the calibration images as onnxruntime runs them, then bias correction's.
+    """
     source = onnx.load_from_string(model_bytes)
     if default_opset(source) < MIN_OPSET:
         raise ExportError(
             f"INT8 needs opset >= {MIN_OPSET} (per-channel QDQ), the graph has {default_opset(source)}"
         )
-    with tempfile.TemporaryDirectory(prefix="resnet-serve-int8-") as tmp, _quiet_quantizer():
+    with (
+        tempfile.TemporaryDirectory(prefix="resnet-serve-int8-") as tmp,
+        _quiet_quantizer(),
+        progress.step("INT8 calibration", len(calibration), "images") as advance,
+    ):
         folder = Path(tmp)
         fp32_path, pre_path, int8_path = folder / "fp32.onnx", folder / "pre.onnx", folder / "int8.onnx"
         fp32_path.write_bytes(model_bytes)
@@ -190,7 +202,7 @@ def quantize(model_bytes: bytes, calibration: np.ndarray) -> Quantized:
             quantize_static(
                 str(pre_path),
                 str(int8_path),
-                _PixelReader(calibration),
+                _PixelReader(calibration, advance),
                 quant_format=QUANT_FORMAT,
                 per_channel=PER_CHANNEL,
                 reduce_range=REDUCE_RANGE,
@@ -207,7 +219,9 @@ def quantize(model_bytes: bytes, calibration: np.ndarray) -> Quantized:
     if BIAS_CORRECTION:
         weights = {tensor.name: numpy_helper.to_array(tensor) for tensor in prepared.graph.initializer}
         try:
-            correction = correct_biases(quantized, weights, calibration, _calibration_batch(calibration))
+            batch = _calibration_batch(calibration)
+            with progress.step("INT8 bias correction", len(calibration), "images") as advance:
+                correction = correct_biases(quantized, weights, calibration, batch, advance)
         except Exception as exc:  # onnxruntime refusing the measuring graph: say so, write nothing
             raise ExportError(f"bias correction failed: {type(exc).__name__}: {exc}") from exc
     quantized.producer_name = source.producer_name

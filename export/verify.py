@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
+from models.progress import Advance, ignore
 from servable.card import INPUT_NAME
 from servable.images import preprocess_image
 from servable.preprocessing import Preprocessing
@@ -117,6 +118,12 @@ def _batches(pixels: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield pixels[start : start + size]
 
 
+def reference_batch(pixels: np.ndarray) -> int:
+    """Small inputs in batches of 64 (700 CIFAR images: 0.5 s, against 12 s in batches of 8); ResNet-50
+    is no faster past 16, so large inputs keep small batches (less memory). A multiple of BATCH_SIZE."""
+    return 64 if pixels.shape[1] <= 64 else 16
+
+
 def reference_probabilities(
     network: nn.Module, pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]
 ) -> np.ndarray:
@@ -124,11 +131,8 @@ def reference_probabilities(
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     outputs = []
-    # Small inputs in batches of 64 (700 CIFAR images: 0.5 s, against 12 s in batches of 8); ResNet-50
-    # is no faster past 16, so large inputs keep small batches (less memory).
-    batch = 64 if pixels.shape[1] <= 64 else 16
     with torch.no_grad():
-        for chunk in _batches(pixels, batch):
+        for chunk in _batches(pixels, reference_batch(pixels)):
             x = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(torch.float32) / 255.0
             outputs.append(torch.softmax(network((x - mean_t) / std_t), dim=1).numpy())
     return np.concatenate(outputs).astype(np.float32)
@@ -167,16 +171,27 @@ def torch_reference(network: nn.Module, preprocessing: Preprocessing) -> tuple[R
 
 
 def compare(
-    model_bytes: bytes, reference: Reference, reference_name: str, inputs: VerificationInputs, what: str
+    model_bytes: bytes,
+    reference: Reference,
+    reference_name: str,
+    inputs: VerificationInputs,
+    what: str,
+    advance: Advance = ignore,
 ) -> dict[str, Any]:
     """The comparison figures: onnxruntime (in batches of 8, and the first 8 one by one) against ``reference``.
 
-    ``what`` names the graph in the error raised when its output is not float32 probabilities.
+    ``what`` names the graph in the error raised when its output is not float32 probabilities; ``advance``
+    hears of each round of images compared.
     """
     session = onnx_session(model_bytes)
     pixels = inputs.pixels
-    expected = reference(pixels)
-    actual = onnx_probabilities(session, pixels, BATCH_SIZE)
+    expected_rounds, actual_rounds = [], []
+    # Rounds of the reference's own batch, so every batch on either side is the one a single pass would run.
+    for chunk in _batches(pixels, reference_batch(pixels)):
+        expected_rounds.append(reference(chunk))
+        actual_rounds.append(onnx_probabilities(session, chunk, BATCH_SIZE))
+        advance(len(chunk))
+    expected, actual = np.concatenate(expected_rounds), np.concatenate(actual_rounds)
     if actual.dtype != np.float32 or actual.shape != expected.shape:
         raise ExportError(
             f"{what} output is {actual.dtype} {actual.shape}, expected float32 {expected.shape}"
@@ -208,9 +223,10 @@ def verify(
     reference_name: str,
     precision: str,
     inputs: VerificationInputs,
+    advance: Advance = ignore,
 ) -> dict[str, Any]:
     """Compare onnxruntime with the reference; return the figures, or raise :class:`ExportError` if off."""
-    figures = compare(model_bytes, reference, reference_name, inputs, "ONNX")
+    figures = compare(model_bytes, reference, reference_name, inputs, "ONNX", advance)
     failures = _failures(figures, precision)
     if failures:
         raise ExportError("verification failed: " + "; ".join(failures))
@@ -256,13 +272,14 @@ def verify_quantized(
     holdout: np.ndarray,
     holdout_source: str,
     min_agreement: float,
+    advance: Advance = ignore,
 ) -> dict[str, Any]:
     """The INT8 accuracy gate: top-1 agreement with the fp32 ``reference`` on held-out pixels.
 
     Raises :class:`ExportError` when agreement is below ``min_agreement`` or batch 1 and batch 8 differ.
     """
     inputs = VerificationInputs(holdout, len(holdout), f"held-out: {holdout_source}")
-    figures = compare(model_bytes, reference, reference_name, inputs, "INT8")
+    figures = compare(model_bytes, reference, reference_name, inputs, "INT8", advance)
     figures["min_top1_agreement"] = min_agreement
     problems = []
     if figures["top1_agreement"] < min_agreement:

@@ -5,7 +5,7 @@ Public API (export/ and outside checks code against exactly this)::
     list_models(family=None) -> list[str]          # list_families() for the families
     create_model(name, *, num_classes=None, weights=None) -> nn.Module   # eval mode
     get_model_config(name) -> ModelConfig
-    load_checkpoint(spec, *, arch=None) -> LoadedCheckpoint
+    load_checkpoint(spec, *, arch=None, progress=SILENT) -> LoadedCheckpoint   # progress: models.progress
     preprocessing_for(name, weights=None) -> Preprocessing
     labels_for(name, num_classes=None) -> tuple[str, ...] | None
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,20 @@ def cifar_sample() -> list[tuple[Path, int]]:
     root = shared_path("data", "cifar10-sample")
     classes = shared_path("labels", "cifar10.txt").read_text().split()
     return [(image, index) for index, name in enumerate(classes) for image in sorted((root / name).glob("*.jpg"))]
+
+
+@dataclass
+class CountingProgress:
+    """A ``models.progress.Progress`` that keeps, per step name, its announced total and unit and how much
+    the work counted on it: what a bar would have shown."""
+
+    steps: dict[str, tuple[float | None, str, float]] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, what: str, total: float | None = None, unit: str = "") -> Iterator[Callable[[float], None]]:
+        counted: list[float] = []
+        yield counted.append
+        self.steps[what] = (total, unit, sum(counted))
 
 
 @pytest.fixture(scope="session")

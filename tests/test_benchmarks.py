@@ -49,6 +49,12 @@ def test_quick_benchmark_runs_and_reports_sane_figures(tmp_path: Path, export_ca
         "--cache-dir", str(export_cache), "--output", str(output), timeout_s=240,
     )
     assert "HEADLINE" in completed.stdout and "RAW onnxruntime" in completed.stdout
+    # Not a terminal: one line as each phase starts, in the order planned.
+    starts = [line for line in completed.stdout.splitlines() if line.endswith(" ...")]
+    assert starts == [
+        "python -m benchmarks: 4 phases ...", f"exporting resnet20 into {export_cache} (skipped when already there) ...",
+        "raw resnet20 ...", "service resnet20 ...", "naive resnet20 ...",
+    ]
     results = json.loads(output.read_text())
 
     raw_rows = results["raw"]["resnet20"]["batches"]
@@ -140,7 +146,9 @@ def test_quick_int8_suite_measures_the_checkpoints_real_accuracy_through_both_pa
 def test_preprocess_suite_measures_pillow_exactly(tmp_path: Path) -> None:
     shared_path("reference", "preprocess", "torchvision_crops.npz")
     output = tmp_path / "bench.json"
-    run_benchmarks("preprocess", "--quick", "--output", str(output), timeout_s=120)
+    completed = run_benchmarks("preprocess", "--quick", "--quiet", "--output", str(output), timeout_s=120)
+    # --quiet: the figures and the table, no line as a phase starts (nor a bar: nothing on stderr).
+    assert completed.stderr == "" and " ...\n" not in completed.stdout and "PREPROCESS" in completed.stdout
     by_name = {d["name"]: d for d in json.loads(output.read_text())["preprocess"]["decoders"]}
     for name in ("service (exact)", "pillow only (exact)"):  # libjpeg-turbo for plain JPEGs, and Pillow for all
         exact = by_name[name]
@@ -431,6 +439,32 @@ def test_the_peer_headline_adds_cpu_per_image_and_what_the_idle_server_took() ->
     assert cpu["value"] == pytest.approx(110.0 / 88.0) and cpu["met"] is None
     assert "ms/img: litserve 110.00, service 88.00; idle litserve took 0.35 cores in the service's slices, " \
         "the idle service 0.05" in cpu["figure"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "phases"),
+    [
+        (["raw", "naive", "--models", "resnet20,resnet20-int8"],
+         ["exporting resnet20", "exporting resnet20-int8", "raw resnet20", "raw resnet20-int8", "naive resnet20"]),
+        (["service", "--models", "resnet20"], ["exporting resnet20", "perf_analyzer", "service resnet20"]),
+        (["service", "--models", "resnet20", "--no-wrk"], ["exporting resnet20", "service resnet20"]),
+        (["preprocess", "int8"], ["preprocess", "int8"]),
+        (["workers", "--models", "resnet20"], ["exporting resnet20", "workers: 1 against 2 worker processes"]),
+        (["lifecycle", "overhead"], ["lifecycle resnet50", "overhead resnet20"]),
+        (["pytriton", "litserve", "--models", "resnet20,resnet20-int8"],
+         ["exporting resnet20", "exporting resnet20-int8", "pytriton, litserve resnet20"]),
+    ],
+)
+def test_the_phases_are_planned_before_any_runs(argv: list[str], phases: list[str], tmp_path: Path) -> None:
+    """Progress counts phases ("3 of 9"), so the run is planned first; planning runs nothing."""
+    from benchmarks.__main__ import _phases, build_parser, selected_suites
+    from benchmarks.workload import bench_models
+
+    shared_path("weights", "cifar10")
+    args = build_parser().parse_args([*argv, "--cache-dir", str(tmp_path)])
+    planned = _phases(args, selected_suites(args), bench_models(args.models.split(",")), {}, lambda line: None)
+    assert [name.split(" (")[0].replace(f" into {tmp_path}", "") for name, _ in planned] == phases
+    assert list(tmp_path.iterdir()) == [], "nothing ran"
 
 
 def test_every_plan_gives_the_service_the_peers_wrk_phases() -> None:

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import cifar_checkpoint, shared_path
+from conftest import CountingProgress, cifar_checkpoint, shared_path
 from PIL import Image
 
 import export.quantize as quantize_module
@@ -37,14 +37,22 @@ def floats_and_pixels(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, 
 
 
 @pytest.fixture(scope="module")
-def both(floats_and_pixels: tuple[bytes, dict[str, np.ndarray], np.ndarray]) -> tuple[Quantized, Quantized]:
+def corrected_progress() -> CountingProgress:
+    """What the bias-corrected quantization below showed of its steps."""
+    return CountingProgress()
+
+
+@pytest.fixture(scope="module")
+def both(
+    floats_and_pixels: tuple[bytes, dict[str, np.ndarray], np.ndarray], corrected_progress: CountingProgress
+) -> tuple[Quantized, Quantized]:
     """The same quantization without and with bias correction."""
     graph, _, pixels = floats_and_pixels
     pixels = pixels[:DEFAULT_CALIBRATION_COUNT]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(quantize_module, "BIAS_CORRECTION", False)
         plain = quantize(graph, pixels)
-    return plain, quantize(graph, pixels)
+    return plain, quantize(graph, pixels, corrected_progress)
 
 
 def bias_steps(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -68,6 +76,17 @@ def test_every_convolution_is_corrected_and_only_its_bias_changes(both: tuple[Qu
     changed = {name for name in before if not np.array_equal(before[name], after[name])}
     assert changed and changed <= set(bias_steps(corrected.model))  # weights and ranges untouched
     assert [n.op_type for n in plain.model.graph.node] == [n.op_type for n in corrected.model.graph.node]
+
+
+def test_calibration_and_bias_correction_show_every_image_they_run(
+    both: tuple[Quantized, Quantized], corrected_progress: CountingProgress
+) -> None:
+    """Each step counts the images onnxruntime ran, as they run: a bar reaches its total and no further."""
+    count = DEFAULT_CALIBRATION_COUNT
+    assert corrected_progress.steps == {
+        "INT8 calibration": (count, "images", count),
+        "INT8 bias correction": (count, "images", count),
+    }
 
 
 def test_the_measured_shift_is_taken_out(

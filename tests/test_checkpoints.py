@@ -6,75 +6,27 @@ import hashlib
 import os
 import shutil
 import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import cifar_checkpoint, shared_path
+from conftest import CountingProgress, cifar_checkpoint, shared_path
+from file_server import FileServer, Route, serve_files
 from safetensors.torch import save_file
 
 import models
 from models import CheckpointError
 from models.checkpoints import download
+from models.progress import Lines
 
 # --- fixtures ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Route:
-    body: bytes
-    status: int = 200
-    #: Content-Length to announce; larger than the body simulates a connection cut mid-download.
-    announced_length: int | None = None
-
-
-@dataclass
-class FileServer:
-    """A real HTTP server in a thread, serving ``routes`` and counting requests per path."""
-
-    base_url: str
-    routes: dict[str, Route]
-    hits: dict[str, int] = field(default_factory=dict)
-
-    def url(self, path: str) -> str:
-        return f"{self.base_url}{path}"
-
-
 @pytest.fixture()
 def file_server() -> Iterator[FileServer]:
-    routes: dict[str, Route] = {}
-    hits: dict[str, int] = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits[self.path] = hits.get(self.path, 0) + 1
-            route = routes.get(self.path)
-            if route is None:
-                self.send_error(404, "Not Found")
-                return
-            self.send_response(route.status)
-            self.send_header("Content-Length", str(route.announced_length or len(route.body)))
-            self.send_header("Content-Type", "application/octet-stream")
-            self.end_headers()
-            self.wfile.write(route.body)
-            self.close_connection = True
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield FileServer(f"http://127.0.0.1:{server.server_address[1]}", routes, hits)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_files() as server:
+        yield server
 
 
 @pytest.fixture()
@@ -129,6 +81,29 @@ def test_download_good_file_then_reuse_offline(
     again = models.create_model("resnet20", weights=spec)
     assert file_server.hits["/files/my-resnet20.th"] == 1
     assert isinstance(again, models.ResNet)
+
+
+#: How a download shows, by what the caller passes: a library user who passes nothing sees nothing.
+DOWNLOAD_LINE = "downloading my-resnet20.th from 127.0.0.1: 1.1 MB ..."
+
+
+@pytest.mark.parametrize("shown", ["nothing given", "plain lines", "counted"])
+def test_a_download_shows_its_bytes_only_on_the_progress_it_is_given(
+    shown: str, file_server: FileServer, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = cifar_checkpoint("resnet20").read_bytes()
+    file_server.routes["/files/my-resnet20.th"] = Route(body)
+    spec = file_server.url("/files/my-resnet20.th") + f"#sha256={sha256_of(body)}"
+    lines: list[str] = []
+    counting = CountingProgress()
+    progress = {"nothing given": None, "plain lines": Lines(lines.append), "counted": counting}[shown]
+
+    loaded = models.load_checkpoint(spec, **({} if progress is None else {"progress": progress}))
+    assert loaded.path.read_bytes() == body
+    assert capsys.readouterr().out == ""
+    assert lines == ([DOWNLOAD_LINE] if shown == "plain lines" else [])
+    expected = {"downloading my-resnet20.th from 127.0.0.1": (len(body), "B", len(body))}
+    assert counting.steps == (expected if shown == "counted" else {})
 
 
 def test_download_accepts_a_hash_prefix(file_server: FileServer, cache: Path) -> None:

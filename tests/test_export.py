@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +17,11 @@ from PIL import Image
 
 import export.verify
 import models
-from export import ExportError, export_model
-from servable.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from export import ExportError, ExportResult, export_model, import_onnx
+from export.graph import set_metadata
+from export.presets import PreprocessingSpec
+from export.publish import fingerprint
+from servable.card import INPUT_NAME, OUTPUT_NAME, ExportInfo, ModelCard
 
 IMAGENET_SHAPED = ["resnet50", "resnext50_32x4d", "seresnet50"]
 
@@ -171,6 +177,58 @@ def test_rerun_with_same_weights_and_settings_does_nothing(tmp_path: Path) -> No
         "resnet20", weights, model_dir=tmp_path, name="cifar", opset=18, verify=False, log=quiet
     )
     assert (changed.skipped, changed.version) == (False, 2)
+
+
+def owner_resnet20_onnx(folder: Path) -> Path:
+    """The CIFAR resnet20 as its owner would export it for ``--onnx``: float32 NCHW in, logits out."""
+    network = models.create_model("resnet20", weights=cifar_checkpoint("resnet20"))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(network, (torch.zeros(1, 3, 32, 32),), buffer, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "n"}})
+    path = folder / "owner-resnet20.onnx"
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+#: The two ways into the repository, each writing model "m" into a repository folder with a log.
+EXPORTS: dict[str, Callable[[Path, Callable[[str], None]], ExportResult]] = {
+    "pytorch": lambda repo, log: export_model(
+        "resnet20", str(cifar_checkpoint("resnet20")), model_dir=repo, name="m", log=log
+    ),
+    "onnx import": lambda repo, log: import_onnx(
+        owner_resnet20_onnx(repo.parent), model_dir=repo, name="m", log=log,
+        preprocessing=PreprocessingSpec(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop=32),
+    ),
+}
+
+
+def as_written_before_graph_revisions(path: Path) -> None:
+    """Rewrite ``path``'s card as the release before graph revisions wrote it: its settings name none."""
+    model = onnx.load(str(path))
+    card = ModelCard.from_metadata({prop.key: prop.value for prop in model.metadata_props})
+    settings = {key: value for key, value in card.export.model_dump()["settings"].items() if key != "graph_revision"}
+    info = ExportInfo(**{**card.export.model_dump(), "settings": settings, "settings_fingerprint": fingerprint(settings)})
+    set_metadata(model, card.model_copy(update={"export": info}).to_metadata())
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("path", EXPORTS)
+def test_a_version_from_before_the_graph_revision_is_replaced_once(path: str, tmp_path: Path) -> None:
+    """The graph's revision is in the settings: a repository written with the old prologue is not "up to
+    date" for ever; the next run writes a new version, and the run after it has nothing to do."""
+    run, repo = EXPORTS[path], tmp_path / "repo"
+    first = run(repo, quiet)
+    assert first.card.export.model_dump()["settings"]["graph_revision"] >= 2
+    assert run(repo, quiet).skipped, "same release, same settings: nothing to do"
+
+    as_written_before_graph_revisions(first.path)
+    lines: list[str] = []
+    renewed = run(repo, lines.append)
+    assert (renewed.skipped, renewed.version) == (False, 2), lines
+    again = run(repo, quiet)
+    assert (again.skipped, again.version) == (True, 2)
 
 
 def test_explicit_version_taken_by_other_settings_is_refused(tmp_path: Path) -> None:

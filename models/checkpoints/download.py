@@ -5,6 +5,8 @@ basename (Hugging Face files under ``huggingface/<org>/<repo>/``), so a folder o
 seed the cache. They are written to a temporary file in the same folder, checked, fsynced and renamed:
 a partial or wrong file never sits under the final name. ``RESNET_SERVE_OFFLINE=1`` forbids downloads.
 
+A download reports its bytes to the :class:`~models.progress.Progress` it is given (none by default).
+
 A published file shipped inside the package (``models/weights/<source>/<basename>``: the 1.1 MB CIFAR-10
 ResNet-20, so the default config exports with no network) is taken before the cache, hash-checked alike.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from models.checkpoints.errors import CheckpointError
 from models.config import PublishedCheckpoint
+from models.progress import SILENT, Progress
 from servable.layout import fsync_dir
 
 CACHE_DIR_ENV = "RESNET_SERVE_CACHE_DIR"
@@ -111,7 +114,7 @@ def embedded_path(remote: Remote) -> Path | None:
     return next((path for path in sorted(EMBEDDED_DIR.glob("*/*")) if path.name == name), None)
 
 
-def fetch(remote: Remote) -> tuple[Path, str]:
+def fetch(remote: Remote, progress: Progress = SILENT) -> tuple[Path, str]:
     """The embedded or cached file for ``remote`` (downloading it if needed) and its SHA-256."""
     embedded = embedded_path(remote)
     if embedded is not None:
@@ -136,10 +139,10 @@ def fetch(remote: Remote) -> tuple[Path, str]:
         raise CheckpointError(
             f"{remote.url} is not cached and downloads are off ({OFFLINE_ENV}=1): {_drop_hint(remote)}"
         )
-    return path, _download(remote)
+    return path, _download(remote, progress)
 
 
-def _download(remote: Remote) -> str:
+def _download(remote: Remote, progress: Progress) -> str:
     """Stream ``remote.url`` into a temp file beside the target, check it, rename it into place."""
     target = remote.cache_path
     try:
@@ -156,10 +159,14 @@ def _download(remote: Remote) -> str:
             try:
                 with urllib.request.urlopen(request, timeout=_timeout_s()) as response:
                     announced = response.headers.get("Content-Length")
-                    while chunk := response.read(_CHUNK):
-                        digest.update(chunk)
-                        out.write(chunk)
-                        received += len(chunk)
+                    total = int(announced) if announced is not None and announced.isdigit() else None
+                    source = urllib.parse.urlsplit(remote.url).hostname or remote.url
+                    with progress.step(f"downloading {target.name} from {source}", total, "B") as advance:
+                        while chunk := response.read(_CHUNK):
+                            digest.update(chunk)
+                            out.write(chunk)
+                            received += len(chunk)
+                            advance(len(chunk))
             except urllib.error.HTTPError as exc:
                 raise CheckpointError(
                     f"downloading {remote.url} failed: HTTP {exc.code} {exc.reason}; {_drop_hint(remote)}"
@@ -169,7 +176,7 @@ def _download(remote: Remote) -> str:
                 raise CheckpointError(
                     f"downloading {remote.url} failed: {reason!s}; {_drop_hint(remote)}"
                 ) from None
-            if announced is not None and announced.isdigit() and received != int(announced):
+            if total is not None and received != total:
                 raise CheckpointError(
                     f"downloading {remote.url} failed: got {received} of {announced} bytes (connection cut);"
                     f" {_drop_hint(remote)}"

@@ -14,6 +14,7 @@ from models.checkpoints.fit import check_fits_arch
 from models.checkpoints.specs import existing_local_file, published_by_sha, resolve_remote
 from models.checkpoints.state_dict import infer_num_classes, read_file, unwrap_state_dict
 from models.config import PublishedCheckpoint
+from models.progress import SILENT, Progress
 from models.registry import get_model_config
 
 
@@ -29,10 +30,13 @@ class LoadedCheckpoint:
     path: Path
 
 
-def load_checkpoint(spec: str | os.PathLike[str], *, arch: str | None = None) -> LoadedCheckpoint:
+def load_checkpoint(
+    spec: str | os.PathLike[str], *, arch: str | None = None, progress: Progress = SILENT
+) -> LoadedCheckpoint:
     """Read ``spec`` (see :mod:`models.checkpoints.specs`) into an unwrapped, verified state_dict.
 
-    With ``arch``, also check that the checkpoint is meant for it (a named one) and fits it.
+    With ``arch``, also check that the checkpoint is meant for it (a named one) and fits it. A download
+    shows its bytes on ``progress`` (nothing by default).
     """
     if isinstance(spec, LoadedCheckpoint):  # type: ignore[unreachable]
         raise TypeError("load_checkpoint takes a spec; pass a LoadedCheckpoint to create_model directly")
@@ -40,7 +44,7 @@ def load_checkpoint(spec: str | os.PathLike[str], *, arch: str | None = None) ->
     head_name = get_model_config(arch).head_name if arch is not None else None
     remote = resolve_remote(source)
     if remote is not None:
-        path, sha = fetch(remote)
+        path, sha = fetch(remote, progress)
         published = remote.published or (published_by_sha(sha) if remote.expected_sha256 else None)
     else:
         path = existing_local_file(source)
