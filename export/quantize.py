@@ -66,6 +66,12 @@ MOVING_AVERAGE = True
 #: One round of empirical bias correction after quantize_static (export/bias_correction.py).
 BIAS_CORRECTION = True
 CALIBRATION_METHOD = CalibrationMethod.MinMax
+#: The recipe above as quantize_static's keyword arguments.
+RECIPE_OPTIONS = {
+    "quant_format": QUANT_FORMAT, "per_channel": PER_CHANNEL, "reduce_range": REDUCE_RANGE,
+    "activation_type": ACTIVATION_TYPE, "weight_type": WEIGHT_TYPE, "calibrate_method": CALIBRATION_METHOD,
+    "extra_options": {"CalibMovingAverage": MOVING_AVERAGE},
+}
 #: QuantizeLinear/DequantizeLinear with a per-channel axis exist from opset 13.
 MIN_OPSET = 13
 #: Images per calibration run: bounded memory for 224 px inputs, few runs for 32 px ones.
@@ -200,17 +206,8 @@ def quantize(model_bytes: bytes, calibration: np.ndarray, progress: Progress = S
         kept = float_nodes(prepared)
         try:
             quantize_static(
-                str(pre_path),
-                str(int8_path),
-                _PixelReader(calibration, advance),
-                quant_format=QUANT_FORMAT,
-                per_channel=PER_CHANNEL,
-                reduce_range=REDUCE_RANGE,
-                activation_type=ACTIVATION_TYPE,
-                weight_type=WEIGHT_TYPE,
-                calibrate_method=CALIBRATION_METHOD,
-                nodes_to_exclude=kept,
-                extra_options={"CalibMovingAverage": MOVING_AVERAGE},
+                str(pre_path), str(int8_path), _PixelReader(calibration, advance), nodes_to_exclude=kept,
+                **RECIPE_OPTIONS,
             )
         except Exception as exc:
             raise ExportError(f"onnxruntime's quantize_static failed: {type(exc).__name__}: {exc}") from exc

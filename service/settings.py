@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +18,16 @@ from servable.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_SCAN_PIXELS
 from service.limits.cpus import CpuBudget, auto_workers, cpu_budget
 
 ENV_PREFIX = "RESNET_SERVE_"
+
+
+def _positive(default: int, description: str) -> Any:
+    """A count of at least 1."""
+    return Field(default=default, ge=1, description=description)
+
+
+def _seconds(default: float, description: str) -> Any:
+    """A duration in seconds, more than 0."""
+    return Field(default=default, gt=0.0, description=description)
 
 #: Read once per process: affinity and cgroup limits do not change under a running service.
 _cpu_budget = cache(cpu_budget)
@@ -49,45 +59,39 @@ class Settings(BaseSettings):
         description="grpc.aio servers sharing GRPC_PORT (SO_REUSEPORT): each accepts one RPC per trip through "
         "the event loop, so several keep the batches full (1 = one server, the port exclusive to it).",
     )
-    limit_concurrency: int = Field(
-        default=1024, ge=1,
-        description="Most HTTP requests in progress at once (open connections that have not sent a request do "
+    limit_concurrency: int = _positive(
+        1024, "Most HTTP requests in progress at once (open connections that have not sent a request do "
         "not count), and most gRPC calls in flight; beyond it 503 (HTTP) or RESOURCE_EXHAUSTED (gRPC) at once.",
     )
-    max_connections: int = Field(
-        default=4096, ge=1,
-        description="Most open connections per door (HTTP; gRPC, shared out across GRPC_LISTENERS); "
+    max_connections: int = _positive(
+        4096, "Most open connections per door (HTTP; gRPC, shared out across GRPC_LISTENERS); "
         "connections beyond it are closed as they arrive.",
     )
-    header_timeout_s: float = Field(
-        default=10.0, gt=0.0,
-        description="An HTTP request head (request line and headers) must be complete this long after the "
+    header_timeout_s: float = _seconds(
+        10.0, "An HTTP request head (request line and headers) must be complete this long after the "
         "connection opens (or after its first byte, on a kept-alive connection); else 408 and close, or a "
         "plain close when nothing was sent.",
     )
-    keepalive_timeout_s: float = Field(
-        default=5.0, gt=0.0, description="An HTTP connection idle this long between requests is closed."
+    keepalive_timeout_s: float = _seconds(
+        5.0, "An HTTP connection idle this long between requests is closed."
     )
     forwarded_allow_ips: str | None = Field(
         default=None,
         description="Comma-separated proxy addresses (or '*') whose X-Forwarded-For/-Proto headers are trusted "
         "for the client address in logs; unset: those headers are ignored.",
     )
-    grpc_message_timeout_s: float = Field(
-        default=10.0, gt=0.0,
-        description="A gRPC ModelInfer call whose request message has not fully arrived this long after the "
+    grpc_message_timeout_s: float = _seconds(
+        10.0, "A gRPC ModelInfer call whose request message has not fully arrived this long after the "
         "call started is ended with DEADLINE_EXCEEDED (it holds no inference slot meanwhile).",
     )
-    grpc_max_streams_per_connection: int = Field(
-        default=100, ge=1,
-        description="Concurrent gRPC calls one HTTP/2 connection may open (SETTINGS_MAX_CONCURRENT_STREAMS).",
+    grpc_max_streams_per_connection: int = _positive(
+        100, "Concurrent gRPC calls one HTTP/2 connection may open (SETTINGS_MAX_CONCURRENT_STREAMS)."
     )
-    grpc_idle_timeout_s: float = Field(
-        default=300.0, gt=0.0,
-        description="A gRPC connection with no call for this long is closed (GOAWAY; clients reconnect on "
+    grpc_idle_timeout_s: float = _seconds(
+        300.0, "A gRPC connection with no call for this long is closed (GOAWAY; clients reconnect on "
         "their next call).",
     )
-    backlog: int = Field(default=2048, ge=1, description="Connections the kernel queues before accept().")
+    backlog: int = _positive(2048, "Connections the kernel queues before accept().")
     workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
         default=1,
         description="Serving processes sharing PORT and GRPC_PORT (SO_REUSEPORT), each with its own sessions, "
@@ -105,9 +109,8 @@ class Settings(BaseSettings):
     repository_poll_s: float = Field(
         default=5.0, ge=0.0, description="Seconds between repository scans in poll mode (0 = as none)."
     )
-    model_read_timeout_s: float = Field(
-        default=60.0, gt=0.0,
-        description="A repository scan, or the read of one model file or config.toml, that takes longer "
+    model_read_timeout_s: float = _seconds(
+        60.0, "A repository scan, or the read of one model file or config.toml, that takes longer "
         "(a network mount that stopped answering) is given up: the version is refused with that reason "
         "and the service keeps serving what it has.",
     )
@@ -118,9 +121,8 @@ class Settings(BaseSettings):
         default=3.0, ge=0.0, le=1000.0,
         description="How long the oldest queued image may wait for others before its batch closes.",
     )
-    max_queue_size: int | None = Field(
-        default=None, ge=1,
-        description="Images accepted but not yet running (decoding + queued), per model; beyond it: 503. "
+    max_queue_size: int | None = _positive(
+        None, "Images accepted but not yet running (decoding + queued), per model; beyond it: 503. "
         "Unset: MAX_QUEUE_WAIT_S of the model's inference rate timed at warm-up (at most 1,024, 128 without "
         "warm-up; never below MAX_FILES and one batch). Set it for the same size on every replica.",
     )
@@ -129,8 +131,8 @@ class Settings(BaseSettings):
         description="Seconds of inference an automatically sized queue holds: a short stall is absorbed, "
         "overload beyond it still gets fast 503s instead of growing latency.",
     )
-    request_timeout_s: float = Field(
-        default=30.0, gt=0.0, description="A request that has not been answered after this long gets 504."
+    request_timeout_s: float = _seconds(
+        30.0, "A request that has not been answered after this long gets 504."
     )
 
     # Execution providers.
@@ -168,33 +170,26 @@ class Settings(BaseSettings):
     )
 
     # Input limits.
-    max_upload_bytes: int = Field(
-        default=20 * 1024 * 1024, ge=1, description="Largest request body, enforced while reading (413)."
-    )
-    max_inflight_bytes: int = Field(
-        default=256 * 1024 * 1024, ge=1,
-        description="Request-body bytes held across all connections at once; a body that does not fit is "
+    max_upload_bytes: int = _positive(20 * 1024 * 1024, "Largest request body, enforced while reading (413).")
+    max_inflight_bytes: int = _positive(
+        256 * 1024 * 1024, "Request-body bytes held across all connections at once; a body that does not fit is "
         "refused with 503 server_busy before it is read.",
     )
-    max_image_pixels: int = Field(
-        default=DEFAULT_MAX_IMAGE_PIXELS, ge=1,
-        description="Largest width x height, checked from the header before decoding (413).",
+    max_image_pixels: int = _positive(
+        DEFAULT_MAX_IMAGE_PIXELS, "Largest width x height, checked from the header before decoding (413)."
     )
-    max_inflight_pixels: int = Field(
-        default=DEFAULT_MAX_IMAGE_PIXELS, ge=1,
-        description="Decoded pixels held across decode threads at once (from image headers); a thread waits "
+    max_inflight_pixels: int = _positive(
+        DEFAULT_MAX_IMAGE_PIXELS, "Decoded pixels held across decode threads at once (from image headers); a thread waits "
         "until its image fits, an image larger than this decodes alone.",
     )
-    max_scan_pixels: int = Field(
-        default=DEFAULT_MAX_SCAN_PIXELS, ge=1,
-        description="Largest decode work of one JPEG, as scans x pixels (each scan of a progressive JPEG is "
+    max_scan_pixels: int = _positive(
+        DEFAULT_MAX_SCAN_PIXELS, "Largest decode work of one JPEG, as scans x pixels (each scan of a progressive JPEG is "
         "another pass over the whole image; the default is ten scans of the largest image allowed); beyond "
         "it, or beyond 500 scans, 422 image_too_costly before decoding.",
     )
-    max_files: int = Field(default=64, ge=1, description="Most images in one multipart request (413).")
-    body_timeout_s: float = Field(
-        default=10.0, gt=0.0,
-        description="A request body that sends nothing for this long is cut off with 408 (a stalled upload); "
+    max_files: int = _positive(64, "Most images in one multipart request (413).")
+    body_timeout_s: float = _seconds(
+        10.0, "A request body that sends nothing for this long is cut off with 408 (a stalled upload); "
         "the whole body must also arrive within REQUEST_TIMEOUT_S.",
     )
     fast_jpeg: bool = Field(
@@ -210,15 +205,13 @@ class Settings(BaseSettings):
     )
 
     # Responses.
-    default_top_k: int = Field(default=5, ge=1, description="Predictions returned when top_k is not given.")
+    default_top_k: int = _positive(5, "Predictions returned when top_k is not given.")
 
     # Operations.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
     log_format: Literal["text", "json"] = Field(default="text", description="json: one object per line.")
     access_log: bool = Field(default=True, description="Log one line per HTTP request (uvicorn's access log).")
-    shutdown_grace_s: float = Field(
-        default=30.0, gt=0.0, description="On SIGTERM, how long in-flight requests may take before exit."
-    )
+    shutdown_grace_s: float = _seconds(30.0, "On SIGTERM, how long in-flight requests may take before exit.")
     shutdown_delay_s: float = Field(
         default=0.0, ge=0.0,
         description="On SIGTERM, keep serving (not ready) this long before draining, so a load balancer that "

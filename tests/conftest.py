@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,24 @@ SHARED_DIR = Path(os.environ.get("RESNET_SERVE_SHARED_DIR", REPO_ROOT.parent / "
 
 #: CIFAR-10 checkpoints shipped in ../shared/weights/cifar10 and the accuracy that README states for them.
 CIFAR_SAMPLE_ACCURACY = {"resnet20": 80.4, "resnet32": 84.0, "resnet44": 82.1, "resnet56": 82.5}
+
+
+def quiet(_line: str) -> None:
+    """Export log sink for tests that do not look at the printed lines."""
+
+
+def session_for(path: Path) -> Any:
+    """A CPU onnxruntime session on an exported file (onnxruntime imported here only when asked for)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def card_of(path: Path) -> Any:
+    """The model card inside an exported file, as the service reads it."""
+    from servable.card import ModelCard
+
+    return ModelCard.from_metadata(session_for(path).get_modelmeta().custom_metadata_map)
 
 
 def shared_path(*parts: str) -> Path:

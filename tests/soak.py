@@ -42,8 +42,9 @@ TESTS = Path(__file__).resolve().parent
 sys.path[:0] = [str(TESTS), str(TESTS.parent)]
 
 from hostile import MODEL_QUERY, build_corpus, encode, gradient
-from load import as_file, closed_loop, percentile, raw_http_request, rss_bytes, send_raw
+from load import as_file, closed_loop, percentile, raw_http_request, send_raw
 from server import run_server
+from watch import rss_bytes
 
 from servable.layout import publish_version
 

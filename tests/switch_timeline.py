@@ -25,8 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import cifar_checkpoint, cifar_sample
-from load import RssSampler, as_file, raw_http_request, rss_bytes, send_raw
+from load import as_file, raw_http_request, send_raw
 from server import run_server
+from watch import RssSampler, rss_bytes
 
 SERVING = re.compile(r"^(\S+ \S+) .*model cifar v(\d+) serving: session ([\d.]+) s, warm-up ([\d.]+) s")
 RELEASED = re.compile(r"^(\S+ \S+) .*model cifar v(\d+) released: (\d+) requests held it, drained in ([\d.]+) s")

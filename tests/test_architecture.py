@@ -74,7 +74,7 @@ def test_a_forbidden_import_breaks_its_contract(packages_copy: Path, contract: s
 
 def hand_written_modules() -> list[Path]:
     return sorted(
-        path for package in PACKAGES for path in (REPO_ROOT / package).rglob("*.py")
+        path for folder in (*PACKAGES, "tests") for path in (REPO_ROOT / folder).rglob("*.py")
         if not path.name.endswith(GENERATED) and "__pycache__" not in path.parts
     )
 

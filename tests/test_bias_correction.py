@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import CountingProgress, cifar_checkpoint, shared_path
+from conftest import CountingProgress, cifar_checkpoint, quiet, shared_path
 from PIL import Image
 
 import export.quantize as quantize_module
@@ -17,10 +17,6 @@ from export.calibration import DEFAULT_CALIBRATION_COUNT, list_images
 from export.quantize import Quantized, quantize
 
 BATCH = 50
-
-
-def quiet(_line: str) -> None:
-    """Export log sink."""
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,10 @@ from attacks import attack_result, http_status, run_attack
 from bombs import jpeg_segment_flood, png_chunk_flood, progressive_scan_bomb
 from conftest import shared_path
 from hostile import encode, gradient
-from load import LivenessProbe, as_file, multipart, raw_http_request
+from load import as_file, multipart, raw_http_request
 from PIL import Image
 from server import RunningServer, link_model, run_server
+from watch import LivenessProbe
 
 from servable.cost import MAX_SCANS, check_decode_cost, jpeg_structure
 from servable.errors import DecodeAbandoned, ImageTooCostly

@@ -9,10 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
-from conftest import CIFAR_SAMPLE_ACCURACY, cifar_checkpoint, cifar_sample, shared_path
+from conftest import (
+    CIFAR_SAMPLE_ACCURACY,
+    card_of,
+    cifar_checkpoint,
+    cifar_sample,
+    quiet,
+    session_for,
+    shared_path,
+)
 from PIL import Image
 
 import export.verify
@@ -26,16 +33,7 @@ from servable.card import INPUT_NAME, OUTPUT_NAME, ExportInfo, ModelCard
 IMAGENET_SHAPED = ["resnet50", "resnext50_32x4d", "seresnet50"]
 
 
-def quiet(_line: str) -> None:
-    """Export log sink for tests that do not look at the printed lines."""
 
-
-def session_for(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def card_of(session: ort.InferenceSession) -> ModelCard:
-    return ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
 
 
 def repository_files(root: Path) -> list[Path]:
@@ -66,7 +64,7 @@ def test_cifar_export_reproduces_the_sample_accuracy(
 
 @pytest.mark.parametrize("arch", sorted(CIFAR_SAMPLE_ACCURACY))
 def test_cifar_card_records_source_labels_and_verification(arch: str, model_repo: Path) -> None:
-    card = card_of(session_for(model_repo / arch / "1" / "model.onnx"))
+    card = card_of(model_repo / arch / "1" / "model.onnx")
     checkpoint = cifar_checkpoint(arch)
     assert card.architecture == arch
     assert card.labels == tuple(shared_path("labels", "cifar10.txt").read_text().split())
@@ -101,7 +99,7 @@ def test_graph_takes_uint8_nhwc_with_dynamic_batch_and_has_batchnorm_folded(mode
 
 
 def test_random_init_imagenet_model_in_the_session_repository(model_repo: Path) -> None:
-    card = card_of(session_for(model_repo / "resnet18" / "1" / "model.onnx"))
+    card = card_of(model_repo / "resnet18" / "1" / "model.onnx")
     assert card.num_classes == 1000 and card.labels[0] == "tench"
     assert card.source.sha256 is None and "random" in card.source.spec
     assert card.verification["passed"] is True
@@ -137,7 +135,7 @@ def test_imagenet_shaped_architectures_export_and_verify(arch: str, tmp_path: Pa
     session = session_for(result.path)
     assert session.get_inputs()[0].shape[1:] == [224, 224, 3]
     assert session.get_outputs()[0].shape[1:] == [1000]
-    assert card_of(session) == result.card
+    assert card_of(result.path) == result.card
     photo = np.stack(
         [
             np.asarray(

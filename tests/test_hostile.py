@@ -36,8 +36,9 @@ from hostile import (
     gradient,
     send_case,
 )
-from load import PostingLoad, as_file, watched
+from load import PostingLoad, as_file
 from server import RunningServer, photo, server_fixture
+from watch import watched
 
 PEAK_RSS_LIMIT = 1_500_000_000
 RSS_GROWTH_LIMIT = 200_000_000

@@ -18,9 +18,9 @@ from pathlib import Path
 import grpc
 import pytest
 from attacks import MODEL_INFER, Probe, attack_result, probe_while, run_attack
-from load import rss_bytes
 from server import GrpcServer, link_repository, run_grpc_server
 from tritonclient.grpc import service_pb2
+from watch import rss_bytes
 
 MESSAGE_TIMEOUT_S = 2.0
 KEY = "s3cret-key"

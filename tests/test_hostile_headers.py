@@ -15,9 +15,10 @@ import json
 import grpc
 import pytest
 from hostile import HTTP_SHAPE, PREDICT_SHAPE, V2_SHAPE, encode, error_problem, gradient
-from load import RawAnswer, as_file, send_early, watched
+from load import RawAnswer, as_file, send_early
 from server import GrpcServer, grpc_server_fixture
 from tritonclient.grpc import service_pb2
+from watch import watched
 
 KEY = "hostile-headers-key-0123456789"
 PIXELS = bytes(32 * 32 * 3)

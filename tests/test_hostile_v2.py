@@ -23,9 +23,9 @@ import grpc
 import httpx
 import pytest
 from hostile import MAX_MESSAGE_CHARS, encode, framed, gradient, jpeg_claiming, png_bomb
-from load import watched
 from server import GrpcServer, grpc_server_fixture
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+from watch import watched
 
 from service.doors.v2.grpc_codec import TYPED_ELEMENT_BYTES
 from service.doors.v2.rest import JSON_EXPANSION

@@ -10,9 +10,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from conftest import CIFAR_SAMPLE_ACCURACY, REPO_ROOT, cifar_checkpoint, shared_path
+from conftest import (
+    CIFAR_SAMPLE_ACCURACY,
+    REPO_ROOT,
+    card_of,
+    cifar_checkpoint,
+    quiet,
+    session_for,
+    shared_path,
+)
 from PIL import Image
 from server import run_server
 
@@ -27,16 +34,7 @@ MIN_AGREEMENT = 0.98
 REQUEST_IMAGES = 25
 
 
-def quiet(_line: str) -> None:
-    """Export log sink for tests that do not look at the printed lines."""
 
-
-def session_for(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def card_of(path: Path) -> ModelCard:
-    return ModelCard.from_metadata(session_for(path).get_modelmeta().custom_metadata_map)
 
 
 def top1(path: Path, pixels: np.ndarray) -> np.ndarray:

@@ -25,9 +25,10 @@ import httpx
 import numpy as np
 import pytest
 from conftest import cifar_sample
-from load import raw_http_request, send_raw, watched
+from load import raw_http_request, send_raw
 from PIL import Image
 from server import link_repository, run_server
+from watch import watched
 
 from service.limits.budget import rss_bound
 from service.limits.memory import pillow_cache_bytes

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import httpx
@@ -13,84 +12,23 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
-from conftest import CIFAR_SAMPLE_ACCURACY, REPO_ROOT, cifar_checkpoint, shared_path
-from onnx import TensorProto, helper, numpy_helper
+from conftest import CIFAR_SAMPLE_ACCURACY, REPO_ROOT, cifar_checkpoint, quiet, shared_path
+from onnx import TensorProto
+from onnx_files import LABELS, MEAN, SPEC, STD, make_files, torch_to_onnx
 from PIL import Image
 from server import run_server
-from torch import nn
 
 import models
-from export import ExportError
-from export.config import ImportRequest, load_config
 from export.onnx_import import import_onnx
 from export.presets import PreprocessingSpec
-from servable.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from servable.card import INPUT_NAME, OUTPUT_NAME
 from servable.images import preprocess_image
-
-LABELS = ("apple", "bear", "cloud", "dune")
-MEAN = (0.45, 0.4, 0.35)
-STD = (0.25, 0.26, 0.27)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-SPEC = PreprocessingSpec(resize=72, crop=64, interpolation="bicubic", mean=MEAN, std=STD)
-
-
-def quiet(_line: str) -> None:
-    """Export log sink for tests that do not look at the printed lines."""
-
-
-class Tiny(nn.Module):
-    """A small CNN classifier over 64x64 RGB: logits, or probabilities with ``softmax``."""
-
-    def __init__(self, softmax: bool = False, pin_batch: bool = False) -> None:
-        super().__init__()
-        self.softmax, self.pin_batch = softmax, pin_batch
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-        )
-        self.head = nn.Linear(16, len(LABELS))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.features(x)
-        y = y.reshape(1, -1) if self.pin_batch else y.flatten(1)
-        logits = self.head(y) * 40.0  # peaked: probability differences then mean something
-        return logits.softmax(1) if self.softmax else logits
-
-
-def torch_to_onnx(network: nn.Module, path: Path, *, side: int, dynamic: bool) -> Path:
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            network.eval(),
-            (torch.zeros(1, 3, side, side),),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["pixel_values"],
-            output_names=["scores"],
-            dynamic_axes={"pixel_values": {0: "n"}, "scores": {0: "n"}} if dynamic else None,
-        )
-    return path
+from servable.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("onnx_files")
-    torch.manual_seed(0)
-    made = {
-        "fixed": torch_to_onnx(Tiny(), folder / "tiny-fixed.onnx", side=64, dynamic=False),
-        "probs": torch_to_onnx(Tiny(softmax=True), folder / "tiny-probs.onnx", side=64, dynamic=True),
-        "pinned": torch_to_onnx(Tiny(pin_batch=True), folder / "tiny-pinned.onnx", side=64, dynamic=False),
-    }
-    labels = folder / "labels.txt"
-    labels.write_text("\n".join(LABELS) + "\n")
-    made["labels"] = labels
-    return made
+    return make_files(tmp_path_factory.mktemp("onnx_files"))
 
 
 def original_probabilities(path: Path, pixels: np.ndarray, logits: bool) -> np.ndarray:
@@ -262,193 +200,3 @@ def test_int8_of_an_imported_model_passes_the_gate_and_keeps_accuracy(
     assert result.card.export.precision == "int8" and quantization.top1_agreement >= 0.98
     assert quantization.reference.startswith("onnxruntime") and "wrap/Softmax" in quantization.float_nodes
     assert abs(accuracy(result.path, *cifar) - CIFAR_SAMPLE_ACCURACY["resnet20"]) <= 0.5
-
-
-def helper_model(
-    path: Path,
-    *,
-    inputs: list[tuple[str, int, list[object]]] | None = None,
-    outputs: tuple[str, ...] = ("y",),
-    output_shape: list[object] | None = None,
-) -> Path:
-    """GlobalAveragePool -> Flatten -> Gemm over a float NCHW input: shapes and types as asked."""
-    inputs = inputs or [("x", TensorProto.FLOAT, ["n", 3, 32, 32])]
-    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32), "w")
-    nodes = [
-        helper.make_node("GlobalAveragePool", [inputs[0][0]], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "w"], [outputs[0]]),
-    ]
-    nodes += [helper.make_node("Identity", [outputs[0]], [extra]) for extra in outputs[1:]]
-    graph = helper.make_graph(
-        nodes,
-        "helper",
-        [helper.make_tensor_value_info(name, kind, shape) for name, kind, shape in inputs],
-        [
-            helper.make_tensor_value_info(name, TensorProto.FLOAT, output_shape or ["n", 4])
-            for name in outputs
-        ],
-        [weight],
-    )
-    # ir_version 9: onnx 1.23 writes IR 14 by default, newer than onnxruntime 1.31 reads (13).
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
-    return path
-
-
-SPEC32 = PreprocessingSpec(mean=MEAN, std=STD)
-
-
-@pytest.mark.parametrize(
-    ("build", "spec", "extra", "message"),
-    [
-        (
-            {
-                "inputs": [
-                    ("a", TensorProto.FLOAT, ["n", 3, 32, 32]),
-                    ("b", TensorProto.FLOAT, ["n", 3, 32, 32]),
-                ]
-            },
-            SPEC32,
-            {},
-            r"2 inputs \('a', 'b'\)",
-        ),
-        (
-            {"inputs": [("x", TensorProto.INT64, ["n", 3, 32, 32])]},
-            SPEC32,
-            {},
-            "is a int64 tensor; only float32",
-        ),
-        ({"inputs": [("x", TensorProto.UINT8, ["n", 3, 32, 32])]}, SPEC32, {}, "uint8 tensor; only float32"),
-        ({"inputs": [("x", TensorProto.FLOAT, ["n", 3, "h", "w"])]}, SPEC32, {}, "dynamic: give --crop"),
-        ({"inputs": [("x", TensorProto.FLOAT, ["n", 32, 32, 3])]}, SPEC32, {}, "is it NHWC"),
-        ({"inputs": [("x", TensorProto.FLOAT, ["n", 3, 32, 48])]}, SPEC32, {}, "square crops"),
-        ({"inputs": [("x", TensorProto.FLOAT, ["n", 3, 32])]}, SPEC32, {}, r"expected \[N, 3, H, W\]"),
-        ({"outputs": ("y", "z")}, SPEC32, {}, "pick the class scores with --output"),
-        ({"outputs": ("y", "z")}, SPEC32, {"output_name": "q"}, "has no output 'q'"),
-        ({"output_shape": ["n", 4, 1, 1]}, SPEC32, {}, r"expected \[N, classes\]"),
-        ({}, PreprocessingSpec(), {}, "say how the model normalises its input"),
-        ({}, PreprocessingSpec(crop=64, mean=MEAN, std=STD), {}, "fixed at 32x32"),
-        ({}, PreprocessingSpec(preset="vgg"), {}, "unknown preset"),
-        ({}, SPEC32, {"outputs": "probabilities"}, "rows are not probabilities"),
-        ({}, SPEC32, {"outputs": "scores"}, "--outputs must be one of"),
-    ],
-)
-def test_what_cannot_be_wrapped_is_refused_clearly_and_nothing_is_written(
-    build: dict, spec: PreprocessingSpec, extra: dict, message: str, tmp_path: Path
-) -> None:
-    path = helper_model(tmp_path / "model.onnx", **build)
-    repo = tmp_path / "repo"
-    with pytest.raises(ExportError, match=message):
-        import_onnx(path, model_dir=repo, name="m", preprocessing=spec, log=quiet, **extra)
-    assert not repo.exists() or not list(repo.rglob("*.onnx"))
-
-
-def test_dynamic_spatial_size_with_a_crop_and_a_named_output_among_several(tmp_path: Path) -> None:
-    path = helper_model(
-        tmp_path / "model.onnx", inputs=[("x", TensorProto.FLOAT, ["n", 3, "h", "w"])], outputs=("y", "z")
-    )
-    spec = PreprocessingSpec(preset="timm", crop=48)
-    result = import_onnx(
-        path, model_dir=tmp_path / "repo", name="m", preprocessing=spec, output_name="z", log=quiet
-    )
-    p = result.card.preprocessing
-    assert (p.crop_size, p.resize_size, p.interpolation) == (48, 54, "bicubic")  # floor(48 / 0.875)
-    assert result.card.export.imported["output"] == "z" and result.card.num_classes == 4
-
-
-def test_preset_inception_gives_timm_inception_resnet_v2_preprocessing(tmp_path: Path) -> None:
-    path = helper_model(tmp_path / "model.onnx", inputs=[("x", TensorProto.FLOAT, [1, 3, 299, 299])])
-    result = import_onnx(
-        path,
-        model_dir=tmp_path / "repo",
-        name="m",
-        preprocessing=PreprocessingSpec(preset="inception"),
-        log=quiet,
-    )
-    p = result.card.preprocessing
-    assert (p.resize_size, p.crop_size, p.interpolation, p.mean, p.std) == (
-        333,
-        299,
-        "bicubic",
-        (0.5,) * 3,
-        (0.5,) * 3,
-    )
-
-
-def test_a_batch_pinned_inside_the_graph_is_refused(files: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="fixed batch size of 1 and does not run at batch 8"):
-        import_onnx(files["pinned"], model_dir=tmp_path, name="m", preprocessing=SPEC, log=quiet)
-    assert not list(tmp_path.rglob("*.onnx"))
-
-
-@pytest.mark.parametrize("content", [b"", b"definitely not protobuf \x00\xff" * 10])
-def test_a_file_that_is_not_onnx_is_refused(content: bytes, tmp_path: Path) -> None:
-    path = tmp_path / "model.onnx"
-    path.write_bytes(content)
-    with pytest.raises(ExportError, match="is not an ONNX model"):
-        import_onnx(path, model_dir=tmp_path / "repo", name="m", preprocessing=SPEC32, log=quiet)
-    with pytest.raises(ExportError, match="cannot read"):
-        import_onnx(
-            tmp_path / "absent.onnx", model_dir=tmp_path / "repo", name="m", preprocessing=SPEC32, log=quiet
-        )
-
-
-def test_models_toml_onnx_entry_exports_then_is_unchanged(files: dict[str, Path], tmp_path: Path) -> None:
-    config = tmp_path / "models.toml"
-    config.write_text(
-        f'[[model]]\nname = "tiny"\nonnx = "{files["fixed"]}"\nlabels = "{files["labels"]}"\n'
-        'resize = 72\ncrop = 64\ninterpolation = "bicubic"\n'
-        f'mean = {list(MEAN)}\nstd = {list(STD)}\noutputs = "logits"\n'
-    )
-    (request,) = load_config(config)
-    assert (
-        isinstance(request, ImportRequest) and request.preprocessing == SPEC and request.outputs == "logits"
-    )
-    first = subprocess.run(
-        [sys.executable, "-m", "export", "--config", str(config), "--model-dir", str(tmp_path / "repo")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert first.returncode == 0, first.stderr
-    card = ModelCard.from_metadata(
-        ort.InferenceSession(
-            str(tmp_path / "repo" / "tiny" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-        )
-        .get_modelmeta()
-        .custom_metadata_map
-    )
-    assert card.labels == LABELS and card.architecture == "onnx:tiny-fixed"
-    assert request.run(tmp_path / "repo", log=quiet).skipped
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ('onnx = "m.onnx"\narch = "resnet20"\n', "an onnx = entry takes no arch/weights keys"),
-        ('onnx = "m.onnx"\nmean = [0.5, 0.5]\n', r"mean must be three numbers"),
-        ('onnx = "m.onnx"\noutputs = "scores"\n', "outputs must be one of"),
-    ],
-)
-def test_models_toml_onnx_mistakes_are_reported(text: str, message: str, tmp_path: Path) -> None:
-    config = tmp_path / "models.toml"
-    config.write_text("[[model]]\n" + text)
-    with pytest.raises(ExportError, match=message):
-        load_config(config)
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["resnet20", "--onnx", "m.onnx"], "ARCH do not apply"),
-        (["--onnx", "m.onnx", "--fp16"], "--fp16 do not apply"),
-        (["resnet20", "--weights", "random", "--preset", "timm"], "--preset only apply with --onnx"),
-        (["resnet20", "--weights", "random", "--calibration", "x"], "--calibration only apply with --int8"),
-    ],
-)
-def test_cli_flag_mistakes(args: list[str], message: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "export", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 2 and message in result.stderr

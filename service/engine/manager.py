@@ -24,10 +24,11 @@ import time
 from collections.abc import Iterable, Iterator
 
 from servable.layout import VersionFile
+from service.engine import version_metrics
 from service.engine.batcher import Batcher
 from service.engine.model_settings import ModelSettings
 from service.engine.repository import ModelFolder, RepositoryError, scan_repository
-from service.engine.runtime import LoadedModel, ModelLoadError, load_model
+from service.engine.runtime import ModelLoadError, load_model
 from service.engine.served import READY, Refusal, ServedModel, ServedVersion
 from service.errors import ServiceError
 from service.limits.memory import release_freed_memory
@@ -309,7 +310,7 @@ class ModelManager:
         if replaced is not None:
             self._schedule_retirement(served, replaced, "replaced by a changed file")
         self.required.add(served.name)
-        self._publish_metrics(model)
+        version_metrics.publish(self.metrics, model)
         self.metrics.version_loads.labels(served.name).inc()
         log.info(
             "model %s v%d serving: session %.2f s, warm-up %.2f s, switched in %.2f s after the scan found it; "
@@ -341,7 +342,7 @@ class ModelManager:
         name, version, held = old.name, old.version, old.leases
         await old.retire(self.settings.request_timeout_s + self.settings.body_timeout_s)
         drained = time.perf_counter() - started
-        self._forget_metrics(old.model)
+        version_metrics.forget(self.metrics, old.model)
         old.model.close()
         del old
         await asyncio.to_thread(_collect_garbage)
@@ -349,30 +350,6 @@ class ModelManager:
                  name, version, held, drained, time.perf_counter() - started - drained)
 
     # --- metrics -------------------------------------------------------------------------------
-
-    def _publish_metrics(self, model: LoadedModel) -> None:
-        card = model.card
-        self.metrics.model_info.labels(
-            model.name, str(model.entry.version), card.architecture, str(card.num_classes),
-            str(card.preprocessing.crop_size),
-        ).set(1)
-        self.metrics.provider_info.labels(
-            model.name, str(model.entry.version), ",".join(model.requested_providers),
-            ",".join(model.active_providers), str(model.gpu_fallback).lower(),
-        ).set(1)
-
-    def _forget_metrics(self, model: LoadedModel) -> None:
-        card = model.card
-        version = str(model.entry.version)
-        for gauge, labels in (
-            (self.metrics.model_info, (model.name, version, card.architecture, str(card.num_classes),
-                                       str(card.preprocessing.crop_size))),
-            (self.metrics.provider_info, (model.name, version, ",".join(model.requested_providers),
-                                          ",".join(model.active_providers), str(model.gpu_fallback).lower())),
-            (self.metrics.queue_depth, (model.name, version)),
-            (self.metrics.inflight_images, (model.name, version)),
-        ):
-            self.metrics.forget(gauge, labels)
 
     def _set_refusal_gauge(self, name: str, served: ServedModel | None) -> None:
         if served is None:

@@ -70,9 +70,13 @@ async def in_daemon_thread(function: Callable[..., T], *args: Any, timeout_s: fl
             result = function(*args)
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
             error = exc
-            loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+            outcome: Callable[[], None] = lambda: future.set_exception(error)  # noqa: E731
         else:
-            loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+            outcome = lambda: future.set_result(result)  # noqa: E731
+        try:
+            loop.call_soon_threadsafe(settle, outcome)
+        except RuntimeError:  # the loop closed while this call hung: nobody is waiting for it any more
+            pass
 
     threading.Thread(target=run, name=getattr(function, "__name__", "blocking call"), daemon=True).start()
     return await within(future, timeout_s)
