@@ -62,12 +62,10 @@ class ModelSettings:
     def queue_size(self, images_per_s: float | None) -> int:
         """Images this model may hold admitted: set explicitly, or ``max_queue_wait_s`` of its throughput.
 
-        A count fits no model: 128 images were 0.3 s of CIFAR ResNet-20's serving on 2 cores (268
-        503s in a 30-minute soak at 70 % load, in the minutes of most CPU steal; 771 of 900 requests
-        arriving together) and 6.5 s of ResNet-50's. ``images_per_s`` is one instance's rate at its
-        largest batch, timed at warm-up without decoding, so the queue drains a little slower than
-        that when uploads are decoded on the same cores. The floor (a full multipart request, a
-        batch) wins over the cap.
+        A count fits no model: 128 images are 0.3 s of CIFAR ResNet-20's serving on 2 cores and 6.5 s
+        of ResNet-50's. ``images_per_s`` is one instance's rate at its largest batch, timed at warm-up
+        without decoding, so the queue drains a little slower than that when uploads are decoded on the
+        same cores. The floor (a full multipart request, a batch) wins over the cap.
         """
         if self.max_queue_size is not None:
             return self.max_queue_size

@@ -63,13 +63,10 @@ def configure_malloc(arena_max: int = 0) -> bool:
 
 #: Pillow's image blocks: at most this many bytes each (its default is 16 MiB) ...
 PILLOW_BLOCK_BYTES = 1024 * 1024
-#: ... and this many freed blocks kept for reuse per decode thread (its default keeps none). A 500x375
-#: photo holds four blocks through decode, resize and crop (Pillow stores RGB as 4 bytes a pixel: 750,
-#: 511, 349 and 200 KB), the first three over the pinned mmap threshold: without a cache each was a
-#: fresh mmap whose pages fault in on first touch. Measured through ``/predict`` (INT8 ResNet-50, wrk at
-#: 32 clients, both servers up and the idle one frozen, alternating rounds): 2048x1536 JPEGs 3,606 -> 565
-#: faults, 11.3 -> 2.1 ms of system time and 86 -> 76 ms of CPU per image, 22.0 -> 24.6 img/s (three
-#: rounds each); 500x375 JPEGs 264 -> 192 faults, no change in img/s the noise would show (four rounds).
+#: ... and this many freed blocks kept for reuse per decode thread (its default keeps none). A photo
+#: holds about four blocks through decode, resize and crop; without a cache each is a fresh mmap whose
+#: pages fault in on first touch: 2048x1536 JPEGs took 3,606 faults each without it, 565 with it.
+#: (The measurement is in benchmarks/README.md, "Pillow's block cache".)
 PILLOW_BLOCKS_PER_DECODE_THREAD = 8
 
 

@@ -108,15 +108,11 @@ class GrpcDoor:
     """``GRPC_LISTENERS`` grpc.aio servers on one port, and their handlers.
 
     Why several: a grpc.aio server asks C-core for its next call only after the previous one has
-    reached the event loop, so RPCs arrive one loop iteration apart however many clients wait. Under 32
-    clients resnet20 then ran batches of 4-7 images (16 over HTTP) and gRPC did 0.80-0.88x of
-    ``/predict`` in four runs. With 8 servers sharing the port (SO_REUSEPORT: the kernel spreads the
-    connections) the batches were 10-15 images and gRPC 0.86-1.09x with h2load and 0.77-1.03x with
-    perf_analyzer in seven ``python -m benchmarks service`` runs on a Xeon, 0.97-1.02x and 0.96-1.01x in
-    two on an AMD EPYC (benchmarks/README.md); RSS and thread
-    count did not change, and 16 servers were no better with h2load (1,019 against 1,114 img/s) and
-    within the noise with perf_analyzer (996 against 959). A client's connection stays on one server,
-    so one channel gains nothing and loses nothing.
+    reached the event loop, so RPCs arrive one loop iteration apart however many clients wait. With
+    eight servers sharing the port (SO_REUSEPORT: the kernel spreads the connections), resnet20's
+    batches under 32 clients grew from 4-5 to 10-15 images and h2load's img/s from 875 to 1,114;
+    sixteen were no better (the runs are in benchmarks/README.md). A client's connection stays on
+    one server, so one channel gains nothing and loses nothing.
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
