@@ -91,7 +91,8 @@ def run(
                 log_path=Path(workdir) / f"{name.replace(' ', '-').replace('%', 'pc')}.log"))
             servers.append((name, f"{base}/predict?model={model.name}&top_k=5", process.pid))
         for index in range(1, rounds + 1):
-            for name, url, pid in servers:
+            # Every other round runs the variants in reverse, so none always follows the same one.
+            for name, url, pid in servers if index % 2 else servers[::-1]:
                 others = [p for _, _, p in servers if p != pid]
                 with ExitStack() as frozen:
                     for other in others:

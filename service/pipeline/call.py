@@ -89,9 +89,9 @@ class InferenceCall(Protocol[Answer]):
     ``target`` may charge ``body`` (a gRPC message is already in memory when its model is known);
     ``inputs`` reads and parses the body under ``admitted``'s deadline and budget, and checks
     anything that needs the model (top-k bounds, tensor shapes) before a byte is decoded.
-    ``hang_up`` is awaited, once the body is read, while the request waits: it returns when the client
-    has gone (None: the transport cancels the request itself, as grpc.aio does). ``trace_carrier`` gives
-    the W3C ``traceparent``/``tracestate`` carrier (headers, metadata); it is asked only when tracing is on.
+    ``hang_up()`` is awaited once the body is read and the request has waited ``WATCH_AFTER_S``
+    (:mod:`service.pipeline.lifecycle`): it returns when the client has gone (None: the transport
+    cancels the request itself, as grpc.aio does). ``trace_carrier`` gives the W3C ``traceparent``/``tracestate`` carrier (headers, metadata); it is asked only when tracing is on.
     """
 
     protocol: str

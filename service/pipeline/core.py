@@ -87,7 +87,7 @@ class Pipeline:
                     # Everything the request waits for ends at its deadline or when its client hangs up.
                     with lifecycle:
                         inputs = await call.inputs(admitted)
-                        lifecycle.watch(call.hang_up())
+                        lifecycle.watch(call.hang_up)
                         rows = await self._rows(admitted, inputs, trace)
                     answer = call.answer(admitted, rows)
             finally:

@@ -66,35 +66,39 @@ class Decoder:
         back within one 64 KiB block of decoding (libjpeg-turbo's one-call fast path runs to its end:
         its work is bounded by :mod:`servable.cost`).
         """
+        if len(images) == 1 and len(images.blobs[0]) <= INLINE_DECODE_BYTES:
+            return await within(self._decode_small(images, preprocessing), seconds)
         abandoned = threading.Event()
         try:
-            return await within(self._decode(images, preprocessing, abandoned), seconds)
+            return await within(self._decode_on_pool(images, preprocessing, abandoned), seconds)
         finally:
             abandoned.set()  # after an answer nothing is left running; otherwise this stops the threads
 
-    async def _decode(
-        self, images: EncodedImages, preprocessing: Preprocessing, abandoned: threading.Event
-    ) -> list[np.ndarray]:
+    async def _decode_small(self, images: EncodedImages, preprocessing: Preprocessing) -> list[np.ndarray]:
         """Handing a 32x32 JPEG to a pool thread and back cost more CPU than decoding it (the hand-off
         plus GIL ping-pong between the loop, the pool and the inference thread: ~150 us of ~200), so a
         single file of at most :data:`INLINE_DECODE_BYTES` whose header says at most
         :data:`INLINE_DECODE_PIXELS` is decoded on the event loop (+3-12 % requests/s for CIFAR uploads
         at 32 clients). Everything larger, and every multi-image request, goes to the pool.
         """
+        name = images.names[0]
+        try:
+            # The header only: ~7 us for a plain JPEG (segment walk and libjpeg's header), ~30 us through Pillow.
+            opened = open_image(
+                images.blobs[0], max_pixels=self.max_pixels, fast_jpeg=self.fast_jpeg,
+                max_scan_pixels=self.max_scan_pixels,
+            )
+            if opened.width * opened.height <= INLINE_DECODE_PIXELS:
+                return [decode_opened(opened, preprocessing, jpeg_draft=self.jpeg_draft)]
+        except ImageError as error:
+            raise image_refusal(error, name) from None
         loop = asyncio.get_running_loop()
-        if len(images) == 1 and len(images.blobs[0]) <= INLINE_DECODE_BYTES:
-            name = images.names[0]
-            try:
-                # The header only: ~7 us for a plain JPEG (segment walk and libjpeg's header), ~30 us through Pillow.
-                opened = open_image(
-                    images.blobs[0], max_pixels=self.max_pixels, fast_jpeg=self.fast_jpeg,
-                    max_scan_pixels=self.max_scan_pixels,
-                )
-                if opened.width * opened.height <= INLINE_DECODE_PIXELS:
-                    return [decode_opened(opened, preprocessing, jpeg_draft=self.jpeg_draft)]
-            except ImageError as error:
-                raise image_refusal(error, name) from None
-            return [await loop.run_in_executor(self.pool, self._decode_opened, opened, preprocessing, name)]
+        return [await loop.run_in_executor(self.pool, self._decode_opened, opened, preprocessing, name)]
+
+    async def _decode_on_pool(
+        self, images: EncodedImages, preprocessing: Preprocessing, abandoned: threading.Event
+    ) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
         count = len(images)
         chunks = min(count, self.threads)
         size = -(-count // max(1, chunks))
