@@ -6,8 +6,8 @@ admission, body read, decode, queue wait, response. Each inference batch is one 
 request it served and child of the first; each request's queue-wait span links back to the batch(es)
 its images rode in. Batches serve many requests, so links, not parenthood, join the two.
 
-Cost: with tracing off the pipeline and the batcher test one ``is None`` per request (and build no
-list per batch). With it on, the hot path only records ``time_ns()`` at each stage boundary; the
+Cost: with tracing off the pipeline tests one ``is None`` per request and the batcher one per image
+(an empty list per batch). With it on, the hot path only records ``time_ns()`` at each stage boundary; the
 child spans are created with explicit start and end times when the request ends, and exported by the
 SDK's batch processor on its own thread. Figures: docs/observability.md.
 

@@ -111,8 +111,8 @@ def test_a_request_past_its_deadline_leaves_the_images_it_has_not_begun() -> Non
                           max_scan_pixels=DEFAULT_MAX_SCAN_PIXELS)
         images = EncodedImages([f"{n}.jpg" for n in range(16)], [bomb] * 16)
 
-        async def decode() -> None:
-            await decoder.decode(images, CROP, seconds=0.5)
+        async def decode() -> None:  # cancelled at the deadline, as the request's lifecycle does
+            await asyncio.wait_for(decoder.decode(images, CROP), 0.5)
 
         with pytest.raises(TimeoutError):
             asyncio.run(decode())

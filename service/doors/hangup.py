@@ -20,11 +20,14 @@ async def disconnected(receive: Receive) -> None:
 
 
 class HttpCallLife:
-    """Mixed into the HTTP doors' calls (``self.request``): W3C trace context from the headers, and the
-    hang-up as ``http.disconnect``."""
+    """Mixed into the HTTP doors' calls (``self.request``): the Authorization values and W3C trace context
+    from the headers, and the hang-up as ``http.disconnect``."""
 
     __slots__ = ()
     request: Request
+
+    def credentials(self) -> list[str]:
+        return self.request.headers.getlist("authorization")
 
     def trace_carrier(self) -> Mapping[str, str]:
         return self.request.headers

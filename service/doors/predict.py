@@ -87,9 +87,6 @@ class PredictCall(HttpCallLife):
         self.names: list[str] = []
         self.multiple = False
 
-    def credentials(self) -> list[str]:
-        return self.request.headers.getlist("authorization")
-
     def target(self, body: BodyLease) -> Target:
         params = self.request.query_params
         model = single(params, "model") or None

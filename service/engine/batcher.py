@@ -42,10 +42,12 @@ SHUTDOWN_RETRY_AFTER_S = 5
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
 
-#: Drop reasons the batcher decides itself (the pipeline gives the others with :meth:`Batcher.abandon`).
+#: Drop reasons (``resnet_serve_images_dropped_total{reason}``) the batcher decides itself; the pipeline
+#: gives these and its own (a hang-up) with :meth:`Batcher.abandon`.
 DEADLINE = "deadline"
 SHUTDOWN = "shutdown"
-_UNKNOWN = "error"  # a future cancelled without a reason: its request failed otherwise
+#: Another image of the same request failed first (or a future was cancelled without a reason).
+FAILED = "error"
 _NO_PIXELS = np.empty(0, dtype=np.uint8)
 
 
@@ -375,5 +377,5 @@ def _reason(future: asyncio.Future[Any]) -> str:
         try:
             future.result()
         except asyncio.CancelledError as cancelled:
-            return str(cancelled.args[0]) if cancelled.args and cancelled.args[0] else _UNKNOWN
-    return _UNKNOWN
+            return str(cancelled.args[0]) if cancelled.args and cancelled.args[0] else FAILED
+    return FAILED

@@ -10,7 +10,7 @@ door's requests take the same path.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -54,10 +54,6 @@ class Admitted:
     lifecycle: Lifecycle
     body: BodyLease
 
-    @property
-    def deadline(self) -> float:
-        return self.lifecycle.deadline
-
     def seconds_left(self) -> float:
         return self.lifecycle.seconds_left()
 
@@ -90,8 +86,8 @@ class InferenceCall(Protocol[Answer]):
     ``inputs`` reads and parses the body under ``admitted``'s deadline and budget, and checks
     anything that needs the model (top-k bounds, tensor shapes) before a byte is decoded.
     ``hang_up()`` is awaited once the body is read and the request has waited ``WATCH_AFTER_S``
-    (:mod:`service.pipeline.lifecycle`): it returns when the client has gone (None: the transport
-    cancels the request itself, as grpc.aio does). ``trace_carrier`` gives the W3C ``traceparent``/``tracestate`` carrier (headers, metadata); it is asked only when tracing is on.
+    (:mod:`service.pipeline.lifecycle`): it returns when the client has gone (``hang_up`` is None where
+    the transport cancels the request itself, as grpc.aio does). ``trace_carrier`` gives the W3C ``traceparent``/``tracestate`` carrier (headers, metadata); it is asked only when tracing is on.
     """
 
     protocol: str
@@ -100,7 +96,8 @@ class InferenceCall(Protocol[Answer]):
 
     def trace_carrier(self) -> Mapping[str, str]: ...
 
-    def hang_up(self) -> Awaitable[object] | None: ...
+    @property
+    def hang_up(self) -> Callable[[], Awaitable[object]] | None: ...
 
     def target(self, body: BodyLease) -> Target: ...
 

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from service.engine.batcher import DEADLINE, FAILED
 from service.errors import ServiceError
 from service.limits.budget import BodyLease
 from service.pipeline.call import CLIENT_CLOSED, Admitted, EncodedImages, InferenceCall, Inputs, RequestScope
 from service.pipeline.decode import Decoder
-from service.pipeline.lifecycle import DEADLINE, FAILED, Lifecycle
+from service.pipeline.lifecycle import Lifecycle
 from service.tracing import BODY_READ, DECODE, QUEUE_WAIT, RESPONSE
 
 if TYPE_CHECKING:
@@ -76,11 +77,9 @@ class Pipeline:
                     # A full queue answers 503 before a byte of the body is read. A request is still
                     # served after SIGTERM until the drain begins; from then on the batchers refuse.
                     served.batcher.check_capacity(target.images)
-                    timeout_s = self.settings.request_timeout_s
-                    if target.timeout_s is not None and target.timeout_s < timeout_s:
-                        timeout_s = target.timeout_s
-                    scope.lifecycle = lifecycle = Lifecycle(scope.started, timeout_s)
+                    scope.lifecycle = lifecycle = Lifecycle(scope.started, self.settings.request_timeout_s)
                     admitted = Admitted(served, lifecycle, body)
+                    admitted.limit(target.timeout_s)  # the client's, where it gave a shorter one
                     if trace is not None:
                         trace.attributes["resnet_serve.model_version"] = str(served.version)
                         trace.enter(BODY_READ)

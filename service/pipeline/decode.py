@@ -19,7 +19,6 @@ from servable.errors import DecodeAbandoned, ImageError
 from servable.images import OpenedImage, decode_opened, open_image, preprocess_image
 from servable.preprocessing import Preprocessing
 from service.errors import ServiceError
-from service.limits.timeouts import within
 from service.parsing import shown
 from service.pipeline.call import EncodedImages
 
@@ -55,22 +54,19 @@ class Decoder:
     fast_jpeg: bool
     max_scan_pixels: int | None = None
 
-    async def decode(
-        self, images: EncodedImages, preprocessing: Preprocessing, seconds: float | None = None
-    ) -> list[np.ndarray]:
+    async def decode(self, images: EncodedImages, preprocessing: Preprocessing) -> list[np.ndarray]:
         """Preprocess on the decode pool, one task per chunk of the request; a lone tiny image inline.
 
-        Raises ``TimeoutError`` after ``seconds`` (the request's deadline). A decode the caller stops
-        waiting for (deadline, cancellation, a sibling image's error) is abandoned: its pool threads
+        The request's lifecycle cancels this at its deadline. A decode the caller stops waiting for (deadline, cancellation, a sibling image's error) is abandoned: its pool threads
         skip the images not begun, and Pillow's next read of the one in hand raises, so a thread is
         back within one 64 KiB block of decoding (libjpeg-turbo's one-call fast path runs to its end:
         its work is bounded by :mod:`servable.cost`).
         """
         if len(images) == 1 and len(images.blobs[0]) <= INLINE_DECODE_BYTES:
-            return await within(self._decode_small(images, preprocessing), seconds)
+            return await self._decode_small(images, preprocessing)
         abandoned = threading.Event()
         try:
-            return await within(self._decode_on_pool(images, preprocessing, abandoned), seconds)
+            return await self._decode_on_pool(images, preprocessing, abandoned)
         finally:
             abandoned.set()  # after an answer nothing is left running; otherwise this stops the threads
 

@@ -46,9 +46,9 @@ class InFlight:
             uncancel = getattr(task, "uncancel", None)  # Python 3.11+: the task is not being cancelled any more
             if uncancel is not None:
                 uncancel()
-            raise ServiceError(
-                503, "shutting_down", "the server is shutting down and this request could not finish in its "
-                "grace period; retry (another replica will answer)", {"Retry-After": "1"},
+            raise ServiceError.retry_later(
+                "shutting_down", "the server is shutting down and this request could not finish in its "
+                "grace period; retry (another replica will answer)", 1,
             ) from None
         finally:
             self._tasks.discard(task)

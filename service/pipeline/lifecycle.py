@@ -19,15 +19,12 @@ import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
+from service.engine.batcher import DEADLINE, SHUTDOWN
 from service.errors import ServiceError
 from service.pipeline.call import CLIENT_CLOSED
 
-#: Why images were dropped unrun (``resnet_serve_images_dropped_total{reason}``).
-DEADLINE = "deadline"
+#: Images dropped unrun because their client hung up (the other reasons are the batcher's).
 DISCONNECT = "disconnect"
-SHUTDOWN = "shutdown"
-#: Another image of the same request failed first: nobody waits for the rest.
-FAILED = "error"
 
 #: A cancellation from outside this close to the deadline is the deadline's: a gRPC client cancels at
 #: its own deadline, which runs ahead of the server's by the time the call took to arrive (the server
@@ -73,25 +70,24 @@ class Lifecycle:
             if self._open:
                 self._arm()
 
-    def watch(self, hang_up: Callable[[], Awaitable[object] | None]) -> None:
+    def watch(self, hang_up: Callable[[], Awaitable[object]] | None) -> None:
         """End the request when the awaitable ``hang_up()`` gives finishes (the door's wait for its client
-        to go away), watched from :data:`WATCH_AFTER_S` on.
+        to go away), watched from :data:`WATCH_AFTER_S` on; None: the transport cancels by itself.
 
         A task, because nothing else reads the connection while the request waits; started late, because
         most requests are answered before a hang-up could matter, and a task (create, first step,
         cancel) costs the loop ~8 us more than the timer that defers it (of ~700 us a resnet20 request).
         """
-        if self._open:
+        if hang_up is not None and self._open:
             assert self._loop is not None
             self._watch_timer = self._loop.call_later(WATCH_AFTER_S, self._start_watching, hang_up)
 
-    def _start_watching(self, hang_up: Callable[[], Awaitable[object] | None]) -> None:
+    def _start_watching(self, hang_up: Callable[[], Awaitable[object]]) -> None:
         self._watch_timer = None
-        hung_up = hang_up()
-        if hung_up is None or not self._open:
+        if not self._open:
             return
         assert self._loop is not None
-        self._watcher = self._loop.create_task(hung_up)  # type: ignore[arg-type]
+        self._watcher = self._loop.create_task(hang_up())  # type: ignore[arg-type]
         self._watcher.add_done_callback(self._hung_up)
 
     def why(self, draining: bool) -> str:

@@ -78,6 +78,14 @@ def status_for(error: ServiceError) -> grpc.StatusCode:
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
+def _authorization(context: grpc.aio.ServicerContext) -> list[str]:
+    """The call's Authorization metadata values (a binary value counts as an empty one)."""
+    return [
+        value if isinstance(value, str) else ""
+        for key, value in (context.invocation_metadata() or ()) if key == "authorization"
+    ]
+
+
 def _serialize(response: Any) -> bytes:
     return response.SerializeToString()  # type: ignore[no-any-return]
 
@@ -249,8 +257,7 @@ class GrpcDoor:
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         if not self.pipeline.requires_key:
             return  # invocation_metadata() builds a tuple per call: not worth it when nothing checks it
-        values = [value for key, value in (context.invocation_metadata() or ()) if key == "authorization"]
-        self.pipeline.authorize([value if isinstance(value, str) else "" for value in values])
+        self.pipeline.authorize(_authorization(context))
 
     # --- health and metadata ---------------------------------------------------------------------
 
@@ -321,16 +328,12 @@ class GrpcInferCall:
         self.call: InferCall | None = None
 
     def credentials(self) -> list[str]:
-        return [
-            value if isinstance(value, str) else ""
-            for key, value in (self.context.invocation_metadata() or ()) if key == "authorization"
-        ]
+        return _authorization(self.context)
 
     def trace_carrier(self) -> dict[str, Any]:
         return dict(self.context.invocation_metadata() or ())
 
-    def hang_up(self) -> None:
-        return None  # grpc.aio cancels the handler when the client cancels or its deadline passes
+    hang_up: Callable[[], Awaitable[object]] | None = None  # grpc.aio cancels the handler when the client cancels or its deadline passes
 
     def target(self, body: BodyLease) -> Target:
         # The message is in memory already (grpc read it, within the size limit); holding its bytes

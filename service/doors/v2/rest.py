@@ -237,9 +237,6 @@ class RestInferCall(HttpCallLife):
         self.model: protocol.V2Model | None = None
         self.call: InferCall | None = None
 
-    def credentials(self) -> list[str]:
-        return self.request.headers.getlist("authorization")
-
     def target(self, body: BodyLease) -> Target:
         encoding = self.request.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
