@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-partial",
         action="store_true",
-        help="with --config: exit 0 when some models failed but every failure left something to serve"
-        " (`make serve`: offline, the embedded CIFAR model is served and the rest reported)",
+        help="with --config: exit 0 when some models failed but at least one model of the config has a"
+        " version to serve (`make serve`: offline, the embedded CIFAR model is served and the rest reported)",
     )
     parser.add_argument("--name", help="model name in the repository (default: the architecture)")
     parser.add_argument("--version", type=int, help="version number (default: the next free one)")
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{', '.join(given)} only apply with --int8")
     try:
         request = _import_request(parser, args) if args.onnx else _export_request(parser, args)
-        request.run(args.model_dir, *report)
+        request.run(args.model_dir, report.log, report.progress)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -225,11 +225,14 @@ def _export_config(config: Path, model_dir: Path, report: Terminal, *, allow_par
     failed: list[str] = []
     for request in requests:
         try:
-            result = request.run(model_dir, *report)
+            result = request.run(model_dir, report.log, report.progress)
         except ExportError as exc:
             failed.append(request.name)
             print(f"error: [{request.name}] {exc}", file=sys.stderr)
-            record_export_failure(model_dir, request.name, str(exc))
+            try:
+                record_export_failure(model_dir, request.name, str(exc))
+            except OSError as write_error:  # often why the export failed too (a full or read-only disk)
+                print(f"warning: [{request.name}] could not record the failure: {write_error}", file=sys.stderr)
             outcomes.append(f"  {request.name:<24} FAILED (not exported: the error above says why and what to do)")
             continue
         clear_export_failure(model_dir, request.name)

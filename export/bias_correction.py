@@ -12,7 +12,7 @@ the card's ``bias_correction`` is false when none was corrected.
 
 One round, measured on the calibration images: agreement with fp32 on 4,200 label-free variants of
 the held-out CIFAR images rose by 0.22 point on average over resnet20/32/44/56, and more rounds stayed
-within noise (the figures: export/README.md, "The INT8 recipe, measured"). The shift is measured with
+within noise (the figures: benchmarks/README.md, "The INT8 recipe, measured"). The shift is measured with
 onnxruntime's graph optimisations off: they are the reference semantics of QDQ, which the served file
 follows, while the float graph the measurement adds would otherwise be rewritten around the Q/DQ pairs.
 """

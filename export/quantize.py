@@ -1,7 +1,7 @@
 """fp32 wrapper graph -> static INT8 graph with onnxruntime's own tooling, calibrated on real pixels.
 
 Each choice says why, with the figure that decided it; the measurements behind them (CPUs, versions,
-the candidates not taken) are in export/README.md, "The INT8 recipe, measured".
+the candidates not taken) are in benchmarks/README.md, "The INT8 recipe, measured".
 
 * **7-bit weights** (``reduce_range``: int8 weights in [-64, 64]), so the file computes the same on
   every x86 CPU. Without VNNI, onnxruntime's U8S8 kernels add each pair of uint8 x int8 products in

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from hostile import encode, gradient
-from server import RunningServer, link_model, run_server
+from server import RunningServer, link_model, run_server, wait_until
 
 from servable.layout import UnreadableFile, read_regular_file
 from service.limits.timeouts import in_daemon_thread
@@ -66,13 +66,6 @@ def models(server: RunningServer) -> dict[str, dict[str, object]]:
     }
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        time.sleep(0.1)
-
-
 def check_refusals(server: RunningServer) -> None:
     listed = models(server)
     for name, (special, _, words) in SPECIAL.items():
@@ -91,15 +84,13 @@ def test_fifos_and_devices_are_refused_with_a_reason_and_a_valid_model_added_lat
                     "--model-read-timeout-s", "5", timeout_s=90) as server:
         check_refusals(server)
         link_model(model_repo, "resnet20", special_repo, "late")
-        started = time.monotonic()
         if mode == "explicit":
             for name in ("fifo-model", "device-model"):  # answered at once, not hung
                 refused = httpx.post(server.url(f"/v2/repository/models/{name}/load"), timeout=30)
                 assert refused.status_code == 400 and "not a regular file" in refused.text, refused.text
             loaded = httpx.post(server.url("/v2/repository/models/late/load"), timeout=30)
             assert loaded.status_code == 200, loaded.text
-        wait_for(lambda: bool(models(server).get("late", {}).get("serving")), 30, "the model added later")
-        assert time.monotonic() - started < 30
+        wait_until(lambda: models(server).get("late", {}).get("serving"), 30, "serving the model added later")
         answer = httpx.post(server.url("/predict?model=late"), content=encode(gradient(32, 32), "JPEG"),
                             headers={"content-type": "image/jpeg"}, timeout=30)
         assert answer.status_code == 200, answer.text

@@ -27,9 +27,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import shared_path
-from server import free_port, link_repository, run_server
-
-pytest.importorskip("opentelemetry.sdk", reason="tracing needs the tracing extra (opentelemetry-sdk)")
+from server import free_port, link_repository, run_server, wait_until
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -53,6 +51,12 @@ class TracedServer:
 
     def spans(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
+
+    def after_requests(self, name: str, count: int = 1) -> list[ReadableSpan]:
+        """The finished spans once ``count`` request spans called ``name`` are among them: a request's span
+        ends a moment after its answer is sent."""
+        wait_until(lambda: len(requests_in(self.spans(), name)) >= count, 10, f"{count} {name} span(s)")
+        return self.spans()
 
 
 @pytest.fixture(scope="module")
@@ -172,11 +176,7 @@ def test_a_request_is_one_span_under_the_callers_trace_with_its_stages_and_its_b
 ) -> None:
     traced.exporter.clear()
     send(traced, {"traceparent": TRACEPARENT, "tracestate": "vendor=opaque"})
-    deadline = time.monotonic() + 10
-    while not requests_in(traced.spans(), name):  # the span ends a moment after the answer is sent
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    spans = traced.spans()
+    spans = traced.after_requests(name)
     (request,) = requests_in(spans, name)
     assert f"{request.context.trace_id:032x}" == TRACE_ID, "the caller's trace continues"
     assert request.parent is not None and f"{request.parent.span_id:016x}" == CALLER_SPAN and request.parent.is_remote
@@ -213,8 +213,7 @@ def test_one_batch_span_links_every_request_it_served(traced: TracedServer) -> N
             ))
 
     asyncio.run(together())
-    time.sleep(0.2)
-    spans = traced.spans()
+    spans = traced.after_requests("POST /predict", 4)
     requests = requests_in(spans, "POST /predict")
     batches = [s for s in spans if s.name == BATCH]
     assert len(requests) == 4
@@ -244,8 +243,7 @@ def test_a_failed_request_span_says_how_it_ended(
     traced.exporter.clear()
     response = httpx.post(f"{traced.base}{path}", content=jpeg(), headers={"Content-Type": "image/jpeg"}, timeout=30)
     assert response.status_code == status
-    time.sleep(0.1)
-    (request,) = requests_in(traced.spans(), "POST /predict")
+    (request,) = requests_in(traced.after_requests("POST /predict"), "POST /predict")
     assert request.attributes is not None
     assert request.attributes["resnet_serve.status"] == status and request.attributes["error.type"] == code
     assert request.status.status_code == span_status
@@ -254,8 +252,7 @@ def test_a_failed_request_span_says_how_it_ended(
 def test_untraced_callers_start_their_own_trace(traced: TracedServer) -> None:
     traced.exporter.clear()
     send_predict(traced, {})
-    time.sleep(0.1)
-    (request,) = requests_in(traced.spans(), "POST /predict")
+    (request,) = requests_in(traced.after_requests("POST /predict"), "POST /predict")
     assert request.parent is None and request.context.trace_id != int(TRACE_ID, 16)
 
 
@@ -289,7 +286,10 @@ def test_tracing_is_configured_by_the_otel_variables_only(
         made = tracing.from_environment(environ)
     try:
         assert (made is not None) == on
-        assert logged in caplog.text
+        if logged:
+            assert logged in caplog.text
+        else:  # off without being asked for: nothing to say
+            assert "tracing" not in caplog.text.lower(), caplog.text
     finally:
         if made is not None:
             made.shutdown()
@@ -387,8 +387,7 @@ def test_grpc_metadata_carries_the_trace_context(traced: TracedServer) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{traced.grpc_port}") as channel:
         service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
             request, metadata=(("traceparent", TRACEPARENT),), timeout=30)
-    time.sleep(0.1)
-    spans = traced.spans()
+    spans = traced.after_requests("inference.GRPCInferenceService/ModelInfer")
     (span,) = requests_in(spans, "inference.GRPCInferenceService/ModelInfer")
     assert f"{span.context.trace_id:032x}" == TRACE_ID
     assert [s.name for s in children(spans, span) if s.name != BATCH] == [ADMISSION, BODY_READ, QUEUE_WAIT, RESPONSE]
