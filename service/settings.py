@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from servable.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_SCAN_PIXELS
-from service.limits.cpus import CpuBudget, auto_workers, cpu_budget
+from service.limits.cpus import CPUS_PER_AUTO_WORKER, CpuBudget, auto_workers, cpu_budget
 
 ENV_PREFIX = "RESNET_SERVE_"
 
@@ -97,7 +97,7 @@ class Settings(BaseSettings):
         description="Serving processes sharing PORT and GRPC_PORT (SO_REUSEPORT), each with its own sessions, "
         "batchers, event loop, limits and usable CPUs / WORKERS threads; a parent process starts them, "
         "restarts one that dies and forwards SIGTERM (docs/scaling.md). 1: one process, no parent. "
-        "auto: one per 4 usable CPUs.",
+        f"auto: one per {CPUS_PER_AUTO_WORKER} usable CPUs.",
     )
 
     # The live model repository.

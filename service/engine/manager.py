@@ -205,6 +205,8 @@ class ModelManager:
 
     async def unload(self, name: str) -> None:
         """Explicit control: stop serving ``name`` (in-flight requests finish on it)."""
+        if name not in self.models:  # before taking a lock: one is kept per name asked for
+            raise ServiceError(404, "unknown_model", f"no model named {shown(name)} is loaded")
         async with self._lock(name):
             served = self.models.get(name)
             if served is None:

@@ -123,7 +123,8 @@ def cpu_budget(proc_cgroup: Path = PROC_SELF_CGROUP, root: Path = CGROUP_ROOT) -
     return CpuBudget(affinity, affinity, quota, "affinity (cgroup quota is not lower)")
 
 
-#: Usable CPUs per worker that ``WORKERS=auto`` gives (see :func:`auto_workers`).
+#: Usable CPUs per worker that ``WORKERS=auto`` gives (see :func:`auto_workers`): a judgement from the
+#: projection in benchmarks/README.md ("Worker processes"), not measured above 2 cores.
 CPUS_PER_AUTO_WORKER = 4
 
 

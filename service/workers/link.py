@@ -61,6 +61,7 @@ class WorkerLink:
         self._published: Status | None = None
         self._task: asyncio.Task[None] | None = None
         self._following: asyncio.Task[None] | None = None
+        self._control_done = -1  # control.json's stamp when it last had nothing new for this worker
         self._orphaned = False
         if spec.replaces is not None:
             state.metrics.worker_restarts.labels(spec.replaces).inc()
@@ -228,11 +229,16 @@ class WorkerLink:
             return
         if self._following is not None and not self._following.done():
             return
+        stamp = self.run_dir.control_stamp()
+        if stamp == self._control_done and self.replayed:
+            return  # unchanged since it last asked nothing of this worker: not parsed again
         wanted = {
             name: entry
             for name, entry in self.run_dir.read_control()["models"].items()
             if entry["generation"] > self._seen.get(name, 0)
         }
+        if not wanted and self.replayed:
+            self._control_done = stamp
         if wanted or not self.replayed:
             self._following = asyncio.get_running_loop().create_task(
                 self._apply(wanted), name="worker-control"

@@ -39,8 +39,9 @@ FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 #: How often the parent looks for dead workers and due restarts.
 TICK_S = 0.05
-#: Beyond the workers' own drain (delay + grace), how long the parent waits before SIGKILL.
-EXIT_MARGIN_S = 10.0
+#: Beyond the workers' own drain (delay + grace), how long the parent waits before SIGKILL, and then
+#: for the killed to be reaped before it exits without them.
+WORKER_EXIT_MARGIN_S = 10.0
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Slot:
     deaths_in_a_row: int = 0
     restart_at: float | None = None
     cause: str | None = None
+    killed: bool = False  # sent SIGKILL at the end of the shutdown (once: a process in D state stays)
 
 
 def supervise(settings: Settings, argv: Sequence[str]) -> int:
@@ -106,7 +108,10 @@ class Supervisor:
             for slot in self.slots:
                 if slot.process is not None and slot.process.poll() is None:
                     slot.process.kill()
-                    slot.process.wait()
+                    try:
+                        slot.process.wait(timeout=1)
+                    except subprocess.TimeoutExpired:
+                        log.error("worker %d (pid %d) does not die: leaving it", slot.number, slot.process.pid)
             self.run_dir.remove()
         return 0
 
@@ -132,15 +137,20 @@ class Supervisor:
         if all(slot.process is None for slot in self.slots):
             return False
         s = self.settings
-        if now - self.stopping_since > s.shutdown_delay_s + s.shutdown_grace_s + EXIT_MARGIN_S:
+        overdue = now - self.stopping_since - (s.shutdown_delay_s + s.shutdown_grace_s + WORKER_EXIT_MARGIN_S)
+        if overdue > WORKER_EXIT_MARGIN_S:
+            log.error("workers still not reaped %.0f s after SIGKILL: exiting without them", WORKER_EXIT_MARGIN_S)
+            return False
+        if overdue > 0:
             for slot in self.slots:
-                if slot.process is not None:
+                if slot.process is not None and not slot.killed:
                     log.error(
                         "worker %d (pid %d) still running after the grace period: killing it",
                         slot.number,
                         slot.process.pid,
                     )
                     slot.process.kill()
+                    slot.killed = True
         return True
 
     def _replace(self, slot: Slot, now: float) -> None:
@@ -161,7 +171,12 @@ class Supervisor:
                 slot.restart_at - now,
             )
             return
-        self._spawn(slot, sockets, late=late)
+        try:
+            self._spawn(slot, sockets, late=late)
+        except OSError as exc:  # fork refused (EAGAIN, ENOMEM): the other workers go on serving
+            slot.deaths_in_a_row += 1
+            slot.restart_at = now + max(FIRST_BACKOFF_S, backoff_s(slot.deaths_in_a_row))
+            log.error("worker %d: cannot start (%s); trying again in %.1f s", slot.number, exc, slot.restart_at - now)
 
     def _spawn(self, slot: Slot, sockets: list[socket.socket], *, late: bool) -> None:
         assert self.run_dir is not None
@@ -177,7 +192,10 @@ class Supervisor:
         env = {**os.environ, WORKER_ENV: spec.to_env(), "PROMETHEUS_MULTIPROC_DIR": str(self.run_dir.metrics)}
         try:
             slot.process = subprocess.Popen(
-                [sys.executable, "-m", "service", *self.argv], env=env, pass_fds=spec.fds
+                [sys.executable, "-m", "service", *self.argv], env=env, pass_fds=spec.fds,
+                # Its own session: a terminal's Ctrl-C reaches only this parent, which forwards one SIGINT
+                # (a second one makes uvicorn skip the drain). A worker whose parent dies exits (link.py).
+                start_new_session=True,
             )
         finally:
             for sock in sockets:  # the worker holds them now: when it dies, its listeners close with it
