@@ -178,10 +178,11 @@ def goals(results: dict[str, Any], mode: Mode) -> list[dict[str, Any]]:
     """The issue's two goals, judged only on a GPU (a CPU run says n/a)."""
     raw = [max(r["images_per_s"], r.get("iobinding_images_per_s") or 0) for r in results["raw"]
            if r["model"] == "resnet50-fp16"]
-    e2e = [r["images_per_s"] for r in results["e2e"] if not r.get("errors")]
-    best_e2e = max(results["e2e"], key=lambda r: r["images_per_s"], default=None)
+    clean = [r for r in results["e2e"] if not r.get("errors")]
+    e2e = [r["images_per_s"] for r in clean]
+    best_e2e = max(clean, key=lambda r: r["images_per_s"], default=None)  # what bounds the row judged
     return [
-        {"figure": "resnet50 fp16 model-only img/s", "value": max(raw, default=None),
+        {"figure": "resnet50 fp16 model-only img/s (host arrays or IO binding, the better)", "value": max(raw, default=None),
          "goal": f">= {RAW_GOAL_IMAGES_PER_S:,}", "met": (max(raw, default=0) >= RAW_GOAL_IMAGES_PER_S) if mode.gpu else None},
         {"figure": "JPEG /predict end to end img/s", "value": max(e2e, default=None),
          "goal": f">= {E2E_GOAL_IMAGES_PER_S:,}", "met": (max(e2e, default=0) >= E2E_GOAL_IMAGES_PER_S) if mode.gpu else None,

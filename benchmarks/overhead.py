@@ -16,7 +16,6 @@ rounds where images/s moves by a third (benchmarks/procstat.py), so it is the fi
 from __future__ import annotations
 
 import http.server
-import statistics
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from typing import Any
 
 from benchmarks import loadgen, wrk
 from benchmarks.procstat import cpu_seconds, server_cpu
-from benchmarks.report import table
+from benchmarks.report import median_known, table
 from benchmarks.server import free_port, paused, python, running_server
 from benchmarks.service_bench import service_env
 from benchmarks.workload import REPO_ROOT, BenchModel, payloads_for
@@ -115,13 +114,14 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per variant (first seen first): the medians, and their ratios to the first variant's."""
     names = list(dict.fromkeys(row["variant"] for row in rows))
     medians = {
-        name: (statistics.median(r["images_per_s"] for r in rows if r["variant"] == name),
-               statistics.median(r["server_cpu_ms_per_image"] or 0.0 for r in rows if r["variant"] == name))
+        name: (median_known(r["images_per_s"] for r in rows if r["variant"] == name),
+               median_known(r["server_cpu_ms_per_image"] for r in rows if r["variant"] == name))
         for name in names
     }
     rate0, cpu0 = medians[names[0]]
     return [{"variant": name, "images_per_s": rate, "cpu_ms_per_image": cpu,
-             "rate_ratio": rate / rate0 if rate0 else None, "cpu_ratio": cpu / cpu0 if cpu0 else None}
+             "rate_ratio": rate / rate0 if rate and rate0 else None,
+             "cpu_ratio": cpu / cpu0 if cpu and cpu0 else None}
             for name, (rate, cpu) in medians.items()]
 
 

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+import statistics
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.headline import median_cpu_ms, median_rate
 from benchmarks.phases import DOOR_CONCURRENCY, DOORS, REST_DOOR
+
+
+def median_known(values: Iterable[Any]) -> float | None:
+    """The median of the values that were measured (None and NaN left out); None when there are none."""
+    known = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.median(known) if known else None
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

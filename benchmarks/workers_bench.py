@@ -15,7 +15,6 @@ of its own. :func:`projection` turns the figures into the workers a 16- and a 64
 from __future__ import annotations
 
 import math
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ import httpx
 from benchmarks import loadgen, wrk
 from benchmarks.procstat import CLOCK_TICKS, group_cpu_seconds, group_pids, server_cpu, stat_fields
 from benchmarks.prometheus import samples
+from benchmarks.report import median_known
 from benchmarks.server import free_port, paused, python, running_server
 from benchmarks.service_bench import service_env
 from benchmarks.workload import BenchModel, cifar_jpegs, payloads_for
@@ -78,7 +78,8 @@ def _compare(name: str, repo: Path, body: loadgen.Body, seconds: float, rounds: 
                 wrk.run(url, body, concurrency=32, seconds=2)
                 _settle(url)
         for round_number in range(1, rounds + 1):
-            for variant, (pgid, url) in servers.items():
+            order = list(servers.items())  # every other round in reverse: no variant always goes first
+            for variant, (pgid, url) in order if round_number % 2 else order[::-1]:
                 with _alone(servers, pgid):
                     for concurrency in CONCURRENCY:
                         phase = seconds / 2 if concurrency == 1 else seconds
@@ -160,7 +161,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             if not rows:
                 continue
             cells[f"{variant} c={concurrency}"] = {
-                key: _median([r[key] for r in rows])
+                key: median_known([r[key] for r in rows])
                 for key in ("images_per_s", "p50_ms", "p99_ms", "server_cores", "server_cpu_ms_per_image",
                             "loop_cpu_ms_per_request")
             } | {"errors": sum(sum(r["errors"].values()) for r in rows if r["errors"]), "rounds": len(rows)}
@@ -172,11 +173,6 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 ratios[f"{variant} c={concurrency} img/s"] = other["images_per_s"] / one["images_per_s"]
                 ratios[f"{variant} c={concurrency} p50"] = other["p50_ms"] / one["p50_ms"] if one["p50_ms"] else None
     return {"cells": cells, "over_one_worker": ratios}
-
-
-def _median(values: list[Any]) -> float | None:
-    known = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return statistics.median(known) if known else None
 
 
 def projection(models: dict[str, Any]) -> dict[str, Any]:

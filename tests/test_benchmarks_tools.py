@@ -331,3 +331,31 @@ def test_paused_freezes_a_process_group_and_lets_it_go_on() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def _round(variant: str, rate: float, cpu: float | None) -> dict[str, object]:
+    return {"variant": variant, "images_per_s": rate, "server_cpu_ms_per_image": cpu}
+
+
+#: (case, rounds, expected summary rows as (variant, img/s, CPU ms, rate ratio, CPU ratio))
+OVERHEAD_SUMMARIES = [
+    ("medians and ratios to the first variant",
+     [_round("before", 100, 2.0), _round("after", 90, 2.2), _round("before", 120, 2.0), _round("after", 96, 2.6),
+      _round("before", 110, 1.0), _round("after", 99, 2.4)],
+     [("before", 110, 2.0, 1.0, 1.0), ("after", 96, 2.4, 96 / 110, 1.2)]),
+    ("a round without a CPU figure is left out, not counted as 0",
+     [_round("before", 100, None), _round("before", 100, 2.0), _round("before", 100, 3.0), _round("after", 50, 4.0)],
+     [("before", 100, 2.5, 1.0, 1.0), ("after", 50, 4.0, 0.5, 1.6)]),
+    ("no baseline CPU: no CPU ratio",
+     [_round("before", 100, None), _round("after", 50, 4.0)],
+     [("before", 100, None, 1.0, None), ("after", 50, 4.0, 0.5, None)]),
+]
+
+
+@pytest.mark.parametrize(("rounds", "expected"), [c[1:] for c in OVERHEAD_SUMMARIES], ids=[c[0] for c in OVERHEAD_SUMMARIES])
+def test_overhead_summary(rounds: list[dict[str, object]], expected: list[tuple[object, ...]]) -> None:
+    from benchmarks.overhead import summarize
+
+    got = [(s["variant"], s["images_per_s"], s["cpu_ms_per_image"], s["rate_ratio"], s["cpu_ratio"])
+           for s in summarize(rounds)]
+    assert got == [pytest.approx(row) if None not in row else row for row in expected]

@@ -126,7 +126,9 @@ class Supervisor:
             for slot in self.slots:
                 slot.restart_at = None
                 if slot.process is not None and slot.process.poll() is None:
-                    slot.process.send_signal(self.signalled)
+                    # SIGTERM whatever came: a terminal's Ctrl-C has already sent the workers (in this
+                    # process group) a SIGINT, and a second SIGINT makes uvicorn exit without draining.
+                    slot.process.send_signal(signal.SIGTERM)
         for slot in self.slots:
             if slot.process is not None and slot.process.poll() is not None:
                 self._exited(slot, now)
@@ -192,10 +194,7 @@ class Supervisor:
         env = {**os.environ, WORKER_ENV: spec.to_env(), "PROMETHEUS_MULTIPROC_DIR": str(self.run_dir.metrics)}
         try:
             slot.process = subprocess.Popen(
-                [sys.executable, "-m", "service", *self.argv], env=env, pass_fds=spec.fds,
-                # Its own session: a terminal's Ctrl-C reaches only this parent, which forwards one SIGINT
-                # (a second one makes uvicorn skip the drain). A worker whose parent dies exits (link.py).
-                start_new_session=True,
+                [sys.executable, "-m", "service", *self.argv], env=env, pass_fds=spec.fds
             )
         finally:
             for sock in sockets:  # the worker holds them now: when it dies, its listeners close with it
